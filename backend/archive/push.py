@@ -1,0 +1,85 @@
+"""``pgdr wal-push %p``: PostgreSQL's archive_command.
+
+Exit 0 means the file is durably stored in every repository ``archive.sync`` names; anything less is
+a non-zero exit and PostgreSQL keeps the segment and retries. Repositories outside ``archive.sync``
+get a queue entry, written before the acknowledgement, that ``pgdr wal-upload`` drains.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.archive.walfile import WalObject, checksum, encode, find_archived, identity_of
+from backend.config import Config
+from backend.errors import PgdrError
+from backend.repository import ClusterIdentity, Repository, ensure_identity, open_repository
+from backend.walnames import wal_kind
+
+
+@dataclass(frozen=True)
+class PushResult:
+    filename: str
+    stored: list[str]
+    already_archived: list[str]
+    queued: list[str]
+
+
+def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
+    path = Path(wal_path)
+    filename = path.name
+    try:
+        kind = wal_kind(filename)
+    except ValueError as exc:
+        raise PgdrError(str(exc)) from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PgdrError(
+            f"cannot read {path}: {exc.strerror} (archive_command runs in the data directory)"
+        ) from None
+    data_dir = Path(cfg.postgres.data_dir) if cfg.postgres.data_dir else Path.cwd()
+    identity = identity_of(data, kind, filename, data_dir)
+    obj = WalObject(filename, checksum(data), cfg.archive.compression)
+    blob = encode(data, cfg.archive.compression, cfg.archive.compression_level)
+
+    stored, already = [], []
+    for name in cfg.sync_repositories:
+        repo = open_repository(cfg, name)
+        if store(repo, obj, blob, identity, cfg.cluster.name):
+            stored.append(name)
+        else:
+            already.append(name)
+
+    queued = [name for name in cfg.repository_names if name not in cfg.sync_repositories]
+    if queued:
+        from backend.archive import queue
+
+        for name in queued:
+            queue.enqueue(cfg, name, filename)
+        queue.ensure_uploader(cfg, queued)
+    return PushResult(filename, stored, already, queued)
+
+
+def store(
+    repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str
+) -> bool:
+    """Store one WAL object; False when the identical file is already there.
+
+    The same name with other content is refused and nothing is written: after a restore that
+    forgot to start a new timeline, overwriting would destroy the WAL of the history being replaced.
+    """
+    if identity is not None:
+        ensure_identity(repo, identity, cluster)
+    existing = find_archived(repo, obj.filename)
+    if any(e.checksum == obj.checksum for e in existing):
+        return False
+    if existing:
+        raise PgdrError(
+            f"{obj.filename} is already archived in the {repo.name} repository with different content "
+            f"(sha256 {existing[0].checksum[:12]}..., this file {obj.checksum[:12]}...): refusing to overwrite; "
+            "if this cluster was restored or re-created, give it a new [cluster] name or move the old archive aside"
+        )
+    repo.put(obj.key, blob)
+    return True

@@ -1,0 +1,1 @@
+"""Backups: physical base backups (pg_basebackup) for PITR and logical dumps (pg_dump) beside them."""

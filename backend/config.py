@@ -1,0 +1,380 @@
+"""Configuration: one TOML file, overridden by the environment variables the seed deployment uses.
+
+The file is found at ``--config PATH``, else ``$PGDR_CONFIG``, else the platformdirs user config dir,
+else ``/etc/pgdr/pgdr.toml``. Every mistake is reported as one line naming the key and the file, and
+secret values never appear in an error, a log line or ``--json`` output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/pgdr/pgdr.toml")
+MASK = "********"
+
+#: Keys whose values are secrets: masked in every output, never echoed in errors.
+SECRET_KEYS = frozenset(
+    {
+        ("postgres", "password"),
+        ("s3", "access_key_id"),
+        ("s3", "secret_access_key"),
+        ("telegram", "bot_token"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    dbname: str = "postgres"
+    password: str = ""
+    data_dir: str = ""
+    bin_dir: str = ""
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    path: str = ""
+    retention_days: int = 7
+
+
+@dataclass(frozen=True)
+class S3Config:
+    bucket: str = ""
+    prefix: str = ""
+    region: str = ""
+    endpoint_url: str = ""
+    storage_class: str = "STANDARD_IA"
+    sse: str = ""
+    kms_key_id: str = ""
+    retention_days: int = 30
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    #: Repositories a segment must reach before ``wal-push`` acknowledges it. Empty means the
+    #: default: the local repository when one is configured, else S3.
+    sync: list[str] = field(default_factory=list)
+    compression: str = "zstd"
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    #: "fast" asks for an immediate checkpoint; "spread" lets it take checkpoint_timeout.
+    checkpoint: str = "fast"
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class TelegramConfig:
+    bot_token: str = ""
+    chat_id: str = ""
+    api_url: str = "https://api.telegram.org"
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    base_backup: str = "0 */6 * * *"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration. ``source`` is the file it came from (None: environment only)."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    source: Path | None = None
+
+    @property
+    def repository_names(self) -> list[str]:
+        """Configured repositories, local first: the order reads and restores prefer."""
+        names = []
+        if self.local.path:
+            names.append("local")
+        if self.s3.bucket:
+            names.append("s3")
+        return names
+
+    @property
+    def sync_repositories(self) -> list[str]:
+        """Repositories ``wal-push`` must reach before it acknowledges a segment."""
+        if self.archive.sync:
+            return list(self.archive.sync)
+        return self.repository_names[:1]
+
+    def where(self) -> str:
+        return str(self.source) if self.source else "the environment"
+
+    def to_dict(self, *, redact: bool = True) -> dict[str, dict[str, Any]]:
+        """The configuration as TOML-ready tables; secrets are masked unless ``redact`` is False."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in SECTIONS:
+            values = dataclasses.asdict(getattr(self, section))
+            for key, value in values.items():
+                if redact and (section, key) in SECRET_KEYS and value:
+                    values[key] = MASK
+            out[section] = values
+        return out
+
+
+SECTIONS = ("cluster", "postgres", "local", "s3", "archive", "backup", "telegram", "schedule")
+
+#: Values a few keys may take; anything else is a one-line error.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("s3", "sse"): ("", "AES256", "aws:kms"),
+    ("archive", "compression"): ("zstd", "none"),
+    ("backup", "checkpoint"): ("fast", "spread"),
+}
+
+#: Environment variables that override file values, as the seed's ``.env`` names them.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "PGHOST": ("postgres", "host"),
+    "PGPORT": ("postgres", "port"),
+    "PGUSER": ("postgres", "user"),
+    "PGDATABASE": ("postgres", "dbname"),
+    "PGPASSWORD": ("postgres", "password"),
+    "DB_PASSWORD": ("postgres", "password"),
+    "PGDATA": ("postgres", "data_dir"),
+    "BACKUP_S3_BUCKET": ("s3", "bucket"),
+    "AWS_ACCESS_KEY_ID": ("s3", "access_key_id"),
+    "AWS_SECRET_ACCESS_KEY": ("s3", "secret_access_key"),
+    "AWS_REGION": ("s3", "region"),
+    "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
+    "TELEGRAM_CHAT_ID": ("telegram", "chat_id"),
+}
+
+
+def user_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("pgdr")) / "pgdr.toml"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, in the documented order; None when there is none at all."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} does not exist: create it with `pgdr init --config {path}`"
+            )
+        return path
+    env = os.environ.get("PGDR_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} (from $PGDR_CONFIG) does not exist: fix PGDR_CONFIG")
+        return path
+    for candidate in (user_config_path(), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None, *, require_file: bool = True) -> Config:
+    """Read, validate and apply environment overrides.
+
+    ``require_file`` is False only for commands that make sense without one (``init``).
+    """
+    path = find_config(explicit)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(
+                f"{path} is not valid TOML ({exc}): fix the file or rewrite it with `pgdr init`"
+            )
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path} is not valid TOML (not UTF-8 text): fix the file or rewrite it with `pgdr init`"
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}")
+    elif require_file:
+        raise ConfigError(
+            f"no config file found ({user_config_path()} or {SYSTEM_CONFIG}): "
+            "run `pgdr init`, or pass --config PATH / set PGDR_CONFIG"
+        )
+    where = str(path) if path else "the environment"
+    cfg = _build(raw, where, source=path)
+    return _validate(cfg, where)
+
+
+def _build(raw: dict[str, Any], where: str, *, source: Path | None) -> Config:
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in {where}{_hint(section, SECTIONS)}")
+    sections: dict[str, Any] = {}
+    hints = typing.get_type_hints(Config)
+    for section in SECTIONS:
+        cls = hints[section]
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in {where} must be a table, not a value")
+        values = {name: _coerce(section, name, value, cls, where) for name, value in table.items()}
+        for var, (sec, key) in ENVIRONMENT.items():
+            if sec == section and os.environ.get(var):
+                values[key] = _coerce(section, key, os.environ[var], cls, f"${var}", from_env=True)
+        sections[section] = cls(**values)
+    return Config(**sections, source=source)
+
+
+def _coerce(section: str, key: str, value: Any, cls: type, where: str, *, from_env: bool = False) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise ConfigError(f"unknown key {section}.{key} in {where}{_hint(key, fields)}")
+    expected = typing.get_type_hints(cls)[key]
+    shown = "" if (section, key) in SECRET_KEYS else f" (got {value!r})"
+    if expected is int:
+        if from_env and isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{section}.{key} in {where} must be an integer{shown}")
+        if value < 0:
+            raise ConfigError(f"{section}.{key} in {where} must not be negative{shown}")
+        return value
+    if expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{section}.{key} in {where} must be a string{shown}")
+        choices = CHOICES.get((section, key))
+        if choices is not None and value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{section}.{key} in {where} must be one of {allowed}{shown}")
+        return value
+    if typing.get_origin(expected) is list or isinstance(expected, types.GenericAlias):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{section}.{key} in {where} must be a list of strings{shown}")
+        return list(value)
+    raise AssertionError(f"unhandled config type {expected!r}")  # pragma: no cover
+
+
+def _hint(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f": did you mean {close[0]!r}?" if close else f": known are {', '.join(options)}"
+
+
+def _validate(cfg: Config, where: str) -> Config:
+    if cfg.source is None:
+        return cfg
+    if not cfg.cluster.name:
+        raise ConfigError(f'cluster.name is missing in {where}: set [cluster] name = "..." (e.g. "main")')
+    if "/" in cfg.cluster.name or cfg.cluster.name.startswith("."):
+        raise ConfigError(
+            f"cluster.name in {where} must not contain '/' or start with '.' (got {cfg.cluster.name!r})"
+        )
+    if not cfg.repository_names:
+        raise ConfigError(f"no repository configured in {where}: set [local] path and/or [s3] bucket")
+    for name in cfg.archive.sync:
+        if name not in cfg.repository_names:
+            raise ConfigError(
+                f"archive.sync in {where} names repository {name!r}, which is not configured "
+                f"(configured: {', '.join(cfg.repository_names)})"
+            )
+    if cfg.s3.sse == "aws:kms" and not cfg.s3.kms_key_id:
+        raise ConfigError(f's3.kms_key_id is missing in {where}: s3.sse = "aws:kms" needs the KMS key id')
+    return cfg
+
+
+STARTER = """\
+# pgdr configuration. Environment variables override these values:
+# DB_PASSWORD, BACKUP_S3_BUCKET, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+# TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID and libpq's PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD.
+
+[cluster]
+# The name everything is stored under, and the word typed to confirm a restore.
+name = {name}
+
+[postgres]
+host = {host}          # a socket directory or a host name; empty: libpq's default
+port = {port}
+user = {user}
+dbname = {dbname}
+data_dir = {data_dir}  # needed by check and restore
+bin_dir = ""           # PostgreSQL programs; empty: /usr/lib/postgresql/<version>/bin or PATH
+
+[local]
+path = {local_path}    # local repository; empty: no local repository
+retention_days = 7
+
+[s3]
+bucket = ""            # empty: no S3 repository
+prefix = ""
+region = ""
+endpoint_url = ""      # any S3-compatible endpoint, e.g. "http://127.0.0.1:9000"
+storage_class = "STANDARD_IA"
+sse = ""               # "", "AES256" or "aws:kms"
+kms_key_id = ""
+retention_days = 30
+
+[archive]
+sync = []              # repositories wal-push must reach before it answers; [] = local, else s3
+compression = "zstd"   # "zstd" or "none"
+compression_level = 3
+
+[backup]
+checkpoint = "fast"    # "fast" or "spread"
+compression_level = 3
+
+[telegram]
+bot_token = ""
+chat_id = ""
+api_url = "https://api.telegram.org"
+
+[schedule]
+base_backup = "0 */6 * * *"
+"""
+
+
+def starter_config(
+    *,
+    name: str = "main",
+    host: str = "",
+    port: int = 5432,
+    user: str = "postgres",
+    dbname: str = "postgres",
+    data_dir: str = "",
+    local_path: str = "",
+) -> str:
+    """A commented starting config; values are quoted with tomli-w so any path round-trips."""
+    import tomli_w
+
+    def q(value: str) -> str:
+        return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+
+    return STARTER.format(
+        name=q(name),
+        host=q(host),
+        port=port,
+        user=q(user),
+        dbname=q(dbname),
+        data_dir=q(data_dir),
+        local_path=q(local_path),
+    )

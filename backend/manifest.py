@@ -1,0 +1,124 @@
+"""A backup's manifest: the record that makes a set of stored objects a backup.
+
+It is written last, after every object it names is complete in the repository; a backup folder
+without it is debris from an interrupted run, never a backup.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from backend.errors import PgdrError
+
+MANIFEST_FORMAT = 1
+MANIFEST_NAME = "manifest.json"
+BACKUPS_PREFIX = "backups/"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a backup: ``sha256``/``size`` of the stored bytes, ``raw_*`` of the original."""
+
+    key: str
+    size: int
+    sha256: str
+    raw_size: int
+    raw_sha256: str
+    compression: str
+
+
+@dataclass(frozen=True)
+class BackupManifest:
+    name: str
+    kind: str  # "physical" | "logical"
+    cluster: str
+    system_identifier: int
+    pg_version: str
+    start_time: datetime
+    stop_time: datetime
+    objects: list[StoredObject]
+    timeline: int | None = None
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    wal_start: str | None = None
+    wal_stop: str | None = None
+    wal_segment_size: int | None = None
+    file_count: int | None = None
+    database: str | None = None
+    pgdr_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        """The size of what was backed up (uncompressed)."""
+        return sum(o.raw_size for o in self.objects)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+    def object_key(self, obj: StoredObject) -> str:
+        return f"{BACKUPS_PREFIX}{self.name}/{obj.key}"
+
+    @property
+    def key(self) -> str:
+        return f"{BACKUPS_PREFIX}{self.name}/{MANIFEST_NAME}"
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["format"] = MANIFEST_FORMAT
+        data["system_identifier"] = str(self.system_identifier)
+        data["start_time"] = self.start_time.isoformat()
+        data["stop_time"] = self.stop_time.isoformat()
+        data["size_bytes"] = self.size_bytes
+        data["stored_bytes"] = self.stored_bytes
+        return json.dumps(data, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> BackupManifest:
+        """Parse and type-check; a damaged manifest is one clear error, never a half-read backup."""
+        try:
+            data = json.loads(raw)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown manifest format {data.get('format')!r}")
+            objects = [StoredObject(**o) for o in data["objects"]]
+            for o in objects:
+                if not isinstance(o.size, int) or not isinstance(o.sha256, str) or not isinstance(o.key, str):
+                    raise ValueError(f"object {o.key!r} has wrong types")
+            optional_int = ("timeline", "wal_segment_size", "file_count")
+            for name in optional_int:
+                if data.get(name) is not None and not isinstance(data[name], int):
+                    raise ValueError(f"{name} must be an integer")
+            return cls(
+                name=str(data["name"]),
+                kind=_choice(data["kind"], ("physical", "logical")),
+                cluster=str(data["cluster"]),
+                system_identifier=int(data["system_identifier"]),
+                pg_version=str(data["pg_version"]),
+                start_time=datetime.fromisoformat(data["start_time"]),
+                stop_time=datetime.fromisoformat(data["stop_time"]),
+                objects=objects,
+                timeline=data.get("timeline"),
+                start_lsn=data.get("start_lsn"),
+                stop_lsn=data.get("stop_lsn"),
+                wal_start=data.get("wal_start"),
+                wal_stop=data.get("wal_stop"),
+                wal_segment_size=data.get("wal_segment_size"),
+                file_count=data.get("file_count"),
+                database=data.get("database"),
+                pgdr_version=str(data.get("pgdr_version", "")),
+                extra=dict(data.get("extra") or {}),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise PgdrError(
+                f"backup manifest {where} is damaged ({exc}): run `pgdr verify` and take a new backup"
+            )
+
+
+def _choice(value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"kind must be one of {allowed}, not {value!r}")
+    return str(value)

@@ -1,0 +1,153 @@
+"""Talking to the PostgreSQL server and running its programs.
+
+Client programs (pg_basebackup, pg_dump) get the connection through libpq's environment, so the
+password never shows in a process listing. Server programs (pg_ctl, postgres) refuse to run as root;
+like Debian's pg_ctlcluster, pgdr run as root runs them as the owner of the data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backend.config import Config
+from backend.errors import ConfigError, PgdrError
+
+if TYPE_CHECKING:
+    import psycopg
+
+DEBIAN_BIN = Path("/usr/lib/postgresql")
+
+
+def libpq_env(cfg: Config) -> dict[str, str]:
+    """The environment a client program needs to reach the configured server."""
+    env = dict(os.environ)
+    pg = cfg.postgres
+    for var, value in (
+        ("PGHOST", pg.host),
+        ("PGPORT", str(pg.port)),
+        ("PGUSER", pg.user),
+        ("PGDATABASE", pg.dbname),
+        ("PGPASSWORD", pg.password),
+    ):
+        if value:
+            env[var] = value
+    env.setdefault("PGAPPNAME", "pgdr")
+    env.setdefault("PGCONNECT_TIMEOUT", "10")
+    return env
+
+
+def describe_server(cfg: Config) -> str:
+    pg = cfg.postgres
+    host = pg.host or "the default socket"
+    return f"PostgreSQL at {host} port {pg.port} as user {pg.user or os.environ.get('USER', '?')}"
+
+
+def connect(cfg: Config, *, dbname: str | None = None) -> psycopg.Connection[Any]:
+    """Connect with autocommit; a failure is one line naming the server and the likely fix."""
+    import psycopg
+
+    pg = cfg.postgres
+    params: dict[str, Any] = {
+        "dbname": dbname or pg.dbname,
+        "port": pg.port,
+        "connect_timeout": 10,
+        "application_name": "pgdr",
+        "autocommit": True,
+    }
+    if pg.host:
+        params["host"] = pg.host
+    if pg.user:
+        params["user"] = pg.user
+    if pg.password:
+        params["password"] = pg.password
+    try:
+        return psycopg.connect(**params)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PgdrError(
+            f"cannot connect to {describe_server(cfg)}: {reason}; check [postgres] host/port/user in {cfg.where()} "
+            "and that the server runs (pg_isready)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    system_identifier: int
+    version: str
+    version_num: int
+    segment_size: int
+    timeline: int
+    in_recovery: bool
+
+
+def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
+    row = conn.execute(
+        "SELECT (SELECT system_identifier FROM pg_control_system()),"
+        " current_setting('server_version'), current_setting('server_version_num')::int,"
+        " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+        " (SELECT timeline_id FROM pg_control_checkpoint()), pg_is_in_recovery()"
+    ).fetchone()
+    assert row is not None
+    return ServerInfo(
+        int(row[0]), str(row[1]).split()[0], int(row[2]), int(row[3]), int(row[4]), bool(row[5])
+    )
+
+
+def bin_dir(cfg: Config, version_num: int | None = None) -> Path | None:
+    """Where the PostgreSQL programs are: the configured folder, Debian's for the major version, or PATH."""
+    if cfg.postgres.bin_dir:
+        return Path(cfg.postgres.bin_dir)
+    if version_num is not None:
+        candidate = DEBIAN_BIN / str(version_num // 10000) / "bin"
+        if candidate.is_dir():
+            return candidate
+    if shutil.which("pg_basebackup"):
+        return None
+    versions = sorted(
+        (p for p in DEBIAN_BIN.glob("*/bin") if p.parent.name.isdigit()), key=lambda p: int(p.parent.name)
+    )
+    return versions[-1] if versions else None
+
+
+def program(cfg: Config, name: str, version_num: int | None = None) -> str:
+    folder = bin_dir(cfg, version_num)
+    path = str(folder / name) if folder else shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        raise ConfigError(
+            f"PostgreSQL program {name} not found{f' in {folder}' if folder else ' on PATH'}: "
+            f"install the PostgreSQL client/server programs or set [postgres] bin_dir in {cfg.where()}"
+        )
+    return path
+
+
+def owner_of(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+def run_server_program(
+    argv: list[str], data_dir: Path, *, check: bool = True, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run a server program (pg_ctl, postgres, pg_controldata) as the data directory's owner."""
+    if os.geteuid() == 0:
+        uid, gid = owner_of(data_dir)
+        if uid == 0:
+            raise PgdrError(
+                f"{data_dir} is owned by root: PostgreSQL cannot run as root; chown it to the server user"
+            )
+        import pwd
+
+        home = pwd.getpwuid(uid).pw_dir
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env.update(HOME=home)
+        kwargs.update(user=uid, group=gid, extra_groups=[], env=env)
+    result = subprocess.run(argv, text=True, capture_output=True, check=False, **kwargs)
+    if check and result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PgdrError(f"{Path(argv[0]).name} failed (exit {result.returncode}): {tail[0]}")
+    return result

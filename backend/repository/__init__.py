@@ -1,0 +1,141 @@
+"""Repositories: where WAL and backups are stored. One interface, a local directory and S3.
+
+Keys are '/'-separated paths below the cluster's root (``<path>/<cluster>/`` locally,
+``s3://<bucket>/<prefix>/<cluster>/`` on S3). Every write is all-or-nothing: an object is either
+absent or complete under its real key, never half-written, so a crash at any point leaves nothing
+that a later read could mistake for data.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from backend.errors import ClusterMismatch, ConfigError, ObjectNotFound
+
+if TYPE_CHECKING:
+    from backend.config import Config
+
+IDENTITY_KEY = "repo.json"
+REPOSITORY_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+class ObjectWriter(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class Repository(ABC):
+    """A store of immutable objects under one cluster's root."""
+
+    #: "local" or "s3": the name the config, the catalog and ``--repo`` use.
+    name: str
+
+    @abstractmethod
+    def location(self) -> str:
+        """Where the cluster's root is, for messages: a path or an s3:// URL."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` durably and atomically, replacing any object there."""
+
+    @abstractmethod
+    def writer(self, key: str) -> AbstractContextManager[ObjectWriter]:
+        """A streaming writer; the object appears under ``key`` only when the block exits cleanly."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The whole object; raises ObjectNotFound."""
+
+    @abstractmethod
+    def open(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A streaming reader; raises ObjectNotFound."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Remove objects; keys that are already gone are not an error."""
+
+    def exists(self, key: str) -> bool:
+        return any(info.key == key for info in self.list(key))
+
+
+def open_repositories(cfg: Config, only: str | None = None) -> list[Repository]:
+    """The configured repositories, local first; ``only`` limits to one by name."""
+    names = cfg.repository_names
+    if only is not None:
+        if only not in names:
+            raise ConfigError(
+                f"repository {only!r} is not configured in {cfg.where()} "
+                f"(configured: {', '.join(names) or 'none'})"
+            )
+        names = [only]
+    return [open_repository(cfg, name) for name in names]
+
+
+def open_repository(cfg: Config, name: str) -> Repository:
+    """Open one repository; S3 (and so boto3) is imported only when asked for."""
+    if name == "local":
+        from backend.repository.local import LocalRepository
+
+        return LocalRepository(cfg.local.path, cfg.cluster.name)
+    if name == "s3":
+        from backend.repository.s3 import S3Repository
+
+        return S3Repository.from_config(cfg)
+    raise ConfigError(f"unknown repository {name!r}: use 'local' or 's3'")
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """What makes a repository belong to one PostgreSQL cluster and no other."""
+
+    system_identifier: int
+    segment_size: int
+
+
+def read_identity(repo: Repository) -> ClusterIdentity | None:
+    try:
+        raw = json.loads(repo.get(IDENTITY_KEY))
+    except ObjectNotFound:
+        return None
+    return ClusterIdentity(int(raw["system_identifier"]), int(raw["wal_segment_size"]))
+
+
+def ensure_identity(repo: Repository, identity: ClusterIdentity, cluster: str) -> ClusterIdentity:
+    """Record the cluster's identity on first use; refuse a repository that belongs to another cluster."""
+    stored = read_identity(repo)
+    if stored is None and not identity.segment_size:
+        return (
+            identity  # pg_control alone (a .history file) does not know the segment size: wait for a segment
+        )
+    if stored is None:
+        record = {
+            "format": REPOSITORY_FORMAT,
+            "cluster": cluster,
+            "system_identifier": str(identity.system_identifier),
+            "wal_segment_size": identity.segment_size,
+        }
+        repo.put(IDENTITY_KEY, json.dumps(record, indent=2).encode() + b"\n")
+        return identity
+    if stored.system_identifier != identity.system_identifier:
+        raise ClusterMismatch(
+            f"{repo.name} repository {repo.location()} belongs to the cluster with system identifier "
+            f"{stored.system_identifier}, not {identity.system_identifier}: refusing to mix clusters; "
+            "give this cluster its own [cluster] name"
+        )
+    return stored

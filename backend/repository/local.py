@@ -1,0 +1,153 @@
+"""A repository in a local directory (a disk, an NFS mount, a Docker volume).
+
+Durability: data goes to a hidden temporary file in the target folder, is fsynced, renamed over the
+real name and the folder is fsynced, so after ``put`` returns the object survives a power cut and a
+crash before that leaves only a temporary file, which readers never see.
+
+When pgdr runs as root, new files and folders are handed to the owner of the repository root, so a
+root-run ``pgdr backup`` never leaves anything PostgreSQL's archive_command (running as postgres)
+cannot write next to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from backend.errors import ObjectNotFound, RepositoryError
+from backend.repository import ObjectInfo, Repository
+
+TEMP_PREFIX = ".tmp."
+
+
+class LocalRepository(Repository):
+    name = "local"
+
+    def __init__(self, path: str | os.PathLike[str], cluster: str) -> None:
+        self.base = Path(path)
+        self.root = self.base / cluster
+        self._owner: tuple[int, int] | None = None
+        if os.geteuid() == 0 and self.base.exists():
+            st = self.base.stat()
+            if st.st_uid != 0:
+                self._owner = (st.st_uid, st.st_gid)
+
+    def location(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise RepositoryError(f"invalid object key {key!r}")
+        return self.root / key
+
+    def _makedirs(self, folder: Path) -> None:
+        """Create ``folder`` and its parents with mode 0700, fsyncing each new entry's parent."""
+        missing = []
+        probe = folder
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise RepositoryError(f"cannot create {new} in the local repository: {exc.strerror}") from exc
+            self._chown(new)
+            _fsync_dir(new.parent)
+
+    def _chown(self, path: Path) -> None:
+        if self._owner is not None:
+            os.chown(path, *self._owner)
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.writer(key) as out:
+            out.write(data)
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[BinaryIO]:
+        target = self._path(key)
+        self._makedirs(target.parent)
+        temp = target.parent / f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                yield out
+                out.flush()
+                os.fsync(out.fileno())
+            self._chown(temp)
+            os.rename(temp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    @contextlib.contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{key} is not in the local repository {self.root}") from None
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {path}: {exc.strerror}") from exc
+        with fh:
+            yield fh
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Walk only the folders that can hold keys with ``prefix``, in key order."""
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root / folder if folder else self.root
+        yield from self._walk(start, f"{folder}/" if folder else "", prefix)
+
+    def _walk(self, folder: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise RepositoryError(f"cannot list {folder}: {exc.strerror}") from exc
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            key = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if prefix.startswith(key + "/") or key.startswith(prefix) or (key + "/").startswith(prefix):
+                    yield from self._walk(Path(entry.path), key + "/", prefix)
+            elif key.startswith(prefix):
+                st = entry.stat(follow_symlinks=False)
+                yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def delete(self, keys: Iterable[str]) -> None:
+        folders = set()
+        for key in keys:
+            path = self._path(key)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                folders.add(path.parent)
+        for folder in folders:
+            _fsync_dir(folder)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

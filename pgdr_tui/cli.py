@@ -1,0 +1,282 @@
+"""The ``pgdr`` command line: parse, call the backend, print. No behaviour lives here.
+
+Imports are deferred to each command, so ``pgdr wal-push`` (run by PostgreSQL for every segment)
+loads the configuration and the archiver and nothing else: no Textual, no boto3 unless S3 is a
+repository it must reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from backend import __version__
+from backend.errors import PgdrError
+
+if TYPE_CHECKING:
+    from backend.config import Config
+    from backend.progress import Progress
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        handler: Handler = args.handler
+        return handler(args)
+    except PgdrError as exc:
+        if not getattr(args, "quiet_missing", False) or exc.exit_code != 1:
+            print(f"pgdr: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pgdr: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgdr",
+        description="Backup and disaster recovery for PostgreSQL: WAL archiving, base backups, point-in-time restore.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgdr {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $PGDR_CONFIG, the user config dir, /etc/pgdr/pgdr.toml)",
+    )
+    parser.set_defaults(command=None)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(command=name, handler=handler)
+        return p
+
+    p = command("init", cmd_init, "write a commented starting config file")
+    p.add_argument("--cluster", default="main", help="cluster name (default: main)")
+    p.add_argument("--data-dir", default="", help="the cluster's data directory")
+    p.add_argument("--local-path", default="", help="local repository directory")
+    p.add_argument("--host", default="", help="server host or socket directory")
+    p.add_argument("--port", type=int, default=5432)
+    p.add_argument("--user", default="postgres")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    p = command("wal-push", cmd_wal_push, "archive one WAL file (archive_command = 'pgdr wal-push %%p')")
+    p.add_argument("path", help="the WAL file, as PostgreSQL's %%p gives it")
+
+    p = command(
+        "wal-fetch", cmd_wal_fetch, "restore one WAL file (restore_command = 'pgdr wal-fetch %%f %%p')"
+    )
+    p.add_argument("filename", help="the WAL file name (%%f)")
+    p.add_argument("destination", help="where to write it (%%p)")
+    p.set_defaults(quiet_missing=True)
+
+    p = command("wal-upload", cmd_wal_upload, "copy queued WAL to repositories wal-push does not wait for")
+    p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
+
+    p = command("backup", cmd_backup, "take a physical base backup (or, with --logical, the seed's dumps)")
+    p.add_argument(
+        "--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup"
+    )
+    p.add_argument("--repo", choices=["local", "s3"], help="write to this repository only")
+    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+
+    p = command("list", cmd_list, "list backups and the archived WAL")
+    p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command(
+        "check", cmd_check, "check the server's archiving settings and that WAL reaches every repository"
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the switched segment")
+
+    p = command("config", cmd_config, "print the effective configuration (secrets masked)")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def load(args: argparse.Namespace) -> Config:
+    from backend.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.config import starter_config, user_config_path
+
+    path = Path(args.config or os.environ.get("PGDR_CONFIG") or user_config_path())
+    if path.exists() and not args.force:
+        raise PgdrError(f"{path} already exists: edit it, or pass --force to overwrite it")
+    text = starter_config(
+        name=args.cluster,
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        data_dir=args.data_dir,
+        local_path=args.local_path,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    print(f"wrote {path}: set [local] path and/or [s3] bucket, then run `pgdr check`")
+    return 0
+
+
+def cmd_wal_push(args: argparse.Namespace) -> int:
+    from backend.archive.push import push
+
+    push(load(args), args.path)
+    return 0
+
+
+def cmd_wal_fetch(args: argparse.Namespace) -> int:
+    from backend.archive.fetch import fetch
+
+    fetch(load(args), args.filename, args.destination)
+    return 0
+
+
+def cmd_wal_upload(args: argparse.Namespace) -> int:
+    from backend.archive import queue
+
+    cfg = load(args)
+    targets = (
+        [args.repo] if args.repo else [n for n in cfg.repository_names if n not in cfg.sync_repositories]
+    )
+    for target in targets:
+        done = queue.drain(cfg, target)
+        if not args.quiet:
+            print(f"{target}: uploaded {len(done)} WAL file(s)")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from backend.repository import open_repositories
+
+    cfg = load(args)
+    repos = open_repositories(cfg, args.repo)
+    reporter = _progress_printer()
+    if args.logical:
+        from backend.backup.logical import take_logical_dump
+
+        manifest = take_logical_dump(cfg, repos, on_progress=reporter)
+    else:
+        from backend.backup.physical import take_base_backup
+
+        manifest = take_base_backup(cfg, repos, on_progress=reporter)
+    if args.json:
+        print(json.dumps(json.loads(manifest.to_json())))
+    else:
+        import humanize
+
+        took = (manifest.stop_time - manifest.start_time).total_seconds()
+        print(
+            f"backup {manifest.name} ({manifest.kind}) complete: {humanize.naturalsize(manifest.size_bytes)} "
+            f"stored as {humanize.naturalsize(manifest.stored_bytes)} in {', '.join(r.name for r in repos)}, "
+            f"{took:.1f} s"
+        )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from backend.catalog import read_catalog
+    from backend.repository import open_repositories
+
+    cfg = load(args)
+    catalog = read_catalog(open_repositories(cfg, args.repo))
+    if args.json:
+        print(json.dumps({"cluster": cfg.cluster.name, **catalog.to_json()}, indent=2))
+        return 0
+    import humanize
+
+    print(f"Backups of cluster {cfg.cluster.name}:")
+    rows = [["NAME", "KIND", "STARTED (UTC)", "SIZE", "STORED", "TL", "REPOSITORIES"]]
+    for b in catalog.backups:
+        m = b.manifest
+        rows.append(
+            [
+                m.name,
+                m.kind,
+                m.start_time.strftime("%Y-%m-%d %H:%M:%S"),
+                humanize.naturalsize(m.size_bytes),
+                humanize.naturalsize(m.stored_bytes),
+                str(m.timeline or ""),
+                ", ".join(b.repositories),
+            ]
+        )
+    _print_table(rows) if len(rows) > 1 else print("  none yet: run `pgdr backup`")
+    print("\nWAL archive (contiguous ranges):")
+    rows = [["REPO", "TL", "FIRST SEGMENT", "LAST SEGMENT", "SEGMENTS", "STORED", "ARCHIVED (UTC)"]]
+    for r in catalog.wal:
+        rows.append(
+            [
+                r.repository,
+                str(r.timeline),
+                r.first.name,
+                r.last.name,
+                str(r.segments),
+                humanize.naturalsize(r.stored_bytes),
+                f"{r.first_archived_at:%Y-%m-%d %H:%M} .. {r.last_archived_at:%Y-%m-%d %H:%M}",
+            ]
+        )
+    _print_table(rows) if len(rows) > 1 else print("  none yet: set archive_command = 'pgdr wal-push %p'")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from backend.check import run_check
+
+    cfg = load(args)
+    problems = 0
+    for result in run_check(cfg, timeout=args.timeout):
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"[{mark}] {result.message}")
+        problems += not result.ok
+    return 1 if problems else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    if args.json:
+        print(json.dumps(cfg.to_dict(), indent=2))
+    else:
+        import tomli_w
+
+        print(f"# effective configuration from {cfg.where()} and the environment (secrets masked)")
+        print(tomli_w.dumps(cfg.to_dict()))
+    return 0
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _progress_printer() -> Callable[[Progress], None]:
+    """A progress line on a terminal; nothing when output goes to a file or a log."""
+    if not sys.stderr.isatty():
+        return lambda _: None
+    import humanize
+
+    def show(p: Progress) -> None:
+        total = f" of ~{humanize.naturalsize(p.total)}" if p.total else ""
+        sys.stderr.write(f"\r{p.message}: {humanize.naturalsize(p.done)}{total}\x1b[K")
+        if p.total is not None and p.done >= p.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
