@@ -1,0 +1,68 @@
+"""Shared fixtures: a real PostgreSQL cluster archiving through the real pgdr, and a real S3 endpoint."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.cluster import Cluster, make_shared_dir, running_cluster, server_pgdr
+from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoEndpoint
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Iterator[Path]:
+    """A temp dir the server user can enter; removed at the end of the session."""
+    path = make_shared_dir("pgdr-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pgdr_for_server(shared_dir: Path) -> Path:
+    return server_pgdr(shared_dir)
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoEndpoint]:
+    with MotoEndpoint() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(moto: MotoEndpoint, request: pytest.FixtureRequest) -> str:
+    name = "pgdr-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    moto.start()
+    moto.create_bucket(name)
+    return name
+
+
+def s3_settings(moto: MotoEndpoint, bucket: str) -> dict[str, str]:
+    return {
+        "bucket": bucket,
+        "prefix": "pg",
+        "region": REGION,
+        "endpoint_url": moto.url,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+    }
+
+
+@pytest.fixture
+def cluster(shared_dir: Path, pgdr_for_server: Path) -> Iterator[Cluster]:
+    """A fresh, running cluster archiving into a local repository."""
+    with running_cluster(shared_dir, pgdr_for_server) as c:
+        c.write_config(c.base_config())
+        c.start()
+        yield c
+
+
+@pytest.fixture
+def cluster_s3(shared_dir: Path, pgdr_for_server: Path, moto: MotoEndpoint, bucket: str) -> Iterator[Cluster]:
+    """A fresh, running cluster archiving into a local repository (synchronously) and S3 (queued)."""
+    with running_cluster(shared_dir, pgdr_for_server) as c:
+        c.write_config(c.base_config(s3=s3_settings(moto, bucket)))
+        c.start()
+        yield c
