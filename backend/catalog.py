@@ -111,9 +111,7 @@ def read_catalog(repos: list[Repository]) -> Catalog:
                 continue
             if kind is WalKind.SEGMENT:
                 segments.append(
-                    ArchivedSegment(
-                        SegmentName.parse(obj.filename, segment_size), repo.name, info.size, info.modified
-                    )
+                    ArchivedSegment(SegmentName.parse(obj.filename, segment_size), repo.name, info.size, info.modified)
                 )
             elif kind is WalKind.HISTORY:
                 history[repo.name].append(obj.filename)

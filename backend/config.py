@@ -182,7 +182,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
         path = Path(explicit)
         if not path.is_file():
             raise ConfigError(
-                f"config file {path} does not exist: create it with `pgdr init --config {path}`"
+                f"config file {path} does not exist: create it with `pgdr --config {path} init`"
             )
         return path
     env = os.environ.get("PGDR_CONFIG")
@@ -254,7 +254,7 @@ def _coerce(section: str, key: str, value: Any, cls: type, where: str, *, from_e
     expected = typing.get_type_hints(cls)[key]
     shown = "" if (section, key) in SECRET_KEYS else f" (got {value!r})"
     if expected is int:
-        if from_env and isinstance(value, str) and value.strip().isdigit():
+        if from_env and isinstance(value, str) and value.strip().isdecimal():
             return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{section}.{key} in {where} must be an integer{shown}")

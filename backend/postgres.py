@@ -93,9 +93,7 @@ def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
         " (SELECT timeline_id FROM pg_control_checkpoint()), pg_is_in_recovery()"
     ).fetchone()
     assert row is not None
-    return ServerInfo(
-        int(row[0]), str(row[1]).split()[0], int(row[2]), int(row[3]), int(row[4]), bool(row[5])
-    )
+    return ServerInfo(int(row[0]), str(row[1]).split()[0], int(row[2]), int(row[3]), int(row[4]), bool(row[5]))
 
 
 def bin_dir(cfg: Config, version_num: int | None = None) -> Path | None:
@@ -137,9 +135,7 @@ def run_server_program(
     if os.geteuid() == 0:
         uid, gid = owner_of(data_dir)
         if uid == 0:
-            raise PgdrError(
-                f"{data_dir} is owned by root: PostgreSQL cannot run as root; chown it to the server user"
-            )
+            raise PgdrError(f"{data_dir} is owned by root: PostgreSQL cannot run as root; chown it to the server user")
         import pwd
 
         home = pwd.getpwuid(uid).pw_dir

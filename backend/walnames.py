@@ -12,10 +12,10 @@ from enum import Enum
 
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial$")
-BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup$")
-HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history$")
+SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\Z")
+PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial\Z")
+BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup\Z")
+HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history\Z")
 
 
 class WalKind(Enum):

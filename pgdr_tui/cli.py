@@ -34,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args)
     except PgdrError as exc:
-        if not getattr(args, "quiet_missing", False) or exc.exit_code != 1:
-            print(f"pgdr: error: {exc}", file=sys.stderr)
+        print(f"pgdr: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pgdr: interrupted", file=sys.stderr)
@@ -73,21 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("wal-push", cmd_wal_push, "archive one WAL file (archive_command = 'pgdr wal-push %%p')")
     p.add_argument("path", help="the WAL file, as PostgreSQL's %%p gives it")
 
-    p = command(
-        "wal-fetch", cmd_wal_fetch, "restore one WAL file (restore_command = 'pgdr wal-fetch %%f %%p')"
-    )
+    p = command("wal-fetch", cmd_wal_fetch, "restore one WAL file (restore_command = 'pgdr wal-fetch %%f %%p')")
     p.add_argument("filename", help="the WAL file name (%%f)")
     p.add_argument("destination", help="where to write it (%%p)")
-    p.set_defaults(quiet_missing=True)
 
     p = command("wal-upload", cmd_wal_upload, "copy queued WAL to repositories wal-push does not wait for")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
 
     p = command("backup", cmd_backup, "take a physical base backup (or, with --logical, the seed's dumps)")
-    p.add_argument(
-        "--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup"
-    )
+    p.add_argument("--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup")
     p.add_argument("--repo", choices=["local", "s3"], help="write to this repository only")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
 
@@ -95,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = command(
-        "check", cmd_check, "check the server's archiving settings and that WAL reaches every repository"
-    )
+    p = command("check", cmd_check, "check the server's archiving settings and that WAL reaches every repository")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the switched segment")
 
     p = command("config", cmd_config, "print the effective configuration (secrets masked)")
@@ -153,9 +145,7 @@ def cmd_wal_upload(args: argparse.Namespace) -> int:
     from backend.archive import queue
 
     cfg = load(args)
-    targets = (
-        [args.repo] if args.repo else [n for n in cfg.repository_names if n not in cfg.sync_repositories]
-    )
+    targets = [args.repo] if args.repo else [n for n in cfg.repository_names if n not in cfg.sync_repositories]
     for target in targets:
         done = queue.drain(cfg, target)
         if not args.quiet:

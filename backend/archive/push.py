@@ -36,9 +36,7 @@ def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise PgdrError(
-            f"cannot read {path}: {exc.strerror} (archive_command runs in the data directory)"
-        ) from None
+        raise PgdrError(f"cannot read {path}: {exc.strerror} (archive_command runs in the data directory)") from None
     data_dir = Path(cfg.postgres.data_dir) if cfg.postgres.data_dir else Path.cwd()
     identity = identity_of(data, kind, filename, data_dir)
     obj = WalObject(filename, checksum(data), cfg.archive.compression)
@@ -62,9 +60,7 @@ def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
     return PushResult(filename, stored, already, queued)
 
 
-def store(
-    repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str
-) -> bool:
+def store(repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str) -> bool:
     """Store one WAL object; False when the identical file is already there.
 
     The same name with other content is refused and nothing is written: after a restore that

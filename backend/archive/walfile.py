@@ -88,9 +88,7 @@ def identity_of(data: bytes, kind: WalKind, filename: str, data_dir: Path | None
     """
     if kind in (WalKind.SEGMENT, WalKind.PARTIAL):
         if len(data) < _LONG_HEADER.size:
-            raise PgdrError(
-                f"{filename} is too short to be a WAL segment ({len(data)} bytes): refusing to archive it"
-            )
+            raise PgdrError(f"{filename} is too short to be a WAL segment ({len(data)} bytes): refusing to archive it")
         magic, info, _tli, _addr, _rem, sysid, seg_size, _blcksz = _LONG_HEADER.unpack_from(data)
         if magic & 0xFF00 != XLOG_PAGE_MAGIC_MIN or not info & XLP_LONG_HEADER:
             raise PgdrError(f"{filename} does not start with a WAL page header: refusing to archive it")

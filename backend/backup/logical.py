@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import subprocess
 import threading
 from datetime import UTC, datetime
+from typing import cast
 
 from backend import __version__
 from backend.backup.common import backup_name, check_repositories, commit_manifest, discard_on_failure
@@ -81,9 +83,7 @@ def take_logical_dump(
 class _DumpJob:
     """One pg_dump process streamed into every repository (in its own thread)."""
 
-    def __init__(
-        self, repos: list[Repository], name: str, key: str, argv: list[str], *, gzip_output: bool
-    ) -> None:
+    def __init__(self, repos: list[Repository], name: str, key: str, argv: list[str], *, gzip_output: bool) -> None:
         self.repos, self.name, self.key, self.argv, self.gzip_output = repos, name, key, argv, gzip_output
         self.record: StoredObject | None = None
         self.error: BaseException | None = None
@@ -102,12 +102,8 @@ class _DumpJob:
         raw_size = 0
         try:
             with fan_out(self.repos, f"{BACKUPS_PREFIX}{self.name}/{self.key}") as sink:
-                out = (
-                    gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0)
-                    if self.gzip_output
-                    else sink
-                )
-                while chunk := proc.stdout.read1(CHUNK):
+                out = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0) if self.gzip_output else sink
+                while chunk := cast(io.BufferedReader, proc.stdout).read1(CHUNK):
                     check_cancel(cancel, f"dump {self.name}")
                     raw.update(chunk)
                     raw_size += len(chunk)

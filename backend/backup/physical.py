@@ -9,13 +9,14 @@ backup needs is archived, so a listed backup is always restorable from the repos
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from backend import __version__
 from backend.backup.common import (
@@ -55,12 +56,22 @@ def take_base_backup(
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
     with discard_on_failure(repos, name):
-        manifest = _take(cfg, repos, info, name, started, estimate, on_progress, cancel)
+        manifest = _take(
+            cfg=cfg,
+            repos=repos,
+            info=info,
+            name=name,
+            started=started,
+            estimate=estimate,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
     on_progress(Progress("backup", manifest.size_bytes, manifest.size_bytes, f"{name}: done"))
     return manifest
 
 
 def _take(
+    *,
     cfg: Config,
     repos: list[Repository],
     info: ServerInfo,
@@ -93,13 +104,11 @@ def _take(
     drain = threading.Thread(target=_collect, args=(proc.stderr, stderr_lines), daemon=True)
     drain.start()
     try:
-        compressor = zstandard.ZstdCompressor(
-            level=cfg.backup.compression_level, threads=-1, write_checksum=True
-        )
+        compressor = zstandard.ZstdCompressor(level=cfg.backup.compression_level, threads=-1, write_checksum=True)
         with fan_out(repos, key) as sink:
-            with compressor.stream_writer(sink, closefd=False) as zout:
+            with compressor.stream_writer(cast(IO[bytes], sink), closefd=False) as zout:
                 last_report = 0.0
-                while chunk := proc.stdout.read1(CHUNK):
+                while chunk := cast(io.BufferedReader, proc.stdout).read1(CHUNK):
                     check_cancel(cancel, f"backup {name}")
                     raw_hash.update(chunk)
                     raw_size += len(chunk)
@@ -113,9 +122,7 @@ def _take(
             drain.join()
             if proc.returncode != 0:
                 err = b"".join(stderr_lines).decode(errors="replace").strip().splitlines()
-                reason = next(
-                    (line for line in reversed(err) if "error" in line.lower()), err[-1] if err else ""
-                )
+                reason = next((line for line in reversed(err) if "error" in line.lower()), err[-1] if err else "")
                 raise PgdrError(
                     f"pg_basebackup failed (exit {proc.returncode}): {reason.removeprefix('pg_basebackup: ')}"
                 )
@@ -128,9 +135,7 @@ def _take(
             proc.kill()
             proc.wait()
         if isinstance(exc, KeyboardInterrupt):
-            raise Cancelled(
-                f"backup {name} interrupted: nothing was listed, partial objects were removed"
-            ) from None
+            raise Cancelled(f"backup {name} interrupted: nothing was listed, partial objects were removed") from None
         raise
     for repo in repos:
         repo.put(f"{BACKUPS_PREFIX}{name}/{PG_MANIFEST_OBJECT}", pg_manifest)

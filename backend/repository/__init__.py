@@ -80,8 +80,7 @@ def open_repositories(cfg: Config, only: str | None = None) -> list[Repository]:
     if only is not None:
         if only not in names:
             raise ConfigError(
-                f"repository {only!r} is not configured in {cfg.where()} "
-                f"(configured: {', '.join(names) or 'none'})"
+                f"repository {only!r} is not configured in {cfg.where()} (configured: {', '.join(names) or 'none'})"
             )
         names = [only]
     return [open_repository(cfg, name) for name in names]
@@ -120,9 +119,7 @@ def ensure_identity(repo: Repository, identity: ClusterIdentity, cluster: str) -
     """Record the cluster's identity on first use; refuse a repository that belongs to another cluster."""
     stored = read_identity(repo)
     if stored is None and not identity.segment_size:
-        return (
-            identity  # pg_control alone (a .history file) does not know the segment size: wait for a segment
-        )
+        return identity  # pg_control alone (a .history file) does not know the segment size: wait for a segment
     if stored is None:
         record = {
             "format": REPOSITORY_FORMAT,

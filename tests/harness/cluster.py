@@ -71,12 +71,16 @@ def server_pgdr(workdir: Path) -> Path:
     interpreter = Path("/usr/bin/python3")
     probe = subprocess.run(
         as_server_user([str(interpreter), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"]),
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    wanted = "%d.%d" % sys.version_info[:2]
+    wanted = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if probe.stdout.strip() != wanted:
-        raise RuntimeError(f"the server user cannot run {exe}, and {interpreter} is not Python {wanted}: "
-                           "create the venv with deploy/install.sh (it uses /usr/bin/python3)")
+        raise RuntimeError(
+            f"the server user cannot run {exe}, and {interpreter} is not Python {wanted}: "
+            "create the venv with deploy/install.sh (it uses /usr/bin/python3)"
+        )
     mirror = workdir / "pgdr-runtime"
     site = Path(sysconfig.get_paths()["purelib"])
     shutil.copytree(site, mirror / "site", ignore=shutil.ignore_patterns("__editable__*", "*.pth", "__pycache__"))
@@ -135,8 +139,24 @@ class Cluster:
         self.data_dir.mkdir()
         give_to_server_user(self.data_dir)
         self.data_dir.chmod(0o700)
-        run_checked(as_server_user([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
-                                    f"--wal-segsize={self.segment_mb}", "--no-sync", "-E", "UTF8", "--locale=C"]))
+        run_checked(
+            as_server_user(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    f"--wal-segsize={self.segment_mb}",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]
+            )
+        )
         self.write_server_conf()
 
     def write_server_conf(self) -> None:
@@ -177,16 +197,24 @@ class Cluster:
         return text + extra
 
     def start(self) -> None:
-        run_checked(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path),
-                                    "-w", "-t", "60", "start"]), env=clean_env())
+        run_checked(
+            as_server_user(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"]
+            ),
+            env=clean_env(),
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
-                       capture_output=True, check=False)
+        subprocess.run(
+            as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+            capture_output=True,
+            check=False,
+        )
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[Any]:
-        return psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname=dbname,
-                               autocommit=True)
+        return psycopg.connect(
+            host=str(self.socket_dir), port=self.port, user="postgres", dbname=dbname, autocommit=True
+        )
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
@@ -200,14 +228,24 @@ class Cluster:
 
     def wait_archived(self, segment: str, timeout: float = 60) -> None:
         """Wait until PostgreSQL reports ``segment`` archived (wal-push returned 0 for it)."""
-        wait_for(lambda: (self.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") >= segment,
-                 timeout, f"{segment} to be archived (see {self.log_path})")
+        wait_for(
+            lambda: (self.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") >= segment,
+            timeout,
+            f"{segment} to be archived (see {self.log_path})",
+        )
 
-    def pgdr(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def pgdr(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real ``pgdr`` command line against this cluster's config."""
-        result = subprocess.run([str(pgdr_executable()), "--config", str(self.config_path), *args],
-                                capture_output=True, text=True, env=env or clean_env(), timeout=timeout, check=False)
+        result = subprocess.run(
+            [str(pgdr_executable()), "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            env=env or clean_env(),
+            timeout=timeout,
+            check=False,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"pgdr {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
