@@ -81,6 +81,9 @@ class Catalog:
     backups: list[CatalogBackup]
     wal: list[WalRange]
     history_files: dict[str, list[str]]
+    segments: list[ArchivedSegment] = field(default_factory=list)
+    histories: dict[int, str] = field(default_factory=dict)
+    segment_size: int = DEFAULT_SEGMENT_SIZE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,9 +97,12 @@ def read_catalog(repos: list[Repository]) -> Catalog:
     backups: dict[str, CatalogBackup] = {}
     ranges: list[WalRange] = []
     history: dict[str, list[str]] = defaultdict(list)
+    histories: dict[int, str] = {}
+    every_segment: list[ArchivedSegment] = []
+    segment_size = DEFAULT_SEGMENT_SIZE
     for repo in repos:
         identity = read_identity(repo)
-        segment_size = identity.segment_size if identity else DEFAULT_SEGMENT_SIZE
+        segment_size = identity.segment_size if identity else segment_size
         for manifest in _manifests(repo):
             entry = backups.setdefault(manifest.name, CatalogBackup(manifest))
             entry.repositories.append(repo.name)
@@ -115,9 +121,19 @@ def read_catalog(repos: list[Repository]) -> Catalog:
                 )
             elif kind is WalKind.HISTORY:
                 history[repo.name].append(obj.filename)
+                timeline = int(obj.filename[:8], 16)
+                if timeline not in histories:
+                    histories[timeline] = _history_text(repo, info.key, obj)
         ranges.extend(contiguous_ranges(segments))
+        every_segment.extend(segments)
     ordered = sorted(backups.values(), key=lambda b: b.manifest.name)
-    return Catalog(ordered, ranges, dict(history))
+    return Catalog(ordered, ranges, dict(history), every_segment, histories, segment_size)
+
+
+def _history_text(repo: Repository, key: str, obj: WalObject) -> str:
+    from backend.archive.walfile import decode
+
+    return decode(repo.get(key), obj.compression).decode("utf-8", errors="replace")
 
 
 def _manifests(repo: Repository) -> list[BackupManifest]:

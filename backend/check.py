@@ -246,7 +246,7 @@ def _archive_timeout(settings: dict[str, _Setting]) -> CheckResult:
     seconds = int(raw) if raw.isdigit() else 0
     fix = (
         f"run ALTER SYSTEM SET archive_timeout = {RECOMMENDED_ARCHIVE_TIMEOUT}; SELECT pg_reload_conf(); "
-        f"(at most {RPO_SECONDS})"
+        f"(any value from 1 to {RPO_SECONDS} s meets it)"
     )
     if seconds == 0:
         return CheckResult(
@@ -260,7 +260,10 @@ def _archive_timeout(settings: dict[str, _Setting]) -> CheckResult:
             f"archive_timeout = {seconds} s is longer than the {RPO_SECONDS // 60}-minute recovery point "
             f"objective; {fix}",
         )
-    return CheckResult(True, f"archive_timeout = {seconds} s: a segment is archived at least every {seconds} s")
+    return CheckResult(
+        True,
+        f"archive_timeout = {seconds} s: a commit waits at most {seconds} s for its segment to be switched out",
+    )
 
 
 def _repository(cfg: Config, name: str, info: ServerInfo) -> tuple[CheckResult, Repository | None]:
@@ -366,6 +369,7 @@ def _switch_and_wait(
                     _upload_queued(cfg, name, segment)
                 if find_archived(repo, segment):
                     del missing[name]
+                errors.pop(name, None)
             except PgdrError as exc:  # S3 may be down only for a moment: keep trying until the deadline
                 errors[name] = str(exc)
         if not missing:
@@ -405,10 +409,15 @@ def _not_arrived(
         head = f"forced a WAL switch, but segment {segment} did not reach the {name} repository in {waited:.0f} s"
         if name in errors:
             reason = f"the last attempt to reach it failed: {errors[name]}"
+        elif archiver.failing:
+            reason = (
+                "archive_command is failing, its error is in the server log "
+                f"(SELECT * FROM pg_stat_archiver: {archiver.summary()})"
+            )
         elif not archiver.archived(segment):
             reason = (
-                "PostgreSQL has not archived it yet: the archive_command's error is in the server log "
-                f"(SELECT * FROM pg_stat_archiver: {archiver.summary()})"
+                "PostgreSQL has not archived it yet (a backlog of older segments?): see the server log and "
+                f"SELECT * FROM pg_stat_archiver ({archiver.summary()})"
             )
         elif name in cfg.sync_repositories:
             reason = (

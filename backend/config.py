@@ -181,9 +181,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist: create it with `pgdr --config {path} init`"
-            )
+            raise ConfigError(f"config file {path} does not exist: create it with `pgdr --config {path} init`")
         return path
     env = os.environ.get("PGDR_CONFIG")
     if env:
@@ -211,13 +209,13 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, require_file:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(
                 f"{path} is not valid TOML ({exc}): fix the file or rewrite it with `pgdr init`"
-            )
+            ) from None
         except UnicodeDecodeError:
             raise ConfigError(
                 f"{path} is not valid TOML (not UTF-8 text): fix the file or rewrite it with `pgdr init`"
-            )
+            ) from None
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}")
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     elif require_file:
         raise ConfigError(
             f"no config file found ({user_config_path()} or {SYSTEM_CONFIG}): "
@@ -287,9 +285,7 @@ def _validate(cfg: Config, where: str) -> Config:
     if not cfg.cluster.name:
         raise ConfigError(f'cluster.name is missing in {where}: set [cluster] name = "..." (e.g. "main")')
     if "/" in cfg.cluster.name or cfg.cluster.name.startswith("."):
-        raise ConfigError(
-            f"cluster.name in {where} must not contain '/' or start with '.' (got {cfg.cluster.name!r})"
-        )
+        raise ConfigError(f"cluster.name in {where} must not contain '/' or start with '.' (got {cfg.cluster.name!r})")
     if not cfg.repository_names:
         raise ConfigError(f"no repository configured in {where}: set [local] path and/or [s3] bucket")
     for name in cfg.archive.sync:

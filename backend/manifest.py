@@ -86,8 +86,15 @@ class BackupManifest:
                 raise ValueError(f"unknown manifest format {data.get('format')!r}")
             objects = [StoredObject(**o) for o in data["objects"]]
             for o in objects:
-                if not isinstance(o.size, int) or not isinstance(o.sha256, str) or not isinstance(o.key, str):
+                ints, strs = (o.size, o.raw_size), (o.key, o.sha256, o.raw_sha256, o.compression)
+                if not all(isinstance(v, int) for v in ints) or not all(isinstance(v, str) for v in strs):
                     raise ValueError(f"object {o.key!r} has wrong types")
+            for name in ("name", "cluster", "pg_version"):
+                if not isinstance(data[name], str):
+                    raise ValueError(f"{name} must be a string")
+            for name in ("start_lsn", "stop_lsn", "wal_start", "wal_stop", "database"):
+                if data.get(name) is not None and not isinstance(data[name], str):
+                    raise ValueError(f"{name} must be a string")
             optional_int = ("timeline", "wal_segment_size", "file_count")
             for name in optional_int:
                 if data.get(name) is not None and not isinstance(data[name], int):
@@ -115,7 +122,7 @@ class BackupManifest:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PgdrError(
                 f"backup manifest {where} is damaged ({exc}): run `pgdr verify` and take a new backup"
-            )
+            ) from None
 
 
 def _choice(value: Any, allowed: tuple[str, ...]) -> str:

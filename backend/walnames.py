@@ -79,8 +79,7 @@ def wal_kind(filename: str) -> WalKind:
     if HISTORY_RE.match(filename):
         return WalKind.HISTORY
     raise ValueError(
-        f"{filename!r} is not a WAL file name (segment, .partial, .backup or .history): "
-        "archive_command must pass %p"
+        f"{filename!r} is not a WAL file name (segment, .partial, .backup or .history): archive_command must pass %p"
     )
 
 

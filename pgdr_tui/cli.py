@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(command=name, handler=handler)
+        # Also accepted after the command (`pgdr init --config PATH`); SUPPRESS keeps the global value.
+        p.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
 
     p = command("init", cmd_init, "write a commented starting config file")
@@ -120,7 +122,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         local_path=args.local_path,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)  # recreate, so an old file's looser mode does not survive --force
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     print(f"wrote {path}: set [local] path and/or [s3] bucket, then run `pgdr check`")

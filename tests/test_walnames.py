@@ -173,8 +173,9 @@ def test_format_parse_round_trip(value: int) -> None:
 def test_parse_format_round_trip(text: str) -> None:
     assert parse_lsn(format_lsn(parse_lsn(text))) == parse_lsn(text)
     high, low = format_lsn(parse_lsn(text)).split("/")
-    assert int(high, 16) == int(text.split("/")[0], 16)
-    assert int(low, 16) == int(text.split("/")[1], 16)
+    text_high, text_low = text.split("/")
+    assert int(high, 16) == int(text_high, 16)
+    assert int(low, 16) == int(text_low, 16)
 
 
 @pytest.mark.parametrize(

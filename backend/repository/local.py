@@ -118,7 +118,10 @@ class LocalRepository(Repository):
 
     def _walk(self, folder: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            # A folder sorts as "name/": its keys come after "name-x" and "name.x", as in S3's key order.
+            entries = sorted(
+                os.scandir(folder), key=lambda e: e.name + "/" if e.is_dir(follow_symlinks=False) else e.name
+            )
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:

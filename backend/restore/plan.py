@@ -1,0 +1,327 @@
+"""The restore plan: everything a restore will do, worked out before anything is touched.
+
+``pgdr restore --dry-run`` prints exactly this, and the confirmed restore executes this same object,
+so what the operator read is what happens. Planning reads the repositories and the filesystem and
+changes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backend.catalog import Catalog
+from backend.config import Config
+from backend.errors import PgdrError
+from backend.manifest import BackupManifest
+from backend.restore.target import RecoveryTarget
+from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
+from backend.walnames import SegmentName, format_lsn
+
+SAFETY_SUFFIX = ".pgdr-safety-"
+
+
+@dataclass
+class RestorePlan:
+    cluster: str
+    target: RecoveryTarget
+    backup: BackupManifest
+    backup_repository: str
+    timeline: int
+    wal: list[SegmentInfo]
+    wal_complete: bool  # False when replay needs WAL past what the plan could count (xid/name targets)
+    data_dir: Path
+    in_place: bool
+    port: int | None
+    safety_copy: Path | None
+    space_needed: int
+    space_free: int
+    estimated_seconds: float
+    target_instant: datetime | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def wal_bytes(self) -> int:
+        return len(self.wal) * (self.backup.wal_segment_size or 0)
+
+    @property
+    def wal_sources(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for seg in self.wal:
+            counts[seg.repositories[0]] = counts.get(seg.repositories[0], 0) + 1
+        return counts
+
+    def render(self) -> str:
+        import humanize
+
+        size = humanize.naturalsize
+        lines = [f"Restore plan for cluster {self.cluster}"]
+
+        def row(label: str, value: str) -> None:
+            lines.append(f"  {label + ':':<17}{value}")
+
+        row("target", self.target.describe())
+        row(
+            "timeline",
+            f"{self.timeline} (recovery_target_timeline = {self.target.timeline}); "
+            f"then {self.target.action if self.target.kind != 'latest' else 'promote'}",
+        )
+        b = self.backup
+        row(
+            "base backup",
+            f"{b.name} (stopped {b.stop_time:%Y-%m-%d %H:%M:%S} UTC, LSN {b.stop_lsn}, "
+            f"{size(b.size_bytes)}) from the {self.backup_repository} repository",
+        )
+        if self.wal:
+            sources = ", ".join(f"{n} from {repo}" for repo, n in self.wal_sources.items())
+            more = "" if self.wal_complete else "at least "
+            row(
+                "WAL to replay",
+                f"{self.wal[0].segment.name} .. {self.wal[-1].segment.name} "
+                f"({more}{len(self.wal)} segments, {size(self.wal_bytes)}; {sources})",
+            )
+        if self.target_instant is not None:
+            row("reaches", f"{self.target_instant:%Y-%m-%d %H:%M:%S} UTC")
+        mode = "replaced" if self.in_place else "created (restore beside: the running cluster is left alone)"
+        row("data directory", f"{self.data_dir} ({mode})")
+        if self.port is not None:
+            row("port", str(self.port))
+        if self.safety_copy is not None:
+            row("safety copy", f"{self.safety_copy} (the current data directory, moved aside, never deleted)")
+        elif self.in_place:
+            row("safety copy", "none needed: the data directory does not exist")
+        row("disk space", f"needs {size(self.space_needed)}, {size(self.space_free)} free")
+        row(
+            "estimated time",
+            f"about {humanize.precisedelta(self.estimated_seconds, minimum_unit='seconds', format='%0.0f')}",
+        )
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "target": {
+                "kind": self.target.kind,
+                "description": self.target.describe(),
+                "settings": self.target.recovery_settings(),
+            },
+            "target_instant": self.target_instant.isoformat() if self.target_instant else None,
+            "timeline": self.timeline,
+            "base_backup": self.backup.name,
+            "base_backup_repository": self.backup_repository,
+            "wal_first": self.wal[0].segment.name if self.wal else None,
+            "wal_last": self.wal[-1].segment.name if self.wal else None,
+            "wal_segments": len(self.wal),
+            "wal_bytes": self.wal_bytes,
+            "wal_sources": self.wal_sources,
+            "data_dir": str(self.data_dir),
+            "in_place": self.in_place,
+            "port": self.port,
+            "safety_copy": str(self.safety_copy) if self.safety_copy else None,
+            "space_needed": self.space_needed,
+            "space_free": self.space_free,
+            "estimated_seconds": round(self.estimated_seconds, 1),
+            "notes": self.notes,
+        }
+
+
+def make_plan(
+    cfg: Config,
+    catalog: Catalog,
+    timeline: RecoveryTimeline,
+    target: RecoveryTarget,
+    *,
+    backup_name: str | None = None,
+    target_dir: str | None = None,
+    port: int | None = None,
+    now: datetime | None = None,
+) -> RestorePlan:
+    backups = {b.manifest.name: b for b in catalog.backups}
+    if backup_name is not None:
+        if backup_name not in backups:
+            known = ", ".join(n for n, b in backups.items() if b.manifest.kind == "physical")[-200:] or "none"
+            raise PgdrError(f"there is no backup named {backup_name!r} (physical backups: {known})")
+        if backups[backup_name].manifest.kind != "physical":
+            raise PgdrError(
+                f"{backup_name} is a logical dump: restore it with `pgdr restore --from-dump {backup_name}`"
+            )
+    tli = _target_timeline(timeline, target, backups, backup_name)
+    windows = timeline.windows_on(tli)
+    if not windows:
+        raise PgdrError(
+            f"nothing is recoverable on timeline {tli}: take a base backup (`pgdr backup`) and check archiving"
+        )
+
+    window, instant = _choose(timeline, windows, target, backup_name, tli)
+    chosen = backups[window.base_backup]
+    first = SegmentName.parse(chosen.manifest.wal_start or "", timeline.segment_size).number
+    wal, complete = _wal_for(timeline, tli, window, target, first=first, instant=instant)
+    segment_size = timeline.segment_size
+
+    data_dir, in_place = _data_dir(cfg, target_dir)
+    safety = None
+    if in_place and data_dir.exists() and any(data_dir.iterdir()):
+        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        safety = data_dir.with_name(data_dir.name + SAFETY_SUFFIX + stamp)
+    needed = chosen.manifest.size_bytes + len(wal) * segment_size
+    free = shutil.disk_usage(_existing_parent(data_dir)).free
+    plan = RestorePlan(
+        cluster=cfg.cluster.name,
+        target=target,
+        backup=chosen.manifest,
+        backup_repository=chosen.repositories[0],
+        timeline=tli,
+        wal=wal,
+        wal_complete=complete,
+        data_dir=data_dir,
+        in_place=in_place,
+        port=port if not in_place else None,
+        safety_copy=safety,
+        space_needed=needed,
+        space_free=free,
+        estimated_seconds=estimate_restore_seconds(chosen.manifest.size_bytes, len(wal) * segment_size),
+        target_instant=instant,
+    )
+    if needed > free:
+        plan.notes.append(
+            f"not enough disk space on {_existing_parent(data_dir)}: free some or restore elsewhere with --target-dir"
+        )
+    return plan
+
+
+def _target_timeline(
+    timeline: RecoveryTimeline, target: RecoveryTarget, backups: dict[str, Any], backup_name: str | None
+) -> int:
+    if target.timeline == "latest":
+        return timeline.latest_timeline()
+    if target.timeline == "current":
+        if backup_name is not None:
+            return int(backups[backup_name].manifest.timeline or 1)
+        physical = [b.manifest for b in backups.values() if b.manifest.kind == "physical"]
+        return int(physical[-1].timeline or 1) if physical else 1
+    tli = int(target.timeline)
+    if tli not in timeline.timelines:
+        raise PgdrError(f"timeline {tli} is not in the archive (timelines: {', '.join(map(str, timeline.timelines))})")
+    return tli
+
+
+def _choose(
+    timeline: RecoveryTimeline, windows: list[Window], target: RecoveryTarget, backup_name: str | None, tli: int
+) -> tuple[Window, datetime | None]:
+    """The window (so the base backup) for the target: the newest backup that stops at or before it."""
+    usable = [w for w in windows if backup_name is None or w.base_backup == backup_name]
+    if backup_name is not None and not usable:
+        raise PgdrError(
+            f"backup {backup_name} cannot reach timeline {tli}: its WAL is incomplete or it belongs "
+            "to another timeline; run `pgdr timeline` to see the windows"
+        )
+
+    if target.kind == "time":
+        assert target.time is not None
+        instant = target.time
+        hits = [w for w in usable if w.contains(instant)]
+        if not hits:
+            raise _unreachable(timeline, tli, instant, backup_name, usable)
+        return max(hits, key=lambda w: w.start), instant
+    if target.kind == "lsn":
+        assert target.lsn is not None
+        hits = [w for w in usable if w.start_lsn <= target.lsn <= w.end_lsn]
+        if not hits:
+            spans = "; ".join(f"{format_lsn(w.start_lsn)}..{format_lsn(w.end_lsn)}" for w in usable[-3:])
+            raise PgdrError(f"LSN {format_lsn(target.lsn)} is not reachable on timeline {tli} (reachable: {spans})")
+        return max(hits, key=lambda w: w.start_lsn), None
+    if target.kind in ("latest", "name", "xid"):
+        if target.kind != "latest" and backup_name is None:
+            raise PgdrError(
+                f"pgdr cannot tell from the archive when {target.describe()} happened: "
+                "pass --backup NAME (a base backup taken before it; see `pgdr list`)"
+            )
+        newest_end = max(w.end_lsn for w in usable)
+        hits = [w for w in usable if w.end_lsn == newest_end]
+        return max(hits, key=lambda w: w.start), (max(w.end for w in hits) if target.kind == "latest" else None)
+    # immediate: the newest backup, consistent as soon as its own WAL is replayed
+    return max(usable, key=lambda w: w.start), max(usable, key=lambda w: w.start).start
+
+
+def _unreachable(
+    timeline: RecoveryTimeline, tli: int, instant: datetime, backup_name: str | None, usable: list[Window]
+) -> PgdrError:
+    before, after = timeline.nearest(tli, instant)
+    if backup_name is not None:
+        before = max((w.end for w in usable if w.end < instant), default=None)
+        after = min((w.start for w in usable if w.start > instant), default=None)
+    first = min((w.start for w in usable), default=None)
+    why = (
+        "no base backup finished before it"
+        if first is not None and instant < first
+        else "the archived WAL does not reach it"
+    )
+    if backup_name is not None and first is not None and instant < first:
+        why = f"backup {backup_name} finished after it; pick an older backup"
+    near = (
+        ", ".join(
+            part
+            for part in (
+                f"latest reachable before it: {before:%Y-%m-%d %H:%M:%S} UTC" if before else "",
+                f"earliest reachable after it: {after:%Y-%m-%d %H:%M:%S} UTC" if after else "",
+            )
+            if part
+        )
+        or "nothing is reachable"
+    )
+    return PgdrError(f"{instant:%Y-%m-%d %H:%M:%S} UTC is not reachable on timeline {tli} ({why}); {near}")
+
+
+def _wal_for(
+    timeline: RecoveryTimeline,
+    tli: int,
+    window: Window,
+    target: RecoveryTarget,
+    *,
+    first: int,
+    instant: datetime | None,
+) -> tuple[list[SegmentInfo], bool]:
+    last = window.last_segment.number
+    complete = True
+    if target.kind == "time" and instant is not None:
+        reach = timeline.segment_reaching(tli, first, instant)
+        last = reach if reach is not None else last
+    elif target.kind == "lsn" and target.lsn is not None:
+        last = target.lsn // timeline.segment_size
+    elif target.kind == "immediate":
+        last = window.start_lsn // timeline.segment_size  # the backup's stop point: consistency
+    elif target.kind in ("xid", "name"):
+        complete = False
+    return timeline.segments_between(tli, first, max(last, first)), complete
+
+
+def _data_dir(cfg: Config, target_dir: str | None) -> tuple[Path, bool]:
+    if target_dir:
+        path = Path(target_dir).absolute()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise PgdrError(f"--target-dir {path} exists and is not empty: give a new or empty directory")
+        if cfg.postgres.data_dir and path == Path(cfg.postgres.data_dir).absolute():
+            raise PgdrError("--target-dir is the cluster's own data directory: drop --target-dir to restore in place")
+        return path, False
+    if not cfg.postgres.data_dir:
+        raise PgdrError(
+            f"postgres.data_dir is not set in {cfg.where()}: set it, or restore beside with --target-dir DIR"
+        )
+    return Path(cfg.postgres.data_dir).absolute(), True
+
+
+def _existing_parent(path: Path) -> Path:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
+def safety_copies(data_dir: Path) -> list[Path]:
+    """Safety copies left by earlier restores, newest last."""
+    return sorted(data_dir.parent.glob(data_dir.name + SAFETY_SUFFIX + "*"))

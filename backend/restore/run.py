@@ -1,0 +1,391 @@
+"""The confirmed restore: safety copy, base backup, recovery settings, replay, and the honest report.
+
+Order matters for "loses nothing": the server is stopped and the current data directory is moved
+aside (never deleted) before anything is written; the base backup is checksum-verified as it is
+unpacked, and a bad copy is replaced by the other repository's; only then is the server started to
+replay WAL. If recovery stops short of the target, the report says so and the exit is non-zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, cast
+
+from backend import server
+from backend.config import Config
+from backend.errors import PgdrError
+from backend.manifest import BackupManifest, StoredObject
+from backend.postgres import owner_of
+from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
+from backend.repository import Repository
+from backend.restore.plan import RestorePlan
+from backend.walnames import parse_lsn
+
+TAR_OBJECT = "base.tar.zst"
+RECOVERY_MARK = "# added by pgdr restore"
+
+
+@dataclass
+class RestoreReport:
+    reached_target: bool
+    stopped_at_time: datetime | None = None
+    stopped_at_lsn: str | None = None
+    stop_reason: str = ""
+    new_timeline: int | None = None
+    server_state: str = ""
+    log_file: Path | None = None
+    safety_copy: Path | None = None
+    data_dir: Path | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = ["Restore finished" if self.reached_target else "Restore did NOT reach its target"]
+        if self.stop_reason:
+            lines.append(f"  recovery stopped: {self.stop_reason}")
+        if self.stopped_at_time:
+            lines.append(f"  last replayed commit: {self.stopped_at_time:%Y-%m-%d %H:%M:%S.%f} UTC")
+        if self.stopped_at_lsn:
+            lines.append(f"  last replayed LSN: {self.stopped_at_lsn}")
+        if self.new_timeline:
+            lines.append(f"  new timeline: {self.new_timeline}")
+        lines.append(f"  server: {self.server_state}; log {self.log_file}")
+        if self.safety_copy:
+            lines.append(f"  safety copy: {self.safety_copy}")
+        for problem in self.problems:
+            lines.append(f"  problem: {problem}")
+        if not self.reached_target and self.safety_copy and self.data_dir:
+            lines.append(
+                f"  to roll back: pg_ctl stop -D {self.data_dir}; mv {self.data_dir} {self.data_dir}.failed; "
+                f"mv {self.safety_copy} {self.data_dir}"
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reached_target": self.reached_target,
+            "stopped_at_time": self.stopped_at_time.isoformat() if self.stopped_at_time else None,
+            "stopped_at_lsn": self.stopped_at_lsn,
+            "stop_reason": self.stop_reason,
+            "new_timeline": self.new_timeline,
+            "server_state": self.server_state,
+            "log_file": str(self.log_file) if self.log_file else None,
+            "safety_copy": str(self.safety_copy) if self.safety_copy else None,
+            "problems": self.problems,
+        }
+
+
+def execute(
+    cfg: Config,
+    plan: RestorePlan,
+    repos: list[Repository],
+    *,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> RestoreReport:
+    data_dir = plan.data_dir
+    owner = _owner(cfg, plan)
+    if plan.in_place and server.is_running(cfg, data_dir):
+        on_progress(Progress("stop", 0, 1, f"stopping the server on {data_dir}"))
+        server.stop(cfg, data_dir)
+    if plan.safety_copy is not None:
+        on_progress(Progress("safety", 0, 1, f"moving {data_dir} aside to {plan.safety_copy}"))
+        os.rename(data_dir, plan.safety_copy)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    check_cancel(cancel, "restore")
+    restore_base_backup(plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel)
+    write_recovery_settings(cfg, plan, data_dir)
+    if owner is not None:
+        _chown_tree(data_dir, owner)
+    log_file = data_dir / "log" / f"pgdr-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
+    log_file.parent.mkdir(exist_ok=True)
+    if owner is not None:
+        os.chown(log_file.parent, *owner)
+    on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
+    server.start(cfg, data_dir, log_file)
+    report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
+    report.safety_copy = plan.safety_copy
+    report.data_dir = data_dir
+    return report
+
+
+def _owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
+    """Who must own the restored files: the replaced directory's owner (or the repository's) when root."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (
+        plan.data_dir,
+        plan.data_dir.parent,
+        Path(cfg.postgres.data_dir or "/nonexistent"),
+        Path(cfg.local.path or "/nonexistent"),
+    ):
+        if candidate.exists() and owner_of(candidate)[0] != 0:
+            return owner_of(candidate)
+    import pwd
+
+    user = pwd.getpwnam("postgres")
+    return user.pw_uid, user.pw_gid
+
+
+def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, *owner)
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), *owner)
+
+
+class _HashingReader:
+    """A read-through wrapper that hashes what passes, so verification costs no second read."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def restore_base_backup(
+    manifest: BackupManifest,
+    repos: list[Repository],
+    target: Path,
+    *,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> str:
+    """Unpack the base backup into ``target`` from the first repository whose copy verifies."""
+    tar_object = next(o for o in manifest.objects if o.key == TAR_OBJECT)
+    problems = []
+    for repo in repos:
+        try:
+            _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
+            return repo.name
+        except _CorruptCopy as exc:
+            problems.append(f"{repo.name}: {exc}")
+            _empty(target)
+        except PgdrError as exc:
+            if exc.exit_code == 130:
+                raise
+            problems.append(f"{repo.name}: {exc}")
+            _empty(target)
+    raise PgdrError(
+        f"no intact copy of backup {manifest.name} could be restored ({'; '.join(problems)}); "
+        "the safety copy is untouched"
+    )
+
+
+class _CorruptCopy(Exception):
+    pass
+
+
+def _unpack(
+    *,
+    manifest: BackupManifest,
+    obj: StoredObject,
+    repo: Repository,
+    target: Path,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> None:
+    import zstandard
+
+    key = manifest.object_key(obj)
+    with repo.open(key) as stored:
+        hashed = _HashingReader(stored)
+        decompressed = _HashingReader(
+            cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed)))
+        )
+        try:
+            with tarfile.open(fileobj=cast(IO[bytes], decompressed), mode="r|") as tar:
+                for member in tar:
+                    check_cancel(cancel, "restore")
+                    if member.name.startswith("/") or ".." in Path(member.name).parts:
+                        raise _CorruptCopy(f"unsafe path {member.name!r} in the backup")
+                    tar.extract(member, target, set_attrs=member.isdir() is False)
+                    on_progress(Progress("base backup", decompressed.size, obj.raw_size, f"unpacking {member.name}"))
+            # Drain the rest of the zstd frame so the checksum covers every stored byte.
+            while hashed.read(1 << 20):
+                pass
+        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+            raise _CorruptCopy(f"the stored copy is damaged ({exc})") from None
+    if hashed.size != obj.size or hashed.hash.hexdigest() != obj.sha256:
+        raise _CorruptCopy(f"{key} fails its sha256 check")
+    if decompressed.hash.hexdigest() != obj.raw_sha256:
+        raise _CorruptCopy(f"{key} unpacks to different bytes than were backed up")
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def recovery_command(cfg: Config, data_dir: Path) -> str:
+    """The restore_command: the same pgdr the archive_command runs (it works as the server user)."""
+    archive = ""
+    for conf in ("postgresql.conf", "postgresql.auto.conf"):
+        path = data_dir / conf
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                match = re.match(r"\s*archive_command\s*=\s*'(.*)'\s*(#.*)?$", line)
+                if match:
+                    archive = match.group(1).replace("''", "'")
+    if " wal-push" in archive:
+        return archive.split(" wal-push", 1)[0] + " wal-fetch %f %p"
+    exe = shutil.which("pgdr") or str(Path(sys.executable).parent / "pgdr")
+    config = f" --config {cfg.source}" if cfg.source else ""
+    return f"{exe}{config} wal-fetch %f %p"
+
+
+def write_recovery_settings(cfg: Config, plan: RestorePlan, data_dir: Path) -> None:
+    settings = {"restore_command": recovery_command(cfg, data_dir), **plan.target.recovery_settings()}
+    if not plan.in_place:
+        settings["archive_mode"] = "off"  # an inspection copy must not push a divergent history into the archive
+        if plan.port is not None:
+            settings["port"] = str(plan.port)
+    lines = [f"\n{RECOVERY_MARK} {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, backup {plan.backup.name}\n"]
+    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in settings.items()]
+    with (data_dir / "postgresql.auto.conf").open("a") as fh:
+        fh.writelines(lines)
+    (data_dir / "recovery.signal").touch()
+    (data_dir / "standby.signal").unlink(missing_ok=True)
+
+
+LOG_PATTERNS = {
+    "stop": re.compile(r"recovery stopping (?P<what>.*?)(?:, time (?P<time>[\d-]+ [\d:.]+[+-]\d+))?$"),
+    "last": re.compile(r"last completed transaction was at log time (?P<time>[\d-]+ [\d:.]+[+-]\d+)"),
+    "timeline": re.compile(r"selected new timeline ID: (?P<tli>\d+)"),
+    "redo": re.compile(r"redo done at (?P<lsn>[0-9A-F]+/[0-9A-F]+)"),
+    "short": re.compile(r"recovery ended before configured recovery target was reached"),
+    "fatal": re.compile(r"(FATAL|PANIC):\s+(?P<msg>.*)"),
+    "paused": re.compile(r"(pausing at the end of recovery|recovery has paused)"),
+}
+
+
+def follow_recovery(
+    cfg: Config,
+    plan: RestorePlan,
+    log_file: Path,
+    *,
+    on_progress: ProgressCallback = no_progress,
+    timeout: float | None = None,
+) -> RestoreReport:
+    """Watch replay until the server promotes, pauses or stops; then read where it really stopped."""
+    deadline = time.monotonic() + (timeout or max(600.0, plan.estimated_seconds * 10))
+    first = plan.wal[0].segment.number if plan.wal else 0
+    total = len(plan.wal) or None
+    state = "stopped"
+    lsn: str | None = None
+    replay_time: datetime | None = None
+    while time.monotonic() < deadline:
+        if not server.is_running(cfg, plan.data_dir):
+            state = "stopped"
+            break
+        row = _probe(cfg, plan)
+        if row is not None:
+            in_recovery, lsn, replay_time, pause = row
+            if lsn:
+                done = parse_lsn(lsn) // (plan.backup.wal_segment_size or 1) - first + 1
+                when = f", replayed up to {replay_time:%Y-%m-%d %H:%M:%S} UTC" if replay_time else ""
+                on_progress(Progress("replay", max(done, 0), total, f"replaying WAL at {lsn}{when}"))
+            if not in_recovery:
+                state = "running (promoted)"
+                break
+            if pause == "paused":
+                state = "running, recovery paused at the target"
+                break
+        time.sleep(0.2)
+    else:
+        state = "still recovering (pgdr stopped waiting)"
+    return _report(plan, log_file, state, lsn, replay_time)
+
+
+def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime | None, str] | None:
+    import psycopg
+
+    pg = cfg.postgres
+    params: dict[str, Any] = {
+        "dbname": pg.dbname,
+        "port": plan.port or pg.port,
+        "connect_timeout": 3,
+        "autocommit": True,
+        "application_name": "pgdr-restore",
+    }
+    if pg.host:
+        params["host"] = pg.host
+    if pg.user:
+        params["user"] = pg.user
+    if pg.password:
+        params["password"] = pg.password
+    try:
+        with psycopg.connect(**params) as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(),"
+                " CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END"
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    if row is None:
+        return None
+    return bool(row[0]), row[1], row[2], str(row[3])
+
+
+def _report(
+    plan: RestorePlan, log_file: Path, state: str, lsn: str | None, replay_time: datetime | None
+) -> RestoreReport:
+    report = RestoreReport(
+        reached_target=False, server_state=state, log_file=log_file, stopped_at_lsn=lsn, stopped_at_time=replay_time
+    )
+    text = log_file.read_text(errors="replace") if log_file.exists() else ""
+    short = False
+    for line in text.splitlines():
+        if m := LOG_PATTERNS["stop"].search(line):
+            report.stop_reason = m.group("what")
+            if m.group("time"):
+                report.stopped_at_time = _pg_time(m.group("time"))
+        elif m := LOG_PATTERNS["last"].search(line):
+            report.stopped_at_time = report.stopped_at_time or _pg_time(m.group("time"))
+        elif m := LOG_PATTERNS["timeline"].search(line):
+            report.new_timeline = int(m.group("tli"))
+        elif m := LOG_PATTERNS["redo"].search(line):
+            report.stopped_at_lsn = report.stopped_at_lsn or m.group("lsn")
+        elif LOG_PATTERNS["short"].search(line):
+            short = True
+        elif m := LOG_PATTERNS["fatal"].search(line):
+            report.problems.append(m.group("msg").strip())
+    if short:
+        report.problems.insert(0, "recovery ended before the target was reached: the archived WAL stops earlier")
+    target = plan.target
+    if target.kind == "latest":
+        report.reached_target = not short and "promoted" in state
+        report.stop_reason = report.stop_reason or "end of the archived WAL"
+    else:
+        expected = {"promote": "promoted", "pause": "paused", "shutdown": "stopped"}[target.action]
+        report.reached_target = bool(report.stop_reason) and not short and expected in state
+    if not report.reached_target and not report.problems:
+        report.problems.append(f"the server is {state}; see {log_file}")
+    return report
+
+
+def _pg_time(text: str) -> datetime:
+    value = re.sub(r"([+-]\d{2})$", r"\1:00", text.strip())
+    return datetime.fromisoformat(value).astimezone(UTC)

@@ -1,0 +1,286 @@
+"""The recovery timeline: which instants a restore can reach, from which base backup, with which WAL.
+
+A restore replays WAL from a base backup's start up to the target. On PostgreSQL timeline T, segment
+number n is read from the newest timeline on T's ancestry whose history begins at or before n (the
+rule of PostgreSQL's ``XLogFileReadAnyTLI``), so after a promotion the window of an old backup
+continues on the new timeline. A window ends where the archived WAL stops being contiguous; the
+missing stretch is reported as a gap. Pure logic: no I/O here, the catalog feeds it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from backend.manifest import BackupManifest
+from backend.walnames import SegmentName, format_lsn, parse_lsn
+
+# Conservative throughputs for the restore-time estimate (this machine class: 2 cores). They are
+# deliberately on the slow side: an operator planning an outage wants an upper bound.
+RESTORE_BYTES_PER_S = 150e6
+REPLAY_BYTES_PER_S = 60e6
+RESTORE_FIXED_S = 5.0
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What the timeline knows about one archived segment (from any repository)."""
+
+    segment: SegmentName
+    repositories: tuple[str, ...]
+    stored_bytes: int
+    archived_at: datetime
+    first_commit: datetime | None = None
+    last_commit: datetime | None = None
+
+    @property
+    def latest_time(self) -> datetime:
+        """The newest instant this segment is known to reach: its last commit, else its archive time."""
+        return self.last_commit or self.archived_at
+
+
+@dataclass(frozen=True)
+class History:
+    """A ``.history`` file: each ancestor timeline and the LSN where it was left."""
+
+    timeline: int
+    parents: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def parse(cls, timeline: int, text: str) -> History:
+        parents = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split(None, 2)
+            parents.append((int(fields[0]), parse_lsn(fields[1])))
+        return cls(timeline, tuple(parents))
+
+
+@dataclass(frozen=True)
+class Window:
+    timeline: int
+    start: datetime
+    end: datetime
+    start_lsn: int
+    end_lsn: int
+    base_backup: str
+    first_segment: SegmentName
+    last_segment: SegmentName
+
+    def contains(self, instant: datetime) -> bool:
+        return self.start <= instant <= self.end
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "timeline": self.timeline,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "start_lsn": format_lsn(self.start_lsn),
+            "end_lsn": format_lsn(self.end_lsn),
+            "base_backup": self.base_backup,
+            "first_segment": self.first_segment.name,
+            "last_segment": self.last_segment.name,
+        }
+
+
+@dataclass(frozen=True)
+class Gap:
+    timeline: int
+    after_segment: SegmentName
+    missing_from: SegmentName
+    missing_to: SegmentName
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "timeline": self.timeline,
+            "after_segment": self.after_segment.name,
+            "missing_from": self.missing_from.name,
+            "missing_to": self.missing_to.name,
+        }
+
+
+@dataclass
+class RecoveryTimeline:
+    windows: list[Window]
+    gaps: list[Gap]
+    timelines: list[int]
+    segment_size: int
+    _segments: dict[tuple[int, int], SegmentInfo] = field(default_factory=dict, repr=False)
+    _paths: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "windows": [w.to_json() for w in self.windows],
+            "gaps": [g.to_json() for g in self.gaps],
+            "timelines": self.timelines,
+        }
+
+    def latest_timeline(self) -> int:
+        return max(self.timelines) if self.timelines else 1
+
+    def windows_on(self, timeline: int) -> list[Window]:
+        return [w for w in self.windows if w.timeline == timeline]
+
+    def segments_between(self, timeline: int, first: int, last: int) -> list[SegmentInfo]:
+        """The segments replay reads from segment number ``first`` to ``last`` on ``timeline``."""
+        out = []
+        for number in range(first, last + 1):
+            info = self._segments.get((expected_tli(self._paths[timeline], number), number))
+            if info is None:
+                break
+            out.append(info)
+        return out
+
+    def segment_reaching(self, timeline: int, first: int, instant: datetime) -> int | None:
+        """The first segment (from ``first``) whose newest known commit is at or after ``instant``."""
+        number = first
+        while True:
+            info = self._segments.get((expected_tli(self._paths[timeline], number), number))
+            if info is None:
+                return None
+            if info.latest_time >= instant:
+                return number
+            number += 1
+
+    def segment_info(self, timeline: int, number: int) -> SegmentInfo | None:
+        return self._segments.get((expected_tli(self._paths[timeline], number), number))
+
+    def nearest(self, timeline: int, instant: datetime) -> tuple[datetime | None, datetime | None]:
+        """The closest reachable instants before and after ``instant`` on ``timeline``."""
+        windows = self.windows_on(timeline)
+        before = max((w.end for w in windows if w.end < instant), default=None)
+        after = min((w.start for w in windows if w.start > instant), default=None)
+        return before, after
+
+
+def timeline_path(timeline: int, histories: dict[int, History], segment_size: int) -> list[tuple[int, int]]:
+    """``[(tli, first segment number read from it), ...]`` from the oldest ancestor to ``timeline``."""
+    history = histories.get(timeline)
+    if history is None:
+        return [(timeline, 0)]
+    path = []
+    begin = 0
+    for parent, switch_lsn in history.parents:
+        path.append((parent, begin))
+        begin = switch_lsn // segment_size
+    path.append((timeline, begin))
+    return path
+
+
+def expected_tli(path: list[tuple[int, int]], number: int) -> int:
+    """The timeline whose copy of segment ``number`` recovery reads on this path."""
+    tli = path[0][0]
+    for candidate, begin in path:
+        if begin <= number:
+            tli = candidate
+    return tli
+
+
+def build_timeline(
+    backups: Iterable[BackupManifest],
+    segments: Iterable[SegmentInfo],
+    histories: dict[int, History],
+    segment_size: int,
+) -> RecoveryTimeline:
+    by_key = {(s.segment.timeline, s.segment.number): s for s in segments}
+    timelines = sorted({tli for tli, _ in by_key} | set(histories) | {1})
+    paths = {tli: timeline_path(tli, histories, segment_size) for tli in timelines}
+
+    # Segment numbers readable on each timeline, as sorted contiguous runs.
+    runs: dict[int, list[tuple[int, int]]] = {}
+    for tli, path in paths.items():
+        numbers = sorted(n for (t, n) in by_key if expected_tli(path, n) == t)
+        runs[tli] = _runs(numbers)
+
+    windows = []
+    physical = [b for b in backups if b.kind == "physical" and b.wal_start and b.wal_stop and b.timeline]
+    for backup in sorted(physical, key=lambda b: b.stop_time):
+        assert backup.wal_start and backup.wal_stop and backup.stop_lsn and backup.timeline
+        start = SegmentName.parse(backup.wal_start, segment_size).number
+        stop = SegmentName.parse(backup.wal_stop, segment_size).number
+        for tli, path in paths.items():
+            if not _descends(path, backup.timeline, parse_lsn(backup.stop_lsn), segment_size):
+                continue
+            run = _run_containing(runs[tli], start)
+            if run is None or run[1] < stop:
+                continue  # the WAL this backup needs to become consistent is incomplete on this path
+            last = by_key[(expected_tli(path, run[1]), run[1])]
+            begin_of_tli = path[-1][1]
+            if run[1] < begin_of_tli:
+                continue  # the WAL never reaches this timeline's own segments
+            window_start = backup.stop_time
+            start_lsn = parse_lsn(backup.stop_lsn)
+            if tli != backup.timeline:
+                first_own = by_key.get((tli, begin_of_tli))
+                if first_own is not None and first_own.first_commit is not None:
+                    window_start = max(window_start, first_own.first_commit)
+                start_lsn = max(start_lsn, begin_of_tli * segment_size)
+            windows.append(
+                Window(
+                    timeline=tli,
+                    start=window_start,
+                    end=max(last.latest_time, window_start),
+                    start_lsn=start_lsn,
+                    end_lsn=(run[1] + 1) * segment_size,
+                    base_backup=backup.name,
+                    first_segment=SegmentName(expected_tli(path, start), start, segment_size),
+                    last_segment=last.segment,
+                )
+            )
+
+    gaps = []
+    own: dict[int, list[int]] = defaultdict(list)
+    for tli, number in by_key:
+        own[tli].append(number)
+    for tli, numbers in sorted(own.items()):
+        tli_runs = _runs(sorted(numbers))
+        for (_, end), (next_start, _) in itertools.pairwise(tli_runs):
+            gaps.append(
+                Gap(
+                    tli,
+                    SegmentName(tli, end, segment_size),
+                    SegmentName(tli, end + 1, segment_size),
+                    SegmentName(tli, next_start - 1, segment_size),
+                )
+            )
+    return RecoveryTimeline(windows, gaps, timelines, segment_size, by_key, paths)
+
+
+def _descends(path: list[tuple[int, int]], backup_tli: int, backup_stop_lsn: int, segment_size: int) -> bool:
+    """Whether a backup taken on ``backup_tli`` can be replayed forward along this path."""
+    tlis = [t for t, _ in path]
+    if backup_tli not in tlis:
+        return False
+    index = tlis.index(backup_tli)
+    if index + 1 < len(path):
+        switch_segment = path[index + 1][1]
+        return backup_stop_lsn // segment_size <= switch_segment
+    return True
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        elif not runs or n != runs[-1][1]:
+            runs.append((n, n))
+    return runs
+
+
+def _run_containing(runs: list[tuple[int, int]], number: int) -> tuple[int, int] | None:
+    index = bisect.bisect_right(runs, (number, float("inf"))) - 1
+    if index >= 0 and runs[index][0] <= number <= runs[index][1]:
+        return runs[index]
+    return None
+
+
+def estimate_restore_seconds(base_bytes: int, wal_bytes: int) -> float:
+    return RESTORE_FIXED_S + base_bytes / RESTORE_BYTES_PER_S + wal_bytes / REPLAY_BYTES_PER_S
