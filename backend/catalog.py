@@ -15,6 +15,7 @@ from backend.archive.walfile import WalObject
 from backend.errors import PgdrError
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest
 from backend.repository import Repository, read_identity
+from backend.timeline import History, RecoveryTimeline, SegmentInfo, build_timeline
 from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, wal_kind
 
 
@@ -177,3 +178,33 @@ def _range(repo: str, timeline: int, run: list[ArchivedSegment]) -> WalRange:
         first_archived_at=min(s.archived_at for s in run),
         last_archived_at=max(s.archived_at for s in run),
     )
+
+
+def recovery_timeline(
+    catalog: Catalog, commit_times: dict[str, tuple[datetime, datetime]] | None = None
+) -> RecoveryTimeline:
+    """Merge every repository's WAL into one timeline; ``commit_times`` (from the WAL index) sharpens it.
+
+    A segment counts as archived when any repository holds it; the repositories are listed local
+    first, the order a restore reads from.
+    """
+    merged: dict[tuple[int, int], list[ArchivedSegment]] = defaultdict(list)
+    for seg in catalog.segments:
+        merged[(seg.segment.timeline, seg.segment.number)].append(seg)
+    infos = []
+    times = commit_times or {}
+    for copies in merged.values():
+        first = copies[0]
+        first_commit, last_commit = times.get(first.segment.name, (None, None))
+        infos.append(
+            SegmentInfo(
+                segment=first.segment,
+                repositories=tuple(c.repository for c in copies),
+                stored_bytes=first.size,
+                archived_at=max(c.archived_at for c in copies),
+                first_commit=first_commit,
+                last_commit=last_commit,
+            )
+        )
+    histories = {tli: History.parse(tli, text) for tli, text in catalog.histories.items()}
+    return build_timeline((b.manifest for b in catalog.backups), infos, histories, catalog.segment_size)

@@ -86,6 +86,12 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class RestoreConfig:
+    #: The zone a timestamp without an offset is read in (an IANA name).
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
 class TelegramConfig:
     bot_token: str = ""
     chat_id: str = ""
@@ -107,6 +113,7 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    restore: RestoreConfig = field(default_factory=RestoreConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     source: Path | None = None
@@ -143,7 +150,7 @@ class Config:
         return out
 
 
-SECTIONS = ("cluster", "postgres", "local", "s3", "archive", "backup", "telegram", "schedule")
+SECTIONS = ("cluster", "postgres", "local", "s3", "archive", "backup", "restore", "telegram", "schedule")
 
 #: Values a few keys may take; anything else is a one-line error.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -338,6 +345,9 @@ compression_level = 3
 [backup]
 checkpoint = "fast"    # "fast" or "spread"
 compression_level = 3
+
+[restore]
+timezone = "UTC"       # the zone of a --timestamp typed without an offset
 
 [telegram]
 bot_token = ""

@@ -94,6 +94,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "check the server's archiving settings and that WAL reaches every repository")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the switched segment")
 
+    p = command("timeline", cmd_timeline, "the recovery windows per timeline, with gaps (and events)")
+    p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("restore", cmd_restore, "point-in-time restore (plan with --dry-run first)")
+    target = p.add_argument_group("recovery target (exactly one)")
+    target.add_argument("--timestamp", metavar="TIME", help="'YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]'")
+    target.add_argument("--xid", help="a transaction id")
+    target.add_argument("--lsn", help="a WAL location such as 0/3000028")
+    target.add_argument("--name", help="a restore point made with pg_create_restore_point()")
+    target.add_argument("--latest", action="store_true", help="replay all archived WAL")
+    target.add_argument("--immediate", action="store_true", help="stop as soon as the base backup is consistent")
+    p.add_argument("--backup", metavar="NAME", help="the base backup to start from (default: newest before the target)")
+    p.add_argument("--exclusive", action="store_true", help="stop just before the target")
+    p.add_argument("--target-timeline", default="latest", help="latest (default), current or a number")
+    p.add_argument("--target-action", default="promote", help="promote (default), pause or shutdown")
+    p.add_argument("--tz", help="time zone of --timestamp without an offset (default: [restore] timezone, UTC)")
+    p.add_argument(
+        "--target-dir", metavar="DIR", help="restore beside: into this new directory, leaving the cluster alone"
+    )
+    p.add_argument("--port", type=int, help="port for a restore beside (default: the cluster's port + 1)")
+    p.add_argument("--repo", choices=["local", "s3"], help="read from this repository only")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for the cluster name")
+    p.add_argument("--json", action="store_true", help="print the plan / report as JSON")
+
     p = command("config", cmd_config, "print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -239,6 +265,83 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"[{mark}] {result.message}")
         problems += not result.ok
     return 1 if problems else 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    from backend.recovery import load_view
+
+    cfg = load(args)
+    view = load_view(cfg, args.repo)
+    if args.json:
+        print(json.dumps({"cluster": cfg.cluster.name, **view.timeline.to_json()}, indent=2))
+        return 0
+    print(f"Recovery timeline of cluster {cfg.cluster.name} (times UTC)")
+    if not view.timeline.windows and not view.timeline.gaps:
+        print("  nothing recoverable yet: take a base backup (`pgdr backup`) with archiving on")
+    for tli in view.timeline.timelines:
+        windows, gaps = view.timeline.windows_on(tli), [g for g in view.timeline.gaps if g.timeline == tli]
+        if not windows and not gaps:
+            continue
+        print(f"Timeline {tli}:")
+        for w in windows:
+            print(
+                f"  window  {w.start:%Y-%m-%d %H:%M:%S} .. {w.end:%Y-%m-%d %H:%M:%S}  from backup {w.base_backup}"
+                f"  (WAL {w.first_segment.name} .. {w.last_segment.name})"
+            )
+        for g in gaps:
+            print(
+                f"  GAP     after {g.after_segment.name}: missing {g.missing_from.name} .. {g.missing_to.name}"
+                " (targets past it are unreachable until a newer backup)"
+            )
+    if view.timeline.windows:
+        newest = max(view.timeline.windows, key=lambda w: (w.end, w.timeline))
+        print(f"Latest recoverable: {newest.end:%Y-%m-%d %H:%M:%S} UTC on timeline {newest.timeline}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from backend.recovery import perform_restore, plan_restore
+    from backend.restore.target import make_target
+
+    cfg = load(args)
+    target = make_target(
+        timestamp=args.timestamp,
+        xid=args.xid,
+        lsn=args.lsn,
+        name=args.name,
+        latest=args.latest,
+        immediate=args.immediate,
+        exclusive=args.exclusive,
+        timeline=args.target_timeline,
+        action=args.target_action,
+        zone=args.tz or cfg.restore.timezone,
+    )
+    port = args.port if args.port is not None else (cfg.postgres.port + 1 if args.target_dir else None)
+    view, plan = plan_restore(cfg, target, backup=args.backup, target_dir=args.target_dir, port=port, only=args.repo)
+    if args.dry_run:
+        print(
+            json.dumps(plan.to_json(), indent=2) if args.json else plan.render() + "\n\nDry run: nothing was changed."
+        )
+        return 0
+    print(plan.render())
+    if not args.yes:
+        _confirm(cfg.cluster.name, plan.data_dir)
+    report = perform_restore(cfg, view, plan, on_progress=_progress_printer())
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return 0 if report.reached_target else 3
+
+
+def _confirm(cluster: str, data_dir: object) -> None:
+    """The operator types the cluster name; anything else (or no terminal to ask on) cancels."""
+    if not sys.stdin.isatty() and sys.stdin.closed:
+        raise PgdrError("refusing to restore without confirmation: type the cluster name, or pass --yes")
+    sys.stdout.write(
+        f"\nThis replaces {data_dir}. Type the cluster name ({cluster}) to restore, anything else cancels: "
+    )
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip()
+    if answer != cluster:
+        raise PgdrError("cancelled: nothing was changed", exit_code=1)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

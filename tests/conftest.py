@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +14,22 @@ from tests.harness.cluster import Cluster, make_shared_dir, running_cluster, ser
 from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoEndpoint
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def shared_dir() -> Iterator[Path]:
-    """A temp dir the server user can enter; removed at the end of the session."""
+    """A temp dir the server user can enter; removed at the end of the session.
+
+    pgdr's state and user config dirs point into it, so tests never touch the developer's own.
+    """
     path = make_shared_dir("pgdr-test-")
+    saved = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "XDG_CONFIG_HOME")}
+    os.environ["XDG_STATE_HOME"] = str(path / "xdg-state")
+    os.environ["XDG_CONFIG_HOME"] = str(path / "xdg-config")
     yield path
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -27,6 +40,7 @@ def pgdr_for_server(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoEndpoint]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request drowns failures
     with MotoEndpoint() as endpoint:
         yield endpoint
 

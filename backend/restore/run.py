@@ -277,7 +277,7 @@ LOG_PATTERNS = {
     "redo": re.compile(r"redo done at (?P<lsn>[0-9A-F]+/[0-9A-F]+)"),
     "short": re.compile(r"recovery ended before configured recovery target was reached"),
     "fatal": re.compile(r"(FATAL|PANIC):\s+(?P<msg>.*)"),
-    "paused": re.compile(r"(pausing at the end of recovery|recovery has paused)"),
+    "fetch": re.compile(r"pgdr: error: (?P<msg>.*no intact copy.*)"),
 }
 
 
@@ -370,6 +370,8 @@ def _report(
             report.stopped_at_lsn = report.stopped_at_lsn or m.group("lsn")
         elif LOG_PATTERNS["short"].search(line):
             short = True
+        elif (m := LOG_PATTERNS["fetch"].search(line)) and m.group("msg") not in report.problems:
+            report.problems.append(m.group("msg"))
         elif m := LOG_PATTERNS["fatal"].search(line):
             report.problems.append(m.group("msg").strip())
     if short:

@@ -1,0 +1,82 @@
+"""What the CLI and the TUI call for recovery: the timeline, a plan, and the confirmed restore."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from backend import audit
+from backend.catalog import Catalog, read_catalog, recovery_timeline
+from backend.config import Config
+from backend.progress import ProgressCallback, no_progress
+from backend.repository import Repository, open_repositories
+from backend.restore.plan import RestorePlan, make_plan
+from backend.restore.run import RestoreReport, execute
+from backend.restore.target import RecoveryTarget
+from backend.timeline import RecoveryTimeline
+
+
+@dataclass
+class RecoveryView:
+    """The catalog and the timeline built from it, read once and shared by a command."""
+
+    catalog: Catalog
+    timeline: RecoveryTimeline
+    repositories: list[Repository]
+
+
+def load_view(cfg: Config, only: str | None = None) -> RecoveryView:
+    repos = open_repositories(cfg, only)
+    catalog = read_catalog(repos)
+    return RecoveryView(catalog, recovery_timeline(catalog, commit_times(repos, catalog)), repos)
+
+
+def commit_times(repos: list[Repository], catalog: Catalog) -> dict[str, tuple[datetime, datetime]]:
+    """First and last commit time of each indexed segment (empty until the WAL index exists)."""
+    del repos, catalog
+    return {}
+
+
+def plan_restore(
+    cfg: Config,
+    target: RecoveryTarget,
+    *,
+    backup: str | None = None,
+    target_dir: str | None = None,
+    port: int | None = None,
+    only: str | None = None,
+) -> tuple[RecoveryView, RestorePlan]:
+    view = load_view(cfg, only)
+    plan = make_plan(cfg, view.catalog, view.timeline, target, backup_name=backup, target_dir=target_dir, port=port)
+    return view, plan
+
+
+def perform_restore(
+    cfg: Config,
+    view: RecoveryView,
+    plan: RestorePlan,
+    *,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> RestoreReport:
+    details = {
+        "target": plan.target.describe(),
+        "backup": plan.backup.name,
+        "data_dir": str(plan.data_dir),
+        "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
+    }
+    audit.record("restore", cfg.cluster.name, "started", **details)
+    try:
+        report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
+    except BaseException as exc:
+        audit.record("restore", cfg.cluster.name, "failed", error=str(exc), **details)
+        raise
+    audit.record(
+        "restore",
+        cfg.cluster.name,
+        "reached target" if report.reached_target else "stopped short",
+        report=report.to_json(),
+        **details,
+    )
+    return report
