@@ -9,6 +9,7 @@ from datetime import datetime
 from backend import audit
 from backend.catalog import Catalog, read_catalog, recovery_timeline
 from backend.config import Config
+from backend.locks import job_lock
 from backend.progress import ProgressCallback, no_progress
 from backend.repository import Repository, open_repositories
 from backend.restore.plan import RestorePlan, make_plan
@@ -68,7 +69,8 @@ def perform_restore(
     }
     audit.record("restore", cfg.cluster.name, "started", **details)
     try:
-        report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
+        with job_lock(cfg, "restore"):
+            report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
     except BaseException as exc:
         audit.record("restore", cfg.cluster.name, "failed", error=str(exc), **details)
         raise

@@ -27,14 +27,19 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.command is None and not args.daemon:
         parser.print_help()
         return 0
+    if args.daemon:
+        args.handler = cmd_daemon
     try:
         handler: Handler = args.handler
         return handler(args)
     except PgdrError as exc:
-        print(f"pgdr: error: {exc}", file=sys.stderr)
+        # restore_command is asked for files that never existed (the next timeline's .history, the
+        # segment after the last): "not there" is routine there, not an error worth alarming a log reader.
+        routine = args.command == "wal-fetch" and exc.exit_code == 1
+        print(f"pgdr: {'' if routine else 'error: '}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pgdr: interrupted", file=sys.stderr)
@@ -52,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="config file (default: $PGDR_CONFIG, the user config dir, /etc/pgdr/pgdr.toml)",
     )
+    parser.add_argument("--daemon", action="store_true", help="run the scheduler (backups, verify, retention, alarms)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text", help="daemon log format on stdout")
     parser.set_defaults(command=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -120,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for the cluster name")
     p.add_argument("--json", action="store_true", help="print the plan / report as JSON")
 
+    p = command("verify", cmd_verify, "verify backups (checksums, WAL continuity; --deep: a restore rehearsal)")
+    p.add_argument("name", nargs="?", help="one backup (default: every backup and the WAL archive)")
+    p.add_argument("--deep", action="store_true", help="also restore into a scratch directory and start it")
+    p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("expire", cmd_expire, "apply retention: remove old backups and the WAL no kept backup needs")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("s3-lifecycle", cmd_s3_lifecycle, "the S3 lifecycle rule (Glacier after 30 days, expire after a year)")
+    p.add_argument("--print", action="store_true", required=True, help="print it as JSON for put-bucket-lifecycle")
+
+    p = command("status", cmd_status, "the daemon's jobs: last and next run, result")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
     p = command("config", cmd_config, "print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -183,19 +206,10 @@ def cmd_wal_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from backend.repository import open_repositories
+    from backend.jobs import backup_job
 
     cfg = load(args)
-    repos = open_repositories(cfg, args.repo)
-    reporter = _progress_printer()
-    if args.logical:
-        from backend.backup.logical import take_logical_dump
-
-        manifest = take_logical_dump(cfg, repos, on_progress=reporter)
-    else:
-        from backend.backup.physical import take_base_backup
-
-        manifest = take_base_backup(cfg, repos, on_progress=reporter)
+    manifest = backup_job(cfg, logical=args.logical, only=args.repo, on_progress=_progress_printer())
     if args.json:
         print(json.dumps(json.loads(manifest.to_json())))
     else:
@@ -204,8 +218,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         took = (manifest.stop_time - manifest.start_time).total_seconds()
         print(
             f"backup {manifest.name} ({manifest.kind}) complete: {humanize.naturalsize(manifest.size_bytes)} "
-            f"stored as {humanize.naturalsize(manifest.stored_bytes)} in {', '.join(r.name for r in repos)}, "
-            f"{took:.1f} s"
+            f"stored as {humanize.naturalsize(manifest.stored_bytes)}, {took:.1f} s"
         )
     return 0
 
@@ -342,6 +355,44 @@ def _confirm(cluster: str, data_dir: object) -> None:
     answer = sys.stdin.readline().strip()
     if answer != cluster:
         raise PgdrError("cancelled: nothing was changed", exit_code=1)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from backend.verify import verify
+
+    cfg = load(args)
+    report = verify(cfg, args.name, deep=args.deep, only=args.repo, on_progress=_progress_printer())
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return 0 if report.ok else 1
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    from backend.retention import expire
+
+    report = expire(load(args), dry_run=args.dry_run)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
+    return 0
+
+
+def cmd_s3_lifecycle(args: argparse.Namespace) -> int:
+    from backend.retention import lifecycle_policy
+
+    print(json.dumps(lifecycle_policy(load(args)), indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from backend.daemon import read_status
+
+    status = read_status(load(args))
+    print(json.dumps(status.to_json(), indent=2) if args.json else status.render())
+    return 0 if status.healthy else 1
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from backend.daemon import run_daemon
+
+    return run_daemon(load(args), log_format=args.log_format)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -14,39 +14,37 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from backend.archive.push import store
 from backend.archive.walfile import find_archived
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.repository import open_repository, read_identity
+from backend.repository.local import LocalRepository
 
 QUEUE_PREFIX = "queue/"
 
 
-def _queue_repo(cfg: Config) -> Path:
+def _local(cfg: Config) -> LocalRepository:
     if not cfg.local.path:
         raise PgdrError(
             "an upload queue needs a local repository: set [local] path, or list every repository in archive.sync"
         )
-    return Path(cfg.local.path) / cfg.cluster.name
+    return LocalRepository(cfg.local.path, cfg.cluster.name)
 
 
 def enqueue(cfg: Config, target: str, filename: str) -> None:
-    open_repository(cfg, "local").put(f"{QUEUE_PREFIX}{target}/{filename}", b"")
+    _local(cfg).put(f"{QUEUE_PREFIX}{target}/{filename}", b"")
 
 
 def pending(cfg: Config, target: str) -> list[str]:
     prefix = f"{QUEUE_PREFIX}{target}/"
-    return [info.key[len(prefix) :] for info in open_repository(cfg, "local").list(prefix)]
+    return [info.key[len(prefix) :] for info in _local(cfg).list(prefix)]
 
 
 @contextlib.contextmanager
 def _lock(cfg: Config, target: str, *, wait: bool) -> Iterator[bool]:
-    path = _queue_repo(cfg) / "queue" / f".{target}.lock"
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _local(cfg).lock_file(f"queue/.{target}.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -45,7 +45,15 @@ class LocalRepository(Repository):
             raise RepositoryError(f"invalid object key {key!r}")
         return self.root / key
 
-    def _makedirs(self, folder: Path) -> None:
+    def lock_file(self, key: str) -> int:
+        """Open (creating) a lock file below the root, usable by whoever owns the repository."""
+        path = self._path(key)
+        self.makedirs(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.chown(path)
+        return fd
+
+    def makedirs(self, folder: Path) -> None:
         """Create ``folder`` and its parents with mode 0700, fsyncing each new entry's parent."""
         missing = []
         probe = folder
@@ -59,10 +67,10 @@ class LocalRepository(Repository):
                 continue
             except OSError as exc:
                 raise RepositoryError(f"cannot create {new} in the local repository: {exc.strerror}") from exc
-            self._chown(new)
+            self.chown(new)
             _fsync_dir(new.parent)
 
-    def _chown(self, path: Path) -> None:
+    def chown(self, path: Path) -> None:
         if self._owner is not None:
             os.chown(path, *self._owner)
 
@@ -73,7 +81,7 @@ class LocalRepository(Repository):
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         target = self._path(key)
-        self._makedirs(target.parent)
+        self.makedirs(target.parent)
         temp = target.parent / f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -84,7 +92,7 @@ class LocalRepository(Repository):
                 yield out
                 out.flush()
                 os.fsync(out.fileno())
-            self._chown(temp)
+            self.chown(temp)
             os.rename(temp, target)
             _fsync_dir(target.parent)
         except OSError as exc:
