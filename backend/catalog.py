@@ -181,7 +181,7 @@ def _range(repo: str, timeline: int, run: list[ArchivedSegment]) -> WalRange:
 
 
 def recovery_timeline(
-    catalog: Catalog, commit_times: dict[str, tuple[datetime, datetime]] | None = None
+    catalog: Catalog, commit_times: dict[str, tuple[datetime | None, datetime | None]] | None = None
 ) -> RecoveryTimeline:
     """Merge every repository's WAL into one timeline; ``commit_times`` (from the WAL index) sharpens it.
 
@@ -195,6 +195,7 @@ def recovery_timeline(
     times = commit_times or {}
     for copies in merged.values():
         first = copies[0]
+        indexed = first.segment.name in times
         first_commit, last_commit = times.get(first.segment.name, (None, None))
         infos.append(
             SegmentInfo(
@@ -204,6 +205,7 @@ def recovery_timeline(
                 archived_at=max(c.archived_at for c in copies),
                 first_commit=first_commit,
                 last_commit=last_commit,
+                indexed=indexed,
             )
         )
     histories = {tli: History.parse(tli, text) for tli, text in catalog.histories.items()}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
 
 from backend import audit
+from backend.archive.index import ensure_indexes
 from backend.catalog import Catalog, read_catalog, recovery_timeline
 from backend.config import Config
 from backend.locks import job_lock
@@ -16,6 +16,7 @@ from backend.restore.plan import RestorePlan, make_plan
 from backend.restore.run import RestoreReport, execute
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline
+from backend.walindex import WalEvent
 
 
 @dataclass
@@ -25,18 +26,22 @@ class RecoveryView:
     catalog: Catalog
     timeline: RecoveryTimeline
     repositories: list[Repository]
+    events: list[WalEvent]
 
 
-def load_view(cfg: Config, only: str | None = None) -> RecoveryView:
+def load_view(cfg: Config, only: str | None = None, *, on_progress: ProgressCallback = no_progress) -> RecoveryView:
+    """Read the catalog, bring the WAL index up to date, and build the timeline from both."""
     repos = open_repositories(cfg, only)
     catalog = read_catalog(repos)
-    return RecoveryView(catalog, recovery_timeline(catalog, commit_times(repos, catalog)), repos)
-
-
-def commit_times(repos: list[Repository], catalog: Catalog) -> dict[str, tuple[datetime, datetime]]:
-    """First and last commit time of each indexed segment (empty until the WAL index exists)."""
-    del repos, catalog
-    return {}
+    holders: dict[str, list[str]] = {}
+    for seg in catalog.segments:
+        holders.setdefault(seg.segment.name, []).append(seg.repository)
+    indexes = ensure_indexes(cfg, repos, holders, catalog.segment_size, on_progress=on_progress)
+    times = {name: (index.first_commit, index.last_commit) for name, index in indexes.items()}
+    timeline = recovery_timeline(catalog, times)
+    events = sorted((event for index in indexes.values() for event in index.events), key=lambda e: e.lsn)
+    timeline.events = events
+    return RecoveryView(catalog, timeline, repos, events)
 
 
 def plan_restore(
@@ -49,7 +54,16 @@ def plan_restore(
     only: str | None = None,
 ) -> tuple[RecoveryView, RestorePlan]:
     view = load_view(cfg, only)
-    plan = make_plan(cfg, view.catalog, view.timeline, target, backup_name=backup, target_dir=target_dir, port=port)
+    plan = make_plan(
+        cfg,
+        view.catalog,
+        view.timeline,
+        target,
+        backup_name=backup,
+        target_dir=target_dir,
+        port=port,
+        events=view.events,
+    )
     return view, plan
 
 

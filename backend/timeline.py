@@ -37,6 +37,7 @@ class SegmentInfo:
     archived_at: datetime
     first_commit: datetime | None = None
     last_commit: datetime | None = None
+    indexed: bool = False
 
     @property
     def latest_time(self) -> datetime:
@@ -75,7 +76,8 @@ class Window:
     last_segment: SegmentName
 
     def contains(self, instant: datetime) -> bool:
-        return self.start <= instant <= self.end
+        """Reachable: recovery to a time stops at the first commit after it, so one must exist (``< end``)."""
+        return self.start <= instant < self.end
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,6 +116,8 @@ class RecoveryTimeline:
     segment_size: int
     _segments: dict[tuple[int, int], SegmentInfo] = field(default_factory=dict, repr=False)
     _paths: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    #: WAL index events (restore points, destructive transactions), set by whoever built the index.
+    events: list[Any] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +216,7 @@ def build_timeline(
             if run is None or run[1] < stop:
                 continue  # the WAL this backup needs to become consistent is incomplete on this path
             last = by_key[(expected_tli(path, run[1]), run[1])]
+            latest = _latest_commit(by_key, path, start, run[1])
             begin_of_tli = path[-1][1]
             if run[1] < begin_of_tli:
                 continue  # the WAL never reaches this timeline's own segments
@@ -226,7 +231,7 @@ def build_timeline(
                 Window(
                     timeline=tli,
                     start=window_start,
-                    end=max(last.latest_time, window_start),
+                    end=max(latest, window_start),
                     start_lsn=start_lsn,
                     end_lsn=(run[1] + 1) * segment_size,
                     base_backup=backup.name,
@@ -251,6 +256,22 @@ def build_timeline(
                 )
             )
     return RecoveryTimeline(windows, gaps, timelines, segment_size, by_key, paths)
+
+
+def _latest_commit(
+    by_key: dict[tuple[int, int], SegmentInfo], path: list[tuple[int, int]], first: int, last: int
+) -> datetime:
+    """The last commit replay can reach: recovery to a later time would end before its target.
+
+    Segments without a WAL index fall back to their archive time, an upper bound.
+    """
+    for number in range(last, first - 1, -1):
+        info = by_key[(expected_tli(path, number), number)]
+        if not info.indexed:
+            return info.archived_at
+        if info.last_commit is not None:
+            return info.last_commit
+    return by_key[(expected_tli(path, first), first)].archived_at
 
 
 def _descends(path: list[tuple[int, int]], backup_tli: int, backup_stop_lsn: int, segment_size: int) -> bool:

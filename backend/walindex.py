@@ -8,8 +8,8 @@ recovery target "just before the TRUNCATE".
 
 What pg_waldump prints (PostgreSQL 15, checked on a real cluster), one line per record::
 
-    rmgr: Transaction len (rec/tot):     34/    34, tx:        725, lsn: 0/01521700, prev 0/015216C0, \
-desc: COMMIT 2026-11-25 14:33:18.285139 UTC
+    rmgr: Transaction len (rec/tot):     34/    34, tx:        725, lsn: 0/01521700, prev 0/015216C0, desc: ...
+    ... desc: COMMIT 2026-11-25 14:33:18.285139 UTC
     ... desc: COMMIT <time>; rels: base/5/16388 base/5/16384; inval msgs: ...        (TRUNCATE)
     ... desc: COMMIT <time>; rels: base/5/16389; dropped stats: 2/5/16389; inval ... (DROP TABLE)
     ... desc: COMMIT <time>; rels: base/5/16512; subxacts: 772; inval msgs: ...      (in a subtransaction)
@@ -49,13 +49,19 @@ How a commit is classified (``WalEvent.kind``):
 ``rewrite``
     Relfilenodes are replaced without losing rows: VACUUM FULL, CLUSTER, ALTER TABLE rewrites and
     REFRESH MATERIALIZED VIEW (which swap in a transient table and drop it: its OIDs were created by
-    the same transaction), REINDEX and ALTER TABLE SET TABLESPACE (every new relfilenode was filled by
-    bulk page images, none by row inserts). Not destructive; listed so a ``rels:`` commit is explained.
+    the same transaction; ALTER TABLE and REFRESH also drop the old toast table and its index, OIDs X
+    and X + 1, which are not counted as a drop), REINDEX and ALTER TABLE SET TABLESPACE (every new
+    relfilenode was filled by bulk page images, none by row inserts). Not destructive; listed so a
+    ``rels:`` commit is explained.
 ``drop_database``
     DROP DATABASE: ``relations`` are the database directories (``base/<db oid>``, or
     ``pg_tblspc/<spc oid>/<db oid>`` without the version directory), ``oids`` the database OID.
 ``restore_point``
     ``pg_create_restore_point(name)``: usable as ``recovery_target_name``.
+
+``relations`` lists the relfilenodes removed at commit that the transaction had not created itself.
+Row-level destruction (DELETE without WHERE, UPDATE of every row) is not detected: it looks like any
+other DML.
 
 The classification needs the transaction's Storage CREATE records. When the transaction began in an
 earlier segment they are not seen, and the commit is reported the cautious way: a transient table's
@@ -438,7 +444,7 @@ def _classify(done: _Completion, xact: _Xact, lsn: int) -> list[WalEvent]:
     def event(kind: EventKind, relations: list[str], oids: list[int]) -> WalEvent:
         return WalEvent(kind, lsn, done.time, done.xid, None, relations, oids, "commit")
 
-    db_oids = [oid for kind, oid, _ in done.stats if kind == STATS_KIND_DATABASE]
+    db_oids = [db for kind, db, _ in done.stats if kind == STATS_KIND_DATABASE]  # "1/<db oid>/0"
     if xact.dropped_dirs or db_oids:
         dirs = [f"base/{db}" if spc == DEFAULT_TABLESPACE else f"pg_tblspc/{spc}/{db}" for spc, db in xact.dropped_dirs]
         oids = sorted(set(db_oids) | {db for _, db in xact.dropped_dirs})
@@ -649,19 +655,22 @@ def index_segment(
     """Index one WAL segment file by running ``pg_waldump`` (PostgreSQL 15) on it as the current user.
 
     ``segment_path`` is an uncompressed segment file named after the segment, optionally with a
-    ``.partial`` suffix; it may be anywhere (a copy, a file fetched with ``pgdr wal-fetch``).
-    ``next_segment`` is the following segment on the same timeline; when not given, the file of that
-    name (or that name + ``.partial``) beside ``segment_path`` is used if it exists. It is read only to
-    decode the record crossing the boundary (up to the end of that record, never further).
+    ``.partial`` suffix; it may be anywhere (a copy, a file fetched with ``pgdr wal-fetch``); the
+    segment size is read from its header. ``next_segment`` is the following segment on the same
+    timeline; when not given, the file of that name (or that name + ``.partial``) beside
+    ``segment_path`` is used if it exists. It is read only to decode the record crossing the boundary,
+    up to that record's end and no further; a record longer than a segment may need more following
+    segments, looked up beside the previous one. So a folder of consecutive segments works as is.
 
-    pg_waldump runs as ``pg_waldump --path <private dir of symlinks> --timeline <tli> --start <segment
-    start> --end <end of the segment, or of the crossing record>``, with TZ=UTC and LC_ALL=C. It exits 0
-    when it reaches --end; 1 on any error, including the normal end of a partial segment ("error in WAL
-    record at X: invalid record length at Y: wanted 24, got 0"): such end-of-WAL errors end the index
-    (``stop_reason``), any other failure raises :class:`WalIndexError`. A segment that starts with the
-    tail of a record from the previous segment is handled by pg_waldump itself (it skips to the first
-    record starting in it); a segment that holds nothing but the middle of one huge record has no
-    records and is returned empty (pg_waldump would fail with "could not find a valid record").
+    pg_waldump runs as ``pg_waldump --path <private folder of symlinks> --timeline <tli> --start
+    <segment start> --end <segment end, or the end of the crossing record>`` with TZ=UTC and LC_ALL=C.
+    It exits 0 when it reaches --end, and 1 on any error, including the normal end of valid WAL in a
+    partial or in-progress segment ("error in WAL record at X: invalid record length at Y: wanted 24,
+    got 0"): such end-of-WAL errors end the index (``stop_reason``); any other failure raises
+    :class:`WalIndexError`. A segment that starts with the tail of a record from the previous segment
+    is handled by pg_waldump (it skips to the first record starting in it); a segment holding nothing
+    but the middle of one huge record has no records and is returned empty, and so is one whose only
+    records cannot be completed from the segments at hand (``tail_complete`` False).
     """
     segment_path = Path(segment_path)
     base = _segment_base_name(segment_path)
@@ -676,22 +685,8 @@ def index_segment(
         return SegmentIndex(segment=base, tail_complete=True)
 
     following = name.next()
-    next_path = next_segment if next_segment is not None else _beside(segment_path, following.name)
-    end_lsn = following.start_lsn
-    tail_complete = False
     files = {name.number: segment_path}
-    if next_path is not None and next_path.exists():
-        try:
-            next_header = read_segment_header(next_path)
-        except WalIndexError:
-            next_header = None
-        if next_header is not None and next_header.page_address == following.start_lsn:
-            if not next_header.continuation:
-                tail_complete = True
-            elif next_header.continuation_end() <= header.segment_size:
-                end_lsn = following.start_lsn + next_header.continuation_end()
-                tail_complete = True
-                files[following.number] = next_path
+    end_lsn, tail_complete = _tail(files, name, next_segment or _beside(segment_path, following.name))
 
     with tempfile.TemporaryDirectory(prefix="pgdr-walindex-") as tmp:
         folder = Path(tmp)
@@ -718,6 +713,9 @@ def index_segment(
                 with proc.stdout:
                     for line in proc.stdout:
                         parser.feed(line)
+            except BaseException:
+                proc.kill()
+                raise
             finally:
                 returncode = proc.wait()
             stderr.seek(0)
@@ -726,6 +724,9 @@ def index_segment(
     index = parser.result()
     if returncode != 0:
         message = _waldump_error(errors)
+        if not tail_complete and index.records == 0 and message.startswith("could not find a valid record after"):
+            # The first record starting here runs past the WAL at hand: nothing to decode yet.
+            return index
         if not _is_end_of_wal(message):
             raise WalIndexError(f"pg_waldump failed on {segment_path} (exit {returncode}): {message}")
         index.stop_reason = message
@@ -738,6 +739,32 @@ def index_segment(
             if when is not None:
                 event.time, event.time_source = when, "record"
     return index
+
+
+def _tail(files: dict[int, Path], name: SegmentName, candidate: Path | None) -> tuple[int, bool]:
+    """Where pg_waldump must stop to decode the record crossing out of segment ``name``.
+
+    Adds the following segments it needs to ``files`` (the record may span several of them, each
+    looked up beside the previous one) and returns (end LSN, whether that record is complete).
+    """
+    number = name.number + 1
+    found: dict[int, Path] = {}
+    while candidate is not None:
+        segment = SegmentName(name.timeline, number, name.segment_size)
+        try:
+            header = read_segment_header(candidate)
+        except WalIndexError:
+            break
+        if header.page_address != segment.start_lsn or header.segment_size != name.segment_size:
+            break
+        found[number] = candidate
+        end = header.continuation_end() if header.continuation else 0
+        if end <= header.segment_size:
+            files.update(found)
+            return segment.start_lsn + end, True
+        number += 1
+        candidate = _beside(candidate, segment.next().name)
+    return name.next().start_lsn, False
 
 
 def _beside(segment_path: Path, name: str) -> Path | None:

@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("timeline", cmd_timeline, "the recovery windows per timeline, with gaps (and events)")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--events", action="store_true", help="list restore points and drops/truncates from the WAL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("restore", cmd_restore, "point-in-time restore (plan with --dry-run first)")
@@ -113,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--name", help="a restore point made with pg_create_restore_point()")
     target.add_argument("--latest", action="store_true", help="replay all archived WAL")
     target.add_argument("--immediate", action="store_true", help="stop as soon as the base backup is consistent")
+    seed = p.add_argument_group("logical restore and the seed's postgres-restore forms")
+    seed.add_argument("dump", nargs="?", help="a .dump file (pg_dump custom format) to restore")
+    seed.add_argument("--logical", action="store_true", help="restore a logical dump (with --latest: the newest)")
+    seed.add_argument("--from-dump", metavar="NAME_OR_PATH", help="a logical backup name or a .dump file")
+    seed.add_argument("--from-s3", metavar="URL", help="a .dump at s3://bucket/key")
+    seed.add_argument("--dbname", help="database to restore a dump into (default: [postgres] dbname)")
+    seed.add_argument("--list", action="store_true", help="list the local repository's backups (= pgdr list)")
+    seed.add_argument("--list-s3", action="store_true", help="list the S3 repository's backups")
     p.add_argument("--backup", metavar="NAME", help="the base backup to start from (default: newest before the target)")
     p.add_argument("--exclusive", action="store_true", help="stop just before the target")
     p.add_argument("--target-timeline", default="latest", help="latest (default), current or a number")
@@ -195,13 +204,17 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 
 def cmd_wal_upload(args: argparse.Namespace) -> int:
     from backend.archive import queue
+    from backend.archive.push import INDEX_TARGET
 
     cfg = load(args)
     targets = [args.repo] if args.repo else [n for n in cfg.repository_names if n not in cfg.sync_repositories]
+    if not args.repo and cfg.local.path:
+        targets.append(INDEX_TARGET)
     for target in targets:
         done = queue.drain(cfg, target)
         if not args.quiet:
-            print(f"{target}: uploaded {len(done)} WAL file(s)")
+            verb = "indexed" if target == INDEX_TARGET else "uploaded"
+            print(f"{target}: {verb} {len(done)} WAL file(s)")
     return 0
 
 
@@ -282,11 +295,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     from backend.recovery import load_view
+    from backend.walnames import format_lsn
 
     cfg = load(args)
     view = load_view(cfg, args.repo)
+    shown = [e for e in view.events if e.kind != "rewrite"] if args.events else []
     if args.json:
-        print(json.dumps({"cluster": cfg.cluster.name, **view.timeline.to_json()}, indent=2))
+        extra = {"events": [e.to_json() for e in shown]} if args.events else {}
+        print(json.dumps({"cluster": cfg.cluster.name, **view.timeline.to_json(), **extra}, indent=2))
         return 0
     print(f"Recovery timeline of cluster {cfg.cluster.name} (times UTC)")
     if not view.timeline.windows and not view.timeline.gaps:
@@ -308,7 +324,15 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             )
     if view.timeline.windows:
         newest = max(view.timeline.windows, key=lambda w: (w.end, w.timeline))
-        print(f"Latest recoverable: {newest.end:%Y-%m-%d %H:%M:%S} UTC on timeline {newest.timeline}")
+        print(f"Latest recoverable commit: {newest.end:%Y-%m-%d %H:%M:%S} UTC on timeline {newest.timeline}")
+    if args.events:
+        print("Events (from the WAL):" if shown else "Events: none found in the archived WAL")
+        for e in shown:
+            when = f"{e.time:%Y-%m-%d %H:%M:%S.%f}"[:-3] if e.time else "time unknown"
+            what = f"restore point {e.name!r}" if e.kind == "restore_point" else e.kind.replace("_", " ")
+            xid = f" xid {e.xid}" if e.xid else ""
+            rels = f" ({', '.join(e.relations)})" if e.relations else ""
+            print(f"  {when}  {what}{xid} at {format_lsn(e.lsn)}{rels}")
     return 0
 
 
@@ -316,7 +340,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from backend.recovery import perform_restore, plan_restore
     from backend.restore.target import make_target
 
+    if args.list or args.list_s3:
+        args.repo, args.json = ("s3" if args.list_s3 else "local"), args.json
+        return cmd_list(args)
     cfg = load(args)
+    if args.logical or args.dump or args.from_dump or args.from_s3:
+        return _restore_logical(cfg, args)
     target = make_target(
         timestamp=args.timestamp,
         xid=args.xid,
@@ -344,17 +373,37 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0 if report.reached_target else 3
 
 
-def _confirm(cluster: str, data_dir: object) -> None:
-    """The operator types the cluster name; anything else (or no terminal to ask on) cancels."""
-    if not sys.stdin.isatty() and sys.stdin.closed:
-        raise PgdrError("refusing to restore without confirmation: type the cluster name, or pass --yes")
+def _restore_logical(cfg: Config, args: argparse.Namespace) -> int:
+    from backend.restore.logical import find_dump, plan_logical, restore_logical
+
+    if args.timestamp or args.xid or args.lsn or args.name or args.immediate:
+        raise PgdrError("a logical dump restores to the moment it was taken: drop --timestamp/--xid/--lsn/--name")
+    source = find_dump(cfg, name_or_path=args.from_dump or args.dump, s3_url=args.from_s3, latest=args.latest)
+    plan = plan_logical(cfg, source, args.dbname)
+    if args.dry_run:
+        print(
+            json.dumps(plan.to_json(), indent=2) if args.json else plan.render() + "\n\nDry run: nothing was changed."
+        )
+        return 0
+    print(plan.render())
+    if not args.yes:
+        _confirm(cfg.cluster.name, f"database {plan.database}")
+    restore_logical(cfg, plan)
+    print(f"restored {source.description} into {plan.database}; safety dump: {plan.safety_dump}")
+    return 0
+
+
+def _confirm(cluster: str, replaced: object) -> None:
+    """The operator types the cluster name; anything else, or no answer at all, cancels."""
     sys.stdout.write(
-        f"\nThis replaces {data_dir}. Type the cluster name ({cluster}) to restore, anything else cancels: "
+        f"\nThis replaces {replaced}. Type the cluster name ({cluster}) to restore, anything else cancels: "
     )
     sys.stdout.flush()
     answer = sys.stdin.readline().strip()
     if answer != cluster:
-        raise PgdrError("cancelled: nothing was changed", exit_code=1)
+        raise PgdrError(
+            f"cancelled: {cluster!r} was not typed, nothing was changed (--yes skips the question)", exit_code=1
+        )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

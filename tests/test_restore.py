@@ -216,3 +216,33 @@ def test_restore_beside_leaves_the_cluster_alone(cluster: Cluster) -> None:
     stop_copy(beside)
     assert cluster.sql("SELECT to_regclass('accounts')")[0][0] is None  # the running cluster is untouched
     assert not safety_copies(cluster)
+
+
+def test_events_name_the_drop_and_restore_points_and_serve_as_targets(cluster: Cluster) -> None:
+    cluster.sql("CREATE TABLE warmup (x int)")
+    story = Story(cluster)
+    del story  # the story's own drop is at the end; add a named restore point after more work
+    cluster.sql("CREATE TABLE ledger (x int)")
+    cluster.sql("INSERT INTO ledger SELECT generate_series(1, 10)")
+    cluster.sql("SELECT pg_create_restore_point('before_cleanup')")
+    cluster.sql("TRUNCATE ledger")
+    cluster.wait_archived(cluster.switch_wal())
+
+    events = json.loads(cluster.pgdr("timeline", "--events", "--json").stdout)["events"]
+    kinds = [(e["kind"], e["name"]) for e in events]
+    assert ("drop", None) in kinds and ("restore_point", "before_cleanup") in kinds and ("truncate", None) in kinds
+    drop = next(e for e in events if e["kind"] == "drop")
+    human = cluster.pgdr("timeline", "--events").stdout
+    assert f"drop xid {drop['xid']}" in human and "restore point 'before_cleanup'" in human
+
+    # The WAL index locates both targets, so no --backup is needed.
+    plan = json.loads(cluster.pgdr("restore", "--name", "before_cleanup", "--dry-run", "--json").stdout)
+    assert plan["target"]["settings"]["recovery_target_name"] == "before_cleanup"
+    unknown = restore(cluster, "--name", "no_such_point", "--dry-run", check=False)
+    assert unknown.returncode == 2 and "before_cleanup" in unknown.stderr
+    result = restore(cluster, "--name", "before_cleanup")
+    assert "Restore finished" in result.stdout, result.stdout
+    assert cluster.sql("SELECT count(*) FROM ledger")[0][0] == 10
+    result = restore(cluster, "--xid", str(drop["xid"]), "--exclusive", "--target-timeline", "1")
+    assert "Restore finished" in result.stdout, result.stdout
+    assert cluster.sql("SELECT count(*) FROM accounts")[0][0] == 150

@@ -15,7 +15,10 @@ from backend.archive.walfile import WalObject, checksum, encode, find_archived, 
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.repository import ClusterIdentity, Repository, ensure_identity, open_repository
-from backend.walnames import wal_kind
+from backend.walnames import WalKind, wal_kind
+
+#: The queue target that builds the WAL index; not a repository.
+INDEX_TARGET = "index"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
             already.append(name)
 
     queued = [name for name in cfg.repository_names if name not in cfg.sync_repositories]
+    if cfg.local.path and kind is WalKind.SEGMENT:
+        queued.append(INDEX_TARGET)  # commit times, restore points, drops: built in the background
     if queued:
         from backend.archive import queue
 

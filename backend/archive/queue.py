@@ -15,12 +15,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from backend.archive.push import store
+from backend.archive.push import INDEX_TARGET, store
 from backend.archive.walfile import find_archived
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.repository import open_repository, read_identity
 from backend.repository.local import LocalRepository
+from backend.walnames import DEFAULT_SEGMENT_SIZE
 
 QUEUE_PREFIX = "queue/"
 
@@ -97,6 +98,17 @@ def drain(cfg: Config, target: str, *, wait: bool = True) -> list[str]:
 
 def _upload_one(cfg: Config, target: str, filename: str) -> None:
     local = open_repository(cfg, "local")
+    if target == INDEX_TARGET:
+        from backend.archive.index import index_one
+        from backend.repository import open_repositories
+
+        repos = open_repositories(cfg)
+        identity = read_identity(local)
+        # A failure leaves it unindexed: the next timeline read indexes it (and verify names a bad segment).
+        with contextlib.suppress(PgdrError):
+            index_one(cfg, repos, filename, identity.segment_size if identity else DEFAULT_SEGMENT_SIZE)
+        local.delete([f"{QUEUE_PREFIX}{target}/{filename}"])
+        return
     dest = open_repository(cfg, target) if target != "local" else local
     sources = [open_repository(cfg, name) for name in cfg.repository_names if name != target]
     for source in sources:

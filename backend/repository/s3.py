@@ -70,7 +70,7 @@ class S3Repository(Repository):
         self.client = client
         self.bucket = bucket
         parts = [p for p in f"{prefix}/{cluster}".split("/") if p]
-        self.root = "/".join(parts) + "/"
+        self.root = "/".join(parts) + "/" if parts else ""
         self.part_size = part_size
         self._where = where
         self._secrets = [s for s in secrets if s]
@@ -88,9 +88,10 @@ class S3Repository(Repository):
         self._checksums = mode != "when_required"
 
     @classmethod
-    def from_config(cls, cfg: Config) -> S3Repository:
+    def from_config(cls, cfg: Config, *, bucket: str | None = None, root: str | None = None) -> S3Repository:
+        """The configured repository; ``bucket``/``root`` override where it points (for s3:// URLs)."""
         s3 = cfg.s3
-        if not s3.bucket:
+        if not (bucket or s3.bucket):
             raise ConfigError(f"s3.bucket is missing in {cfg.where()}: set [s3] bucket or BACKUP_S3_BUCKET")
         options: dict[str, Any] = {
             "retries": {"mode": "standard", "max_attempts": 3},
@@ -131,9 +132,9 @@ class S3Repository(Repository):
             ) from None
         return cls(
             client,
-            s3.bucket,
-            s3.prefix,
-            cfg.cluster.name,
+            bucket or s3.bucket,
+            s3.prefix if root is None else root,
+            cfg.cluster.name if root is None else "",
             where=cfg.where(),
             storage_class=s3.storage_class,
             sse=s3.sse,

@@ -8,6 +8,7 @@ changes nothing anywhere.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from backend.errors import PgdrError
 from backend.manifest import BackupManifest
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
+from backend.walindex import WalEvent
 from backend.walnames import SegmentName, format_lsn
 
 SAFETY_SUFFIX = ".pgdr-safety-"
@@ -140,6 +142,7 @@ def make_plan(
     target_dir: str | None = None,
     port: int | None = None,
     now: datetime | None = None,
+    events: Sequence[WalEvent] = (),
 ) -> RestorePlan:
     backups = {b.manifest.name: b for b in catalog.backups}
     if backup_name is not None:
@@ -157,10 +160,11 @@ def make_plan(
             f"nothing is recoverable on timeline {tli}: take a base backup (`pgdr backup`) and check archiving"
         )
 
-    window, instant = _choose(timeline, windows, target, backup_name, tli)
+    located = locate(target, events)
+    window, instant = _choose(timeline, windows, target, backup_name, tli, located=located)
     chosen = backups[window.base_backup]
     first = SegmentName.parse(chosen.manifest.wal_start or "", timeline.segment_size).number
-    wal, complete = _wal_for(timeline, tli, window, target, first=first, instant=instant)
+    wal, complete = _wal_for(timeline, tli, window, target, first=first, instant=instant, located=located)
     segment_size = timeline.segment_size
 
     data_dir, in_place = _data_dir(cfg, target_dir)
@@ -210,8 +214,25 @@ def _target_timeline(
     return tli
 
 
+def locate(target: RecoveryTarget, events: Sequence[WalEvent]) -> WalEvent | None:
+    """The WAL record a restore point or a transaction target names, when the WAL index saw it."""
+    if target.kind == "name":
+        hits = [e for e in events if e.kind == "restore_point" and e.name == target.name]
+    elif target.kind == "xid":
+        hits = [e for e in events if e.xid == target.xid]
+    else:
+        return None
+    return hits[-1] if hits else None
+
+
 def _choose(
-    timeline: RecoveryTimeline, windows: list[Window], target: RecoveryTarget, backup_name: str | None, tli: int
+    timeline: RecoveryTimeline,
+    windows: list[Window],
+    target: RecoveryTarget,
+    backup_name: str | None,
+    tli: int,
+    *,
+    located: WalEvent | None,
 ) -> tuple[Window, datetime | None]:
     """The window (so the base backup) for the target: the newest backup that stops at or before it."""
     usable = [w for w in windows if backup_name is None or w.base_backup == backup_name]
@@ -228,18 +249,25 @@ def _choose(
         if not hits:
             raise _unreachable(timeline, tli, instant, backup_name, usable)
         return max(hits, key=lambda w: w.start), instant
-    if target.kind == "lsn":
-        assert target.lsn is not None
-        hits = [w for w in usable if w.start_lsn <= target.lsn <= w.end_lsn]
+    if target.kind == "lsn" or located is not None:
+        lsn = located.lsn if located is not None else target.lsn
+        assert lsn is not None
+        hits = [w for w in usable if w.start_lsn <= lsn < w.end_lsn]
         if not hits:
             spans = "; ".join(f"{format_lsn(w.start_lsn)}..{format_lsn(w.end_lsn)}" for w in usable[-3:])
-            raise PgdrError(f"LSN {format_lsn(target.lsn)} is not reachable on timeline {tli} (reachable: {spans})")
-        return max(hits, key=lambda w: w.start_lsn), None
+            what = target.describe() if located is not None else f"LSN {format_lsn(lsn)}"
+            raise PgdrError(
+                f"{what} at LSN {format_lsn(lsn)} is not reachable on timeline {tli} "
+                f"from a base backup (reachable: {spans or 'nothing'})"
+            )
+        return max(hits, key=lambda w: w.start_lsn), located.time if located is not None else None
     if target.kind in ("latest", "name", "xid"):
         if target.kind != "latest" and backup_name is None:
+            known = ", ".join(sorted({e.name for e in timeline.events if e.kind == "restore_point" and e.name}))
+            hint = f" (restore points in the archive: {known})" if target.kind == "name" and known else ""
             raise PgdrError(
-                f"pgdr cannot tell from the archive when {target.describe()} happened: "
-                "pass --backup NAME (a base backup taken before it; see `pgdr list`)"
+                f"the WAL index does not show {target.describe()}{hint}: pass --backup NAME "
+                "(a base backup taken before it; see `pgdr list`), or check the target with `pgdr timeline --events`"
             )
         newest_end = max(w.end_lsn for w in usable)
         hits = [w for w in usable if w.end_lsn == newest_end]
@@ -285,12 +313,15 @@ def _wal_for(
     *,
     first: int,
     instant: datetime | None,
+    located: WalEvent | None,
 ) -> tuple[list[SegmentInfo], bool]:
     last = window.last_segment.number
     complete = True
     if target.kind == "time" and instant is not None:
         reach = timeline.segment_reaching(tli, first, instant)
         last = reach if reach is not None else last
+    elif located is not None:
+        last = located.lsn // timeline.segment_size
     elif target.kind == "lsn" and target.lsn is not None:
         last = target.lsn // timeline.segment_size
     elif target.kind == "immediate":
