@@ -28,8 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None and not args.daemon:
-        parser.print_help()
-        return 0
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            args.handler = cmd_tui  # the operator console is what `pgdr` means on a terminal
+        else:
+            parser.print_help()
+            return 0
     if args.daemon:
         args.handler = cmd_daemon
     try:
@@ -151,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", cmd_status, "the daemon's jobs: last and next run, result")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = command("tui", cmd_tui, "open the operator console (also: `pgdr` alone on a terminal)")
+
+    p = command("demo", cmd_demo, "build a throwaway cluster with backups and WAL, and open the console on it")
+    p.add_argument("--clean", action="store_true", help="stop and remove the demo sandbox")
+    p.add_argument("--no-tui", action="store_true", help="build the sandbox and print its config path only")
 
     p = command("config", cmd_config, "print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
@@ -442,6 +451,27 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from backend.daemon import run_daemon
 
     return run_daemon(load(args), log_format=args.log_format)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from pgdr_tui.app import run_app
+
+    return run_app(load(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backend import demo
+
+    if args.clean:
+        print(demo.clean())
+        return 0
+    cfg = demo.build(on_progress=_progress_printer())
+    if args.no_tui:
+        print(cfg.source)
+        return 0
+    from pgdr_tui.app import run_app
+
+    return run_app(cfg, demo=True)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
