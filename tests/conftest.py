@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -47,7 +48,9 @@ def moto() -> Iterator[MotoEndpoint]:
 
 @pytest.fixture
 def bucket(moto: MotoEndpoint, request: pytest.FixtureRequest) -> str:
-    name = "pgdr-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    name = f"pgdr-{digest}-{readable}".rstrip("-")
     moto.start()
     moto.create_bucket(name)
     return name

@@ -10,7 +10,7 @@ from datetime import datetime
 from backend.backup.fanout import FanOut
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.manifest import BACKUPS_PREFIX, BackupManifest, StoredObject
+from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
 from backend.postgres import ServerInfo
 from backend.repository import ClusterIdentity, Repository, ensure_identity
 
@@ -76,3 +76,25 @@ def discard_on_failure(repos: list[Repository], name: str) -> Iterator[None]:
             with contextlib.suppress(PgdrError):
                 repo.delete([info.key for info in repo.list(f"{BACKUPS_PREFIX}{name}/")])
         raise
+
+
+def clean_debris(repos: list[Repository]) -> list[str]:
+    """Remove what interrupted backups left: folders without a manifest, temp files, unfinished uploads.
+
+    Callers hold the repository lock (``jobs.backup_job``), so no other backup is writing: anything
+    without a manifest now is debris, never a backup in progress.
+    """
+    removed = []
+    for repo in repos:
+        folders: dict[str, list[str]] = {}
+        for info in repo.list(BACKUPS_PREFIX):
+            parts = info.key.split("/")
+            if len(parts) == 3:
+                folders.setdefault(parts[1], []).append(info.key)
+        for name, keys in folders.items():
+            if not any(key.endswith("/" + MANIFEST_NAME) for key in keys):
+                repo.delete(keys)
+                removed.append(f"{repo.name}:{name}")
+        if repo.cleanup_temporary(BACKUPS_PREFIX):
+            removed.append(f"{repo.name}:temporary files")
+    return removed

@@ -16,7 +16,13 @@ from datetime import UTC, datetime
 from typing import cast
 
 from backend import __version__
-from backend.backup.common import backup_name, check_repositories, commit_manifest, discard_on_failure
+from backend.backup.common import (
+    backup_name,
+    check_repositories,
+    clean_debris,
+    commit_manifest,
+    discard_on_failure,
+)
 from backend.backup.fanout import fan_out
 from backend.config import Config
 from backend.errors import PgdrError
@@ -39,6 +45,7 @@ def take_logical_dump(
     with connect(cfg) as conn:
         info = server_info(conn)
         check_repositories(cfg, repos, info)
+        clean_debris(repos)
         started = datetime.now(UTC)
         name = backup_name(started, "-logical", repos)
         on_progress(Progress("dump", 0, None, f"starting {name}"))

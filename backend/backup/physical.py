@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, cast
 
-from backend import __version__
+from backend import __version__, faults
 from backend.backup.common import (
     backup_name,
     check_repositories,
+    clean_debris,
     commit_manifest,
     discard_on_failure,
     object_record,
@@ -53,6 +54,7 @@ def take_base_backup(
         row = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
         estimate = int(row[0]) if row and row[0] else None
     check_repositories(cfg, repos, info)
+    clean_debris(repos)
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
     with discard_on_failure(repos, name):
@@ -114,6 +116,8 @@ def _take(
                     raw_size += len(chunk)
                     scanner.feed(chunk)
                     zout.write(chunk)
+                    if raw_size > CHUNK * 4:
+                        faults.point("backup-mid-upload")
                     now = time.monotonic()
                     if now - last_report > 0.2:
                         on_progress(Progress("backup", raw_size, estimate, f"{name}: streaming"))
@@ -167,6 +171,7 @@ def _take(
             "data_directory": str(Path(cfg.postgres.data_dir)) if cfg.postgres.data_dir else "",
         },
     )
+    faults.point("backup-before-manifest")
     commit_manifest(repos, manifest)
     return manifest
 

@@ -73,6 +73,13 @@ class Repository(ABC):
     def exists(self, key: str) -> bool:
         return any(info.key == key for info in self.list(key))
 
+    @abstractmethod
+    def cleanup_temporary(self, prefix: str) -> int:
+        """Remove what killed writers left below ``prefix`` (temp files, unfinished uploads).
+
+        Only safe while nothing writes there: callers hold the repository lock. Returns how many.
+        """
+
 
 def open_repositories(cfg: Config, only: str | None = None) -> list[Repository]:
     """The configured repositories, local first; ``only`` limits to one by name."""

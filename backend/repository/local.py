@@ -145,6 +145,19 @@ class LocalRepository(Repository):
                 st = entry.stat(follow_symlinks=False)
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
+    def cleanup_temporary(self, prefix: str) -> int:
+        removed = 0
+        base = self.root / prefix
+        if not base.is_dir():
+            return 0
+        for folder, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+        return removed
+
     def delete(self, keys: Iterable[str]) -> None:
         folders = set()
         for key in keys:

@@ -287,6 +287,19 @@ class S3Repository(Repository):
                 "check that the credentials' policy allows s3:DeleteObject"
             )
 
+    def cleanup_temporary(self, prefix: str) -> int:
+        """Abort multipart uploads a killed writer left: invisible, but billed until aborted."""
+        removed = 0
+        with self._s3_errors("clean up unfinished uploads in", prefix or None):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) if prefix else self.root):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+        return removed
+
     def exists(self, key: str) -> bool:
         full = self._key(key)
         try:

@@ -191,6 +191,12 @@ def make_plan(
         estimated_seconds=estimate_restore_seconds(chosen.manifest.size_bytes, len(wal) * segment_size),
         target_instant=instant,
     )
+    if in_place:
+        from backend.restore.run import interrupted_restore
+
+        warning = interrupted_restore(data_dir)
+        if warning:
+            plan.notes.append(warning)
     if needed > free:
         plan.notes.append(
             f"not enough disk space on {_existing_parent(data_dir)}: free some or restore elsewhere with --target-dir"

@@ -9,6 +9,7 @@ replay WAL. If recovery stops short of the target, the report says so and the ex
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
-from backend import server
+from backend import faults, server
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
@@ -94,6 +95,17 @@ def execute(
 ) -> RestoreReport:
     data_dir = plan.data_dir
     owner = _owner(cfg, plan)
+    marker = interrupted_marker(data_dir)
+    if plan.in_place:
+        marker.write_text(
+            json.dumps(
+                {
+                    "started": datetime.now(UTC).isoformat(),
+                    "backup": plan.backup.name,
+                    "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
+                }
+            )
+        )
     if plan.in_place and server.is_running(cfg, data_dir):
         on_progress(Progress("stop", 0, 1, f"stopping the server on {data_dir}"))
         server.stop(cfg, data_dir)
@@ -103,6 +115,7 @@ def execute(
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     check_cancel(cancel, "restore")
+    faults.point("restore-after-safety-copy")
     restore_base_backup(plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel)
     write_recovery_settings(cfg, plan, data_dir)
     if owner is not None:
@@ -114,9 +127,35 @@ def execute(
     on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
     server.start(cfg, data_dir, log_file)
     report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
+    marker.unlink(missing_ok=True)
     report.safety_copy = plan.safety_copy
     report.data_dir = data_dir
     return report
+
+
+def interrupted_marker(data_dir: Path) -> Path:
+    """Written before an in-place restore touches anything, removed when it reports: if it is still
+    there, a restore died half-way and the operator must be told where the old data directory is."""
+    return data_dir.with_name(f".{data_dir.name}.pgdr-restore.json")
+
+
+def interrupted_restore(data_dir: Path) -> str | None:
+    """How to roll back a restore that was killed half-way, or None when there was none."""
+    marker = interrupted_marker(data_dir)
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    safety = info.get("safety_copy")
+    back = (
+        f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
+        if safety
+        else "there was no data directory before it"
+    )
+    return (
+        f"a restore from backup {info.get('backup')} started {info.get('started')} did not finish: "
+        f"{data_dir} may be half-restored; the previous data directory is intact at {safety}; {back}"
+    )
 
 
 def _owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:

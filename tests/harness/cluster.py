@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -160,14 +161,14 @@ class Cluster:
         self.write_server_conf()
 
     def write_server_conf(self) -> None:
-        archive = f"{self.pgdr_for_server} --config {self.config_path} wal-push %p"
+        archive = f"{shlex.quote(str(self.pgdr_for_server))} --config {shlex.quote(str(self.config_path))} wal-push %p"
         settings = {
             "port": str(self.port),
             "listen_addresses": "''",
             "unix_socket_directories": f"'{self.socket_dir}'",
             "wal_level": "replica",
             "archive_mode": "on",
-            "archive_command": f"'{archive}'",
+            "archive_command": "'" + archive.replace("'", "''") + "'",
             "max_wal_senders": "5",
             "shared_buffers": "32MB",
             "fsync": "off",

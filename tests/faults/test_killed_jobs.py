@@ -1,0 +1,109 @@
+"""kill -9 at the worst moments: nothing half-listed, the next run recovers by itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from backend.config import load_config
+from backend.repository import open_repository
+from tests.harness.cluster import Cluster, clean_env, pgdr_executable, wait_for
+
+
+def start_frozen(cluster: Cluster, point: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``pgdr <args>`` that stops itself at the named fault point; wait until it has."""
+    proc = subprocess.Popen(
+        [str(pgdr_executable()), "--config", str(cluster.config_path), *args],
+        env=clean_env(PGDR_FAULT_STOP=point), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(lambda: stopped(proc.pid) or proc.poll() is not None, 60, f"pgdr {args[0]} to reach {point}")
+    assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+def debris(cluster: Cluster) -> list[str]:
+    """Anything under backups/ that is not part of a listed backup, in every repository."""
+    cfg = load_config(cluster.config_path)
+    found = []
+    for name in cfg.repository_names:
+        repo = open_repository(cfg, name)
+        keys = [info.key for info in repo.list("backups/")]
+        listed = {k.split("/")[1] for k in keys if k.endswith("/manifest.json")}
+        found += [f"{name}:{k}" for k in keys if k.split("/")[1] not in listed]
+        if name == "s3":
+            client = repo.client  # type: ignore[attr-defined]
+            uploads = client.list_multipart_uploads(Bucket=cfg.s3.bucket).get("Uploads", [])
+            found += [f"s3 upload:{u['Key']}" for u in uploads]
+    temp = [str(p) for p in (cluster.local_repo / "main").rglob(".tmp.*")]
+    return found + temp
+
+
+@pytest.mark.parametrize("point", ["backup-mid-upload", "backup-before-manifest"])
+def test_backup_killed_lists_nothing_and_the_next_one_cleans_up(cluster_s3: Cluster, point: str) -> None:
+    cluster_s3.sql("CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g")
+    proc = start_frozen(cluster_s3, point, "backup")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(cluster_s3.pgdr("list", "--json").stdout)["backups"] == []
+    leftovers = debris(cluster_s3)
+    assert leftovers, "the kill should leave something for the next backup to clean"
+
+    name = json.loads(cluster_s3.pgdr("backup", "--json").stdout)["name"]
+    assert [b["name"] for b in json.loads(cluster_s3.pgdr("list", "--json").stdout)["backups"]] == [name]
+    assert debris(cluster_s3) == []
+
+
+def test_backup_killed_early_before_pg_basebackup_starts(cluster: Cluster) -> None:
+    proc = subprocess.Popen([str(pgdr_executable()), "--config", str(cluster.config_path), "backup"],
+                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(cluster.pgdr("list", "--json").stdout)["backups"] == []
+    cluster.pgdr("backup")
+    assert len(json.loads(cluster.pgdr("list", "--json").stdout)["backups"]) == 1
+
+
+def test_two_backups_at_once_the_second_is_refused_clearly(cluster: Cluster) -> None:
+    first = start_frozen(cluster, "backup-before-manifest", "backup")
+    try:
+        second = cluster.pgdr("backup", check=False)
+        assert second.returncode == 2 and "holds the main repository lock" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert len(json.loads(cluster.pgdr("list", "--json").stdout)["backups"]) == 1
+
+
+def test_restore_killed_half_way_keeps_the_safety_copy_and_says_how_to_roll_back(cluster: Cluster) -> None:
+    cluster.sql("CREATE TABLE precious (x int)")
+    cluster.sql("INSERT INTO precious SELECT generate_series(1, 1000)")
+    cluster.pgdr("backup")
+    cluster.wait_archived(cluster.switch_wal())
+    proc = start_frozen(cluster, "restore-after-safety-copy", "restore", "--latest", "--yes")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (safety,) = cluster.data_dir.parent.glob("data.pgdr-safety-*")
+    assert (safety / "PG_VERSION").is_file() and (safety / "global" / "pg_control").is_file()
+
+    plan = cluster.pgdr("restore", "--latest", "--dry-run").stdout
+    assert "did not finish" in plan and f"mv {safety} {cluster.data_dir}" in plan
+    # Rolling back as told brings the old cluster back.
+    os.rename(cluster.data_dir, cluster.root / "data.failed")
+    os.rename(safety, cluster.data_dir)
+    (cluster.data_dir.parent / ".data.pgdr-restore.json").unlink()
+    cluster.start()
+    assert cluster.sql("SELECT count(*) FROM precious")[0][0] == 1000
