@@ -65,6 +65,8 @@ class S3Config:
     sse: str = ""
     kms_key_id: str = ""
     retention_days: int = 30
+    #: Multipart upload part size (S3's minimum is 5 MiB); bigger parts, fewer requests.
+    upload_chunk_mb: int = 16
     access_key_id: str = ""
     secret_access_key: str = ""
 
@@ -96,11 +98,35 @@ class TelegramConfig:
     bot_token: str = ""
     chat_id: str = ""
     api_url: str = "https://api.telegram.org"
+    #: A failure (or alarm) of the same kind for the same cluster is sent at most once per this many
+    #: minutes; the next one says how often it repeated meanwhile. 0 sends every one.
+    repeat_minutes: int = 60
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """The daemon's cron schedules (5 fields, or 6 with a leading seconds field); "" disables a job."""
+
     base_backup: str = "0 */6 * * *"
+    logical_dump: str = "30 */6 * * *"
+    verify: str = "15 3 * * *"
+    verify_deep: str = "45 3 * * 0"
+    #: Retention; it also runs after every scheduled backup unless this is "".
+    expire: str = "0 4 * * *"
+    rpo_check: str = "* * * * *"
+    #: The RPO alarm: the newest archived WAL is older than this.
+    rpo_alarm_minutes: int = 10
+    #: The zone the schedules are read in (an IANA name).
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    #: Prometheus metrics over HTTP on this port (0: no HTTP endpoint, the textfile only).
+    metrics_port: int = 0
+    metrics_address: str = "127.0.0.1"
+    #: The Prometheus textfile; empty: ``pgdr.prom`` in the state dir.
+    metrics_textfile: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,7 @@ class Config:
     restore: RestoreConfig = field(default_factory=RestoreConfig)
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
     source: Path | None = None
 
     @property
@@ -150,7 +177,18 @@ class Config:
         return out
 
 
-SECTIONS = ("cluster", "postgres", "local", "s3", "archive", "backup", "restore", "telegram", "schedule")
+SECTIONS = (
+    "cluster",
+    "postgres",
+    "local",
+    "s3",
+    "archive",
+    "backup",
+    "restore",
+    "telegram",
+    "schedule",
+    "daemon",
+)
 
 #: Values a few keys may take; anything else is a one-line error.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -301,6 +339,8 @@ def _validate(cfg: Config, where: str) -> Config:
                 f"archive.sync in {where} names repository {name!r}, which is not configured "
                 f"(configured: {', '.join(cfg.repository_names)})"
             )
+    if cfg.s3.bucket and not 5 <= cfg.s3.upload_chunk_mb <= 5120:
+        raise ConfigError(f"s3.upload_chunk_mb in {where} must be between 5 and 5120 (S3's part size limits)")
     if cfg.s3.sse == "aws:kms" and not cfg.s3.kms_key_id:
         raise ConfigError(f's3.kms_key_id is missing in {where}: s3.sse = "aws:kms" needs the KMS key id')
     return cfg
@@ -350,12 +390,28 @@ compression_level = 3
 timezone = "UTC"       # the zone of a --timestamp typed without an offset
 
 [telegram]
+# Messages for backups, failures, restores and alarms; empty token or chat: no messages.
 bot_token = ""
 chat_id = ""
 api_url = "https://api.telegram.org"
+repeat_minutes = 60    # the same failure at most once per this many minutes (0: every time)
 
 [schedule]
-base_backup = "0 */6 * * *"
+# The daemon (`pgdr --daemon`): cron expressions, 5 fields (or 6 with a leading seconds field),
+# read in `timezone`; "" disables a job.
+base_backup = "0 */6 * * *"      # physical base backup
+logical_dump = "30 */6 * * *"    # pg_dump .dump and .sql.gz
+verify = "15 3 * * *"            # checksums and WAL continuity
+verify_deep = "45 3 * * 0"       # a restore rehearsal
+expire = "0 4 * * *"             # retention; also after every scheduled backup
+rpo_check = "* * * * *"          # alarm when the newest archived WAL is too old
+rpo_alarm_minutes = 10
+timezone = "UTC"
+
+[daemon]
+metrics_port = 0                 # Prometheus /metrics over HTTP; 0: off
+metrics_address = "127.0.0.1"
+metrics_textfile = ""            # empty: pgdr.prom in the state dir
 """
 
 

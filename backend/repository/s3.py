@@ -140,6 +140,7 @@ class S3Repository(Repository):
             sse=s3.sse,
             kms_key_id=s3.kms_key_id,
             secrets=(s3.access_key_id, s3.secret_access_key),
+            part_size=s3.upload_chunk_mb << 20,
         )
 
     def location(self) -> str:
