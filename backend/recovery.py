@@ -29,14 +29,19 @@ class RecoveryView:
     events: list[WalEvent]
 
 
-def load_view(cfg: Config, only: str | None = None, *, on_progress: ProgressCallback = no_progress) -> RecoveryView:
-    """Read the catalog, bring the WAL index up to date, and build the timeline from both."""
+def load_view(
+    cfg: Config, only: str | None = None, *, on_progress: ProgressCallback = no_progress, persist_index: bool = True
+) -> RecoveryView:
+    """Read the catalog, bring the WAL index up to date, and build the timeline from both.
+
+    ``persist_index=False`` (dry runs) indexes missing segments in memory without storing anything.
+    """
     repos = open_repositories(cfg, only)
     catalog = read_catalog(repos)
     holders: dict[str, list[str]] = {}
     for seg in catalog.segments:
         holders.setdefault(seg.segment.name, []).append(seg.repository)
-    indexes = ensure_indexes(cfg, repos, holders, catalog.segment_size, on_progress=on_progress)
+    indexes = ensure_indexes(cfg, repos, holders, catalog.segment_size, on_progress=on_progress, persist=persist_index)
     times = {name: (index.first_commit, index.last_commit) for name, index in indexes.items()}
     timeline = recovery_timeline(catalog, times)
     events = sorted((event for index in indexes.values() for event in index.events), key=lambda e: e.lsn)
@@ -52,8 +57,9 @@ def plan_restore(
     target_dir: str | None = None,
     port: int | None = None,
     only: str | None = None,
+    dry_run: bool = False,
 ) -> tuple[RecoveryView, RestorePlan]:
-    view = load_view(cfg, only)
+    view = load_view(cfg, only, persist_index=not dry_run)
     plan = make_plan(
         cfg,
         view.catalog,

@@ -368,7 +368,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         zone=args.tz or cfg.restore.timezone,
     )
     port = args.port if args.port is not None else (cfg.postgres.port + 1 if args.target_dir else None)
-    view, plan = plan_restore(cfg, target, backup=args.backup, target_dir=args.target_dir, port=port, only=args.repo)
+    view, plan = plan_restore(
+        cfg, target, backup=args.backup, target_dir=args.target_dir, port=port, only=args.repo, dry_run=args.dry_run
+    )
     if args.dry_run:
         print(
             json.dumps(plan.to_json(), indent=2) if args.json else plan.render() + "\n\nDry run: nothing was changed."

@@ -246,3 +246,20 @@ def test_events_name_the_drop_and_restore_points_and_serve_as_targets(cluster: C
     result = restore(cluster, "--xid", str(drop["xid"]), "--exclusive", "--target-timeline", "1")
     assert "Restore finished" in result.stdout, result.stdout
     assert cluster.sql("SELECT count(*) FROM accounts")[0][0] == 150
+
+
+def test_dry_run_changes_nothing_anywhere(cluster: Cluster) -> None:
+    story = Story(cluster)
+    cluster.pgdr("wal-upload")  # let the background indexer finish, then forget its work
+    shutil.rmtree(cluster.local_repo / "main" / "walindex")
+
+    def snapshot() -> list[tuple[str, int, float]]:
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime) for p in cluster.root.rglob("*")
+                      if p.is_file() and "pg_stat_tmp" not in str(p) and "server.log" not in p.name
+                      and "/data/" not in str(p))
+
+    before = snapshot()
+    plan = restore(cluster, "--timestamp", story.before_drop.isoformat(), "--dry-run").stdout
+    assert "Dry run: nothing was changed" in plan
+    assert snapshot() == before
+    assert not (cluster.local_repo / "main" / "walindex").exists()

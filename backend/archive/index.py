@@ -53,8 +53,12 @@ def ensure_indexes(
     segment_size: int,
     *,
     on_progress: ProgressCallback = no_progress,
+    persist: bool = True,
 ) -> dict[str, SegmentIndex]:
-    """Index every archived segment (name -> repositories holding it) that has no complete index yet."""
+    """Index every archived segment (name -> repositories holding it) that has no complete index yet.
+
+    ``persist=False`` keeps new entries in memory only: a dry run changes nothing anywhere.
+    """
     indexes = read_indexes(repos)
     todo = [name for name in sorted(segments) if _needs_index(indexes.get(name), name, segments, segment_size)]
     for done, name in enumerate(todo):
@@ -66,9 +70,10 @@ def ensure_indexes(
             index = index_from_repositories(cfg, name, holders, next_holders)
         except PgdrError:
             continue  # unreadable here: `pgdr verify` reports the segment; the timeline falls back to file times
-        body = json.dumps(index.to_json(), sort_keys=True).encode()
-        for repo in holders:
-            repo.put(index_key(name), body)
+        if persist:
+            body = json.dumps(index.to_json(), sort_keys=True).encode()
+            for repo in holders:
+                repo.put(index_key(name), body)
         indexes[name] = index
     return indexes
 
