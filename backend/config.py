@@ -78,6 +78,12 @@ class ArchiveConfig:
     sync: list[str] = field(default_factory=list)
     compression: str = "zstd"
     compression_level: int = 3
+    #: Segments a background pusher stores ahead of PostgreSQL's archiver (0: push one at a time).
+    push_ahead: int = 8
+    #: Parallel pushes of that background pusher.
+    workers: int = 2
+    #: Where push-ahead notes live; empty: the state dir of the user running the server.
+    spool_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,8 @@ retention_days = 30
 sync = []              # repositories wal-push must reach before it answers; [] = local, else s3
 compression = "zstd"   # "zstd" or "none"
 compression_level = 3
+push_ahead = 8         # segments pushed ahead in the background, 2 at a time (0: off)
+workers = 2
 
 [backup]
 checkpoint = "fast"    # "fast" or "spread"

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("filename", help="the WAL file name (%%f)")
     p.add_argument("destination", help="where to write it (%%p)")
 
+    p = command(
+        "wal-spool", cmd_wal_spool, "push the segments waiting in pg_wal ahead of the archiver (started by wal-push)"
+    )
+    p.add_argument("pg_wal", help="the server's pg_wal directory")
+    p.add_argument("--after", default="", help="only segments after this one (the archiver has it in hand)")
+
     p = command("wal-upload", cmd_wal_upload, "copy queued WAL to repositories wal-push does not wait for")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -208,6 +214,15 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
     from backend.archive.fetch import fetch
 
     fetch(load(args), args.filename, args.destination)
+    return 0
+
+
+def cmd_wal_spool(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.archive.spool import push_ahead
+
+    push_ahead(load(args), Path(args.pg_wal), args.after)
     return 0
 
 

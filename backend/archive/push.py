@@ -29,13 +29,21 @@ class PushResult:
     queued: list[str]
 
 
-def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
+def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -> PushResult:
+    """Store one WAL file; with ``ahead``, also start pushing the segments queued behind it."""
     path = Path(wal_path)
     filename = path.name
     try:
         kind = wal_kind(filename)
     except ValueError as exc:
         raise PgdrError(str(exc)) from None
+    pushing_ahead = ahead and kind is WalKind.SEGMENT and cfg.archive.push_ahead > 0
+    if pushing_ahead:
+        from backend.archive import spool
+
+        if spool.confirm(cfg, path):
+            spool.kick(cfg, path)
+            return PushResult(filename, [], list(cfg.sync_repositories), [])
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -62,6 +70,8 @@ def push(cfg: Config, wal_path: str | os.PathLike[str]) -> PushResult:
         for name in queued:
             queue.enqueue(cfg, name, filename)
         queue.ensure_uploader(cfg, queued)
+    if pushing_ahead:
+        spool.kick(cfg, path)
     return PushResult(filename, stored, already, queued)
 
 

@@ -1,0 +1,168 @@
+"""Pushing ahead: archive the next ``.ready`` segments in parallel before PostgreSQL asks for them.
+
+PostgreSQL's archiver calls ``archive_command`` for one segment at a time and waits. When WAL comes
+faster than one push, the ``.ready`` files pile up in ``pg_wal/archive_status``. After each push pgdr
+starts (at most one) background pusher that stores the next ``archive.push_ahead`` segments with
+``archive.workers`` threads, exactly as ``wal-push`` would (durably, in every ``archive.sync``
+repository), and only then leaves a ``<segment>.ok`` note in the spool. When the archiver then asks
+for that segment, ``wal-push`` finds the note, checks it describes this very file (size and cluster
+system identifier from the segment header) and answers at once. A note is written only after the
+segment is durably stored, so every acknowledgement still means "stored"; a crash of the pusher
+loses nothing, since an unstored segment simply has no note and is pushed the normal way.
+
+The spool lives in the state dir of the user running the server (outside the data directory, so no
+base backup carries it into a restored cluster).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.config import Config
+from backend.walnames import SEGMENT_RE
+
+_HEADER = struct.Struct("<HHIQI4xQ")
+NOTE = ".ok"
+
+
+def spool_dir(cfg: Config) -> Path:
+    if cfg.archive.spool_path:
+        return Path(cfg.archive.spool_path) / cfg.cluster.name
+    from backend.audit import state_dir
+
+    return state_dir() / "spool" / cfg.cluster.name
+
+
+def _system_identifier(path: Path) -> int | None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(head) < _HEADER.size:
+        return None
+    return int(_HEADER.unpack(head)[5])
+
+
+def confirm(cfg: Config, wal_path: Path) -> bool:
+    """True when the pusher already stored exactly this file; the note is consumed."""
+    note = spool_dir(cfg) / (wal_path.name + NOTE)
+    try:
+        recorded = json.loads(note.read_text())
+        size = wal_path.stat().st_size
+    except (OSError, ValueError):
+        return False
+    if recorded.get("size") != size or recorded.get("system_identifier") != _system_identifier(wal_path):
+        note.unlink(missing_ok=True)  # stale: another file of that name; push it the normal way
+        return False
+    note.unlink(missing_ok=True)
+    return True
+
+
+def _ready(pg_wal: Path) -> list[str]:
+    status = pg_wal / "archive_status"
+    try:
+        names = [n[: -len(".ready")] for n in os.listdir(status) if n.endswith(".ready")]
+    except OSError:
+        return []
+    return sorted(n for n in names if SEGMENT_RE.match(n))
+
+
+def kick(cfg: Config, wal_path: Path) -> None:
+    """Start a background pusher when segments are waiting and none is running."""
+    if cfg.archive.push_ahead <= 0:
+        return
+    pg_wal = wal_path.absolute().parent
+    waiting = [n for n in _ready(pg_wal) if n > wal_path.name]
+    if not waiting:
+        return
+    folder = spool_dir(cfg)
+    if all((folder / (n + NOTE)).exists() for n in waiting[: cfg.archive.push_ahead]):
+        return
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / ".pusher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # a pusher is at work; it looks for new .ready files before it exits
+    finally:
+        os.close(fd)
+    argv = [sys.executable, "-m", "pgdr_tui"]
+    if cfg.source is not None:
+        argv += ["--config", str(cfg.source)]
+    argv += ["wal-spool", str(pg_wal), "--after", wal_path.name]
+    subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        cwd=pg_wal.parent,
+    )
+
+
+def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
+    """Store waiting segments (past ``after``, which the archiver has in hand) until none is left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend import faults
+    from backend.archive.push import push
+    from backend.errors import PgdrError
+
+    folder = spool_dir(cfg)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / ".pusher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    stored: list[str] = []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return stored
+        _forget_stale_notes(folder, pg_wal)
+
+        failed: set[str] = set()
+
+        def one(name: str) -> str | None:
+            path = pg_wal / name
+            try:
+                push(cfg, path, ahead=False)
+            except PgdrError:
+                failed.add(name)  # gone (archived meanwhile) or unwritable: the archiver's own push decides
+                return None
+            faults.point("spool-stored")
+            _write_note(folder, path)  # only now, with the segment durable everywhere it must be
+            return name
+
+        with ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers)) as pool:
+            while True:
+                todo = [
+                    n for n in _ready(pg_wal) if n > after and n not in failed and not (folder / (n + NOTE)).exists()
+                ]
+                if not todo:
+                    break
+                stored += [n for n in pool.map(one, todo[: cfg.archive.push_ahead]) if n]
+    finally:
+        os.close(fd)
+    return stored
+
+
+def _write_note(folder: Path, path: Path) -> None:
+    note = folder / (path.name + NOTE)
+    temp = folder / f".{path.name}.{os.getpid()}"
+    temp.write_text(json.dumps({"size": path.stat().st_size, "system_identifier": _system_identifier(path)}))
+    os.rename(temp, note)
+
+
+def _forget_stale_notes(folder: Path, pg_wal: Path) -> None:
+    """Notes for segments PostgreSQL no longer has (archived by another path, or recycled) go."""
+    ready = set(_ready(pg_wal))
+    for entry in os.listdir(folder):
+        if entry.endswith(NOTE) and entry[: -len(NOTE)] not in ready:
+            (folder / entry).unlink(missing_ok=True)

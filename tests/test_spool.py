@@ -1,0 +1,111 @@
+"""Pushing ahead: segments stored in parallel before the archiver asks; a note means "stored"."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+from backend.archive.spool import NOTE
+from backend.archive.walfile import find_archived
+from backend.config import load_config
+from backend.repository import open_repository
+from tests.harness.cluster import Cluster, as_server_user, clean_env
+
+
+def bulk_load(cluster: Cluster, rows: int = 1_200_000) -> str:
+    cluster.sql(f"CREATE TABLE bulk AS SELECT g, md5(g::text) AS h FROM generate_series(1, {rows}) g")
+    return cluster.switch_wal()
+
+
+def test_a_bulk_load_is_archived_completely_and_every_note_means_stored(cluster: Cluster) -> None:
+    cfg = load_config(cluster.config_path)
+    repo = open_repository(cfg, "local")
+    spool = cluster.root / "spool"
+    spool.mkdir()
+    subprocess.run(["chown", "postgres", str(spool)], check=False)
+    cluster.write_config(cluster.base_config() + f'\n[archive]\nspool_path = "{spool}"\n')
+    violations: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # the invariant, checked continuously while the archiver runs
+        while not stop.is_set():
+            for note in (spool / "main").glob(f"*{NOTE}") if (spool / "main").is_dir() else []:
+                segment = note.name[: -len(NOTE)]
+                if note.exists() and not find_archived(repo, segment):
+                    violations.append(segment)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        last = bulk_load(cluster)
+        cluster.wait_archived(last, timeout=180)
+    finally:
+        stop.set()
+        watcher.join()
+    assert violations == []
+    listing = json.loads(cluster.pgdr("list", "--json").stdout)
+    (run,) = [r for r in listing["wal"] if r["timeline"] == 1]
+    assert run["first_segment"] == "000000010000000000000001" and run["last_segment"] >= last
+    assert run["segments"] >= 6
+    assert (spool / "main" / ".pusher.lock").exists(), "a background pusher ran"
+
+
+def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
+    spool = cluster.root / "spool"
+    spool.mkdir()
+    subprocess.run(["chown", "postgres", str(spool)], check=False)
+    cluster.write_config(cluster.base_config() + f'\n[archive]\nspool_path = "{spool}"\n')
+    cluster.stop()
+    # The server's archive_command runs with PGDR_FAULT_STOP set: every pusher freezes after storing
+    # a segment and before writing its note; the test kills the frozen pushers as they appear.
+    subprocess.run(
+        as_server_user(
+            [
+                "env",
+                "PGDR_FAULT_STOP=spool-stored",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-D",
+                str(cluster.data_dir),
+                "-l",
+                str(cluster.log_path),
+                "-w",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        env=clean_env(),
+    )
+    killed = 0
+    stop = threading.Event()
+
+    def reaper() -> None:
+        nonlocal killed
+        while not stop.is_set():
+            out = subprocess.run(["pgrep", "-f", "wal-spool"], capture_output=True, text=True).stdout.split()
+            for pid in out:
+                state = (
+                    Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+                    if Path(f"/proc/{pid}/stat").exists()
+                    else ""
+                )
+                if state == "T":
+                    subprocess.run(["kill", "-9", pid], check=False)
+                    killed += 1
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=reaper)
+    thread.start()
+    try:
+        last = bulk_load(cluster, 400_000)
+        cluster.wait_archived(last, timeout=180)
+    finally:
+        stop.set()
+        thread.join()
+    assert killed >= 1, "a pusher must have been frozen and killed"
+    assert not list((spool / "main").glob(f"*{NOTE}")), "a killed pusher leaves no note"
+    listing = json.loads(cluster.pgdr("list", "--json").stdout)
+    (run,) = [r for r in listing["wal"] if r["timeline"] == 1]
+    assert run["last_segment"] >= last
