@@ -7,6 +7,7 @@ get a queue entry, written before the acknowledgement, that ``pgdr wal-upload`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +39,8 @@ def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -
     except ValueError as exc:
         raise PgdrError(str(exc)) from None
     pushing_ahead = ahead and kind is WalKind.SEGMENT and cfg.archive.push_ahead > 0
-    if pushing_ahead:
-        from backend.archive import spool
-
-        if spool.confirm(cfg, path):
-            spool.kick(cfg, path)
-            return PushResult(filename, [], list(cfg.sync_repositories), [])
+    if pushing_ahead and _spool_confirms(cfg, path):
+        return PushResult(filename, [], list(cfg.sync_repositories), [])
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -71,8 +68,29 @@ def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -
             queue.enqueue(cfg, name, filename)
         queue.ensure_uploader(cfg, queued)
     if pushing_ahead:
-        spool.kick(cfg, path)
+        _spool_kick(cfg, path)
     return PushResult(filename, stored, already, queued)
+
+
+def _spool_confirms(cfg: Config, path: Path) -> bool:
+    """The push-ahead fast path; any trouble with the spool just means "push it the normal way"."""
+    from backend.archive import spool
+
+    try:
+        if spool.confirm(cfg, path):
+            _spool_kick(cfg, path)
+            return True
+    except OSError:
+        pass
+    return False
+
+
+def _spool_kick(cfg: Config, path: Path) -> None:
+    """Start the background pusher; failing to start it must never fail the push that was stored."""
+    from backend.archive import spool
+
+    with contextlib.suppress(OSError):
+        spool.kick(cfg, path)
 
 
 def store(repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str) -> bool:

@@ -1,0 +1,249 @@
+"""A realistic repository written by the backend's own code, for the console's tests and screenshots.
+
+Weeks of base backups (every 6 hours) and daily logical dumps, a WAL segment every 10 minutes with
+commit times in its SegmentIndex, a gap of missing segments, a restore point and a DROP TABLE, and a
+promotion to timeline 2 near the end. Everything is stored through ``LocalRepository``,
+``BackupManifest.to_json``, ``WalObject`` keys and ``SegmentIndex`` JSON, so the catalog and the
+recovery timeline the console shows are computed by the real backend, from a clock frozen at ``NOW``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from unittest import mock
+
+from backend.archive.index import index_key
+from backend.archive.walfile import WalObject
+from backend.manifest import BackupManifest, StoredObject
+from backend.repository import IDENTITY_KEY, REPOSITORY_FORMAT
+from backend.repository.local import LocalRepository
+from backend.walindex import SegmentIndex, WalEvent
+from backend.walnames import SegmentName, format_lsn
+
+NOW = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
+SEGMENT_SIZE = 16 * 1024 * 1024
+SYSTEM_ID = 7_300_000_000_000_000_001
+FIRST_SEGMENT = 0x100
+
+
+@dataclass(frozen=True)
+class Story:
+    """The instants a test needs to know: where the gap, the events and the backups are."""
+
+    config: Path
+    start: datetime
+    gap_start: datetime
+    gap_end: datetime
+    restore_point: datetime
+    drop: datetime
+    drop_xid: int
+    promotion: datetime
+    backups: list[str]
+
+
+def write_fixture(
+    root: Path,
+    *,
+    now: datetime = NOW,
+    days: int = 21,
+    segment_minutes: int = 10,
+    backup_hours: int = 6,
+    events_per_day: int = 0,
+) -> Story:
+    """Write the repository and a config file under ``root``; returns the story's landmarks.
+
+    fsync is skipped while writing (a test fixture needs no durability, and thousands of fsyncs
+    would dominate the suite's time); everything else is the backend's own write path.
+    """
+    with mock.patch("os.fsync"):
+        return _write(
+            root,
+            now=now,
+            days=days,
+            segment_minutes=segment_minutes,
+            backup_hours=backup_hours,
+            events_per_day=events_per_day,
+        )
+
+
+def _write(
+    root: Path, *, now: datetime, days: int, segment_minutes: int, backup_hours: int, events_per_day: int
+) -> Story:
+    root.mkdir(parents=True, exist_ok=True)
+    repo_path = root / "repo"
+    repo = LocalRepository(repo_path, "main")
+    repo.put(
+        IDENTITY_KEY,
+        json.dumps(
+            {
+                "format": REPOSITORY_FORMAT,
+                "cluster": "main",
+                "system_identifier": str(SYSTEM_ID),
+                "wal_segment_size": SEGMENT_SIZE,
+            }
+        ).encode(),
+    )
+    step = timedelta(minutes=segment_minutes)
+    start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    count = int((now - timedelta(minutes=3) - start) / step)
+    gap_start = start + timedelta(days=days * 10 // 21, hours=8)
+    gap_end = gap_start + timedelta(hours=3)
+    restore_point = start + timedelta(days=days * 15 // 21, hours=14)
+    drop = restore_point + timedelta(minutes=23, seconds=17)
+    drop_xid = 48123
+    promotion = start + timedelta(days=days - 2, hours=9, minutes=30)
+    config = root / "pgdr.toml"
+    config.write_text(
+        f'[cluster]\nname = "main"\n\n[postgres]\nhost = "{root / "no-server"}"\nport = 5432\nuser = "postgres"\n'
+        f'data_dir = "{root / "data"}"\n\n[local]\npath = "{repo_path}"\n'
+    )
+
+    # Timeline 2 starts at the promotion: segments from then on are on timeline 2.
+    switch_number: int | None = None
+    segments: list[tuple[SegmentName, datetime]] = []
+    for i in range(count):
+        t = start + i * step
+        number = FIRST_SEGMENT + i
+        if gap_start <= t < gap_end:
+            continue
+        if t >= promotion and switch_number is None:
+            switch_number = number
+        tli = 2 if switch_number is not None else 1
+        segments.append((SegmentName(tli, number, SEGMENT_SIZE), t))
+    assert switch_number is not None
+    history = f"1\t{format_lsn(switch_number * SEGMENT_SIZE)}\tno recovery target specified\n".encode()
+    repo.put(WalObject("00000002.history", hashlib.sha256(history).hexdigest(), "none").key, history)
+
+    def events_for(t: datetime, number: int) -> list[WalEvent]:
+        found = []
+        end = t + step
+        if t <= restore_point < end:
+            found.append(
+                WalEvent(
+                    "restore_point",
+                    number * SEGMENT_SIZE + 4096,
+                    restore_point,
+                    None,
+                    "before_migration",
+                    time_source="record",
+                )
+            )
+        if t <= drop < end:
+            found.append(
+                WalEvent(
+                    "drop", number * SEGMENT_SIZE + 8192, drop, drop_xid, None, ["base/5/16384"], [16384], "commit"
+                )
+            )
+        if events_per_day:
+            every = timedelta(days=1) / events_per_day
+            k = int((t - start) / every)
+            while start + k * every < end:
+                when = start + k * every
+                if when >= t:
+                    found.append(
+                        WalEvent(
+                            "truncate",
+                            number * SEGMENT_SIZE + 12288 + k % 1000,
+                            when,
+                            10_000 + k,
+                            None,
+                            [f"base/5/{20000 + k % 50}"],
+                            [],
+                            "commit",
+                        )
+                    )
+                k += 1
+        return found
+
+    for name, t in segments:
+        data = name.name.encode()
+        obj = WalObject(name.name, hashlib.sha256(data).hexdigest(), "none")
+        repo.put(obj.key, data * 8)
+        archived = (t + step).timestamp()
+        os.utime(repo_path / "main" / obj.key, (archived, archived))
+        index = SegmentIndex(
+            segment=name.name,
+            first_commit=t + timedelta(seconds=5),
+            last_commit=t + step - timedelta(seconds=5),
+            commits=120,
+            first_lsn=name.start_lsn + 200,
+            last_lsn=name.start_lsn + SEGMENT_SIZE - 200,
+            events=events_for(t, name.number),
+            records=4000,
+            last_record_lsn=name.start_lsn + SEGMENT_SIZE - 100,
+            tail_complete=True,
+        )
+        repo.put(index_key(name.name), json.dumps(index.to_json(), sort_keys=True).encode())
+
+    by_number = {n.number: (n, t) for n, t in segments}
+    names = []
+    backup_at = start + timedelta(hours=1, minutes=2)
+    serial = 0
+    while backup_at < now - timedelta(minutes=20):
+        number = FIRST_SEGMENT + int((backup_at - start) / step)
+        if number in by_number and number + 1 in by_number:
+            seg, _ = by_number[number]
+            size = 1_200_000_000 + serial * 9_000_000
+            name = _physical(repo, backup_at, seg, size)
+            names.append(name)
+        if backup_at.hour < backup_hours:
+            names.append(_logical(repo, backup_at + timedelta(minutes=30), 310_000_000 + serial * 1_000_000))
+        serial += 1
+        backup_at += timedelta(hours=backup_hours)
+    return Story(config, start, gap_start, gap_end, restore_point, drop, drop_xid, promotion, sorted(names))
+
+
+def _object(key: str, raw: int, stored: int, compression: str = "zstd") -> StoredObject:
+    digest = hashlib.sha256(key.encode() + str(raw).encode()).hexdigest()
+    return StoredObject(key, stored, digest, raw, digest, compression)
+
+
+def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: int) -> str:
+    name = started.strftime("%Y%m%dT%H%M%SZ")
+    stop = started + timedelta(minutes=2, seconds=10)
+    start_lsn = seg.start_lsn + 0x28
+    stop_lsn = seg.start_lsn + 0x1000
+    manifest = BackupManifest(
+        name=name,
+        kind="physical",
+        cluster="main",
+        system_identifier=SYSTEM_ID,
+        pg_version="15.18",
+        start_time=started,
+        stop_time=stop,
+        objects=[_object("base.tar.zst", size, size // 9), _object("backup_manifest", 180_000, 180_000, "none")],
+        timeline=seg.timeline,
+        start_lsn=format_lsn(start_lsn),
+        stop_lsn=format_lsn(stop_lsn),
+        wal_start=seg.name,
+        wal_stop=seg.name,
+        wal_segment_size=SEGMENT_SIZE,
+        file_count=1843,
+        pgdr_version="0.1.0",
+        extra={"label": f"pgdr {name}", "data_directory": "/var/lib/postgresql/15/main"},
+    )
+    repo.put(manifest.key, manifest.to_json())
+    return name
+
+
+def _logical(repo: LocalRepository, started: datetime, size: int) -> str:
+    name = started.strftime("%Y%m%dT%H%M%SZ") + "-logical"
+    manifest = BackupManifest(
+        name=name,
+        kind="logical",
+        cluster="main",
+        system_identifier=SYSTEM_ID,
+        pg_version="15.18",
+        start_time=started,
+        stop_time=started + timedelta(minutes=4),
+        objects=[_object("app.dump", size, size // 5, "none"), _object("app.sql.gz", size, size // 6, "none")],
+        database="app",
+        pgdr_version="0.1.0",
+    )
+    repo.put(manifest.key, manifest.to_json())
+    return name
