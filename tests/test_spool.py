@@ -11,7 +11,7 @@ from backend.archive.spool import NOTE
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
-from tests.harness.cluster import Cluster, as_server_user
+from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user
 
 
 def bulk_load(cluster: Cluster, rows: int = 1_200_000) -> str:
