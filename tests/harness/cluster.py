@@ -197,12 +197,19 @@ class Cluster:
             text += "\n[s3]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in s3.items())
         return text + extra
 
+    def server_env(self, **extra: str) -> dict[str, str]:
+        """The server's environment (its archive_command's): pgdr's state dir is the server user's own."""
+        state = self.root / "server-state"
+        state.mkdir(exist_ok=True)
+        give_to_server_user(state)
+        return clean_env(XDG_STATE_HOME=str(state), XDG_CONFIG_HOME=str(state), **extra)
+
     def start(self) -> None:
         run_checked(
             as_server_user(
                 [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"]
             ),
-            env=clean_env(),
+            env=self.server_env(),
         )
 
     def stop(self, mode: str = "fast") -> None:
