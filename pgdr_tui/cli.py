@@ -442,9 +442,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
-    from backend.retention import expire
+    from backend.retention import ExpireError, expire
 
-    report = expire(load(args), dry_run=args.dry_run)
+    try:
+        report = expire(load(args), dry_run=args.dry_run)
+    except ExpireError as exc:
+        print(json.dumps(exc.report.to_json(), indent=2) if args.json else exc.report.render())
+        raise
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return 0
 

@@ -23,6 +23,9 @@ from backend.errors import ObjectNotFound, RepositoryError
 from backend.repository import ObjectInfo, Repository
 
 TEMP_PREFIX = ".tmp."
+#: Folders whose emptied subfolders are removed: nothing writes into an emptied one again (expired
+#: backups and old WAL). Not queue/ or locks/, where a writer may be creating the folder right now.
+PRUNABLE = frozenset({"backups", "wal", "walindex", "verify"})
 
 
 class LocalRepository(Repository):
@@ -159,14 +162,26 @@ class LocalRepository(Repository):
         return removed
 
     def delete(self, keys: Iterable[str]) -> None:
-        folders = set()
+        folders: dict[Path, bool] = {}
         for key in keys:
             path = self._path(key)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                folders.add(path.parent)
-        for folder in folders:
+                folders[path.parent] = key.split("/", 1)[0] in PRUNABLE
+        for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
             _fsync_dir(folder)
+            if folders[folder]:
+                self._prune(folder)
+
+    def _prune(self, folder: Path) -> None:
+        """Remove folders a delete left empty (an expired backup's), up to the cluster root."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                return  # not empty (or busy): it still holds objects
+            _fsync_dir(folder.parent)
+            folder = folder.parent
 
 
 def _fsync_dir(path: Path) -> None:
