@@ -166,7 +166,7 @@ def test_a_segment_queued_for_s3_is_not_lost(cluster_s3: Cluster) -> None:
     s3 = open_repository(cfg, "s3")
     victim = segments[1]
     # Hold the S3 uploader's lock so nothing can deliver the queued segment while we look.
-    with queue._lock(cfg, "s3", wait=True):
+    with queue.uploader_lock(cfg, "s3", wait=True):
         wait_for(lambda: not queue.pending(cfg, "s3"), 60, "the S3 queue to drain")
         (obj,) = find_archived(s3, victim)
         s3.delete([obj.key])

@@ -44,7 +44,8 @@ def pending(cfg: Config, target: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def _lock(cfg: Config, target: str, *, wait: bool) -> Iterator[bool]:
+def uploader_lock(cfg: Config, target: str, *, wait: bool) -> Iterator[bool]:
+    """Held by the one uploader of ``target``; yields False when ``wait`` is off and it is taken."""
     fd = _local(cfg).lock_file(f"queue/.{target}.lock")
     try:
         try:
@@ -60,7 +61,7 @@ def _lock(cfg: Config, target: str, *, wait: bool) -> Iterator[bool]:
 def ensure_uploader(cfg: Config, targets: list[str]) -> None:
     """Start a detached ``pgdr wal-upload`` for each target no uploader is working on."""
     for target in targets:
-        with _lock(cfg, target, wait=False) as free:
+        with uploader_lock(cfg, target, wait=False) as free:
             if not free:
                 continue
         argv = [sys.executable, "-m", "pgdr_tui"]
@@ -85,7 +86,7 @@ def drain(cfg: Config, target: str, *, wait: bool = True) -> list[str]:
     """
     uploaded: list[str] = []
     while True:
-        with _lock(cfg, target, wait=wait) as held:
+        with uploader_lock(cfg, target, wait=wait) as held:
             if not held:
                 return uploaded
             while batch := pending(cfg, target):

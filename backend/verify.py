@@ -1,0 +1,1443 @@
+"""``pgdr verify``: prove the stored backups and WAL are what was written, and (``--deep``) that they restore.
+
+A backup that was written correctly can still rot: a disk flips a bit, an operator deletes a folder, an
+upload is cut short, a lifecycle rule removes WAL. Nobody notices until the restore, which is the worst
+moment. So verify reads every stored byte back and compares it with what the manifests and the WAL
+object names promise, and says which copy (which repository) is bad, because the other copy is
+usually fine and is what the operator restores from.
+
+Levels:
+
+* checksums (default): every object of every backup, in every repository that holds it, is streamed
+  (1 MiB at a time, never a whole object in memory) and its size and sha256 compared with the
+  manifest; compressed objects are also decompressed on the fly and the original bytes' sha256
+  compared, which catches a stream that hashes right but cannot be unpacked. A ``.dump`` must pass
+  ``pg_restore --list``. The WAL each physical backup needs to become consistent is decoded and
+  checked against the sha256 in its name, and the archive of every repository is checked for holes.
+* deep: also every archived WAL object's content, and a restore rehearsal: the newest physical backup
+  (or the named one) is restored into a scratch directory, checked with ``pg_verifybackup``, started
+  as a real server that replays to its consistency point through the real ``restore_command``, and
+  queried; the scratch directory is removed whatever happens.
+
+WAL holes are classified so that normal archive lag never raises a data-loss alarm: a segment missing
+after a repository's newest one is not a hole at all (it simply has not arrived); a hole that is
+queued for upload to that repository (and held by another one) is "uploading"; a hole in a repository
+``wal-push`` does not wait for, held by another repository and younger than ``DELAY_GRACE``, is
+"delayed"; everything else is "lost" (from that repository, or, when no repository holds it, from the
+archive: point-in-time recovery cannot cross it).
+
+Each result is recorded as ``verify/<backup name>.json`` in every repository holding the backup, so
+the catalog and the console can say when each backup was last verified and how (``last_verified``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import difflib
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any, cast
+
+from backend.archive import queue
+from backend.archive.walfile import WalObject, decode
+from backend.audit import state_dir
+from backend.config import Config
+from backend.errors import ObjectNotFound, PgdrError, RepositoryError
+from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
+from backend.postgres import owner_of, program, run_server_program
+from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
+from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
+from backend.timeline import History, estimate_restore_seconds, timeline_path
+from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, wal_kind
+
+CHUNK = 1 << 20
+VERIFY_PREFIX = "verify/"
+RECORD_FORMAT = 1
+#: How long a hole in a repository that ``wal-push`` does not wait for may be the uploader catching
+#: up (retrying after an outage) before it counts as lost.
+DELAY_GRACE = timedelta(minutes=10)
+#: A backup folder without a manifest younger than this is probably a backup being written right now
+#: (objects appear one by one, the manifest last), not debris of a crashed one.
+DEBRIS_GRACE = timedelta(hours=1)
+#: WAL statuses that are a real problem; "uploading" and "delayed" are normal lag.
+PROBLEM_STATUSES = frozenset({"lost", "corrupt"})
+#: Settings that make the rehearsal server a private, throwaway copy beside the production server: no
+#: archiving (it must never push a divergent history), no TCP, a socket only its owner can use, its own
+#: client authentication (production's pg_hba.conf may only allow peers it cannot match), and modest
+#: memory (it may run on the production host).
+REHEARSAL_SETTINGS = {
+    "archive_mode": "off",
+    "listen_addresses": "",
+    "unix_socket_permissions": "0700",
+    "ssl": "off",
+    "logging_collector": "off",
+    "shared_buffers": "64MB",
+    "huge_pages": "off",
+    "cluster_name": "pgdr-verify",
+}
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupProblem:
+    """One thing wrong with one backup: which copy (``repository``), which object, what is wrong.
+
+    ``kind`` is one of: missing, size, checksum, undecodable, content (decompresses to other bytes),
+    unreadable, manifest, incomplete, debris, pg_restore, wal.
+    """
+
+    repository: str | None
+    object: str | None
+    kind: str
+    detail: str
+
+    def describe(self) -> str:
+        where = f"{self.repository}: " if self.repository else ""
+        what = f"{self.object}: " if self.object else ""
+        return f"{where}{what}{self.kind}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"repository": self.repository, "object": self.object, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class Rehearsal:
+    """What the restore rehearsal of one physical backup found."""
+
+    restored_from: str | None = None
+    verifybackup: str = ""
+    consistent_lsn: str | None = None
+    databases: list[str] = field(default_factory=list)
+    relations: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.restored_from is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "restored_from": self.restored_from,
+            "pg_verifybackup": self.verifybackup,
+            "consistent_lsn": self.consistent_lsn,
+            "databases": self.databases,
+            "relations": self.relations,
+            "seconds": round(self.seconds, 1),
+            "problems": self.problems,
+        }
+
+
+@dataclass
+class BackupResult:
+    """Everything verify found about one backup folder, across the repositories holding it."""
+
+    name: str
+    kind: str  # "physical" | "logical" | "debris" | "damaged" (no manifest parses)
+    repositories: list[str] = field(default_factory=list)
+    objects_checked: int = 0
+    bytes_checked: int = 0
+    problems: list[BackupProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rehearsal: Rehearsal | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and (self.rehearsal is None or self.rehearsal.ok)
+
+    @property
+    def level(self) -> str:
+        return "deep" if self.rehearsal is not None else "checksums"
+
+    def copy_ok(self, repository: str) -> bool:
+        """Whether this repository's copy is sound on its own (the rehearsal is judged separately)."""
+        return not any(p.repository == repository for p in self.problems)
+
+    def problem_lines(self) -> list[str]:
+        lines = [p.describe() for p in self.problems]
+        if self.rehearsal is not None:
+            lines += [f"rehearsal: {p}" for p in self.rehearsal.problems]
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "ok": self.ok,
+            "level": self.level,
+            "repositories": self.repositories,
+            "objects_checked": self.objects_checked,
+            "bytes_checked": self.bytes_checked,
+            "problems": [p.to_json() for p in self.problems],
+            "notes": self.notes,
+            "rehearsal": self.rehearsal.to_json() if self.rehearsal else None,
+        }
+
+
+@dataclass(frozen=True)
+class WalFinding:
+    """A run of segments (``first`` .. ``last``) missing from, or corrupt in, one repository."""
+
+    repository: str
+    timeline: int
+    first: str
+    last: str
+    count: int
+    status: str  # "lost" | "uploading" | "delayed" | "corrupt"
+    detail: str
+
+    @property
+    def problem(self) -> bool:
+        return self.status in PROBLEM_STATUSES
+
+    @property
+    def segments(self) -> str:
+        return self.first if self.first == self.last else f"{self.first} .. {self.last}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "timeline": self.timeline,
+            "first": self.first,
+            "last": self.last,
+            "count": self.count,
+            "status": self.status,
+            "problem": self.problem,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class WalSpan:
+    """The stretch of one timeline checked for holes in one repository."""
+
+    timeline: int
+    first: str
+    last: str
+    present: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"timeline": self.timeline, "first": self.first, "last": self.last, "present": self.present}
+
+
+@dataclass
+class WalResult:
+    """The WAL archive of one repository: the spans checked, objects verified, what is missing."""
+
+    repository: str
+    spans: list[WalSpan] = field(default_factory=list)
+    verified: int = 0
+    findings: list[WalFinding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not any(f.problem for f in self.findings)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "ok": self.ok,
+            "spans": [s.to_json() for s in self.spans],
+            "verified_objects": self.verified,
+            "findings": [f.to_json() for f in self.findings],
+            "error": self.error,
+        }
+
+
+@dataclass
+class VerifyReport:
+    cluster: str
+    level: str  # "checksums" | "deep"
+    started: datetime
+    finished: datetime
+    backups: list[BackupResult] = field(default_factory=list)
+    wal: list[WalResult] = field(default_factory=list)
+    #: Problems not tied to one backup or one repository's WAL (a repository that cannot be read, a
+    #: PostgreSQL program that is missing): verification is incomplete, so not ok.
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True only when everything checked is sound and nothing could not be checked."""
+        return not self.errors and all(b.ok for b in self.backups) and all(w.ok for w in self.wal)
+
+    def render(self) -> str:
+        import humanize
+
+        verdict = "OK" if self.ok else "PROBLEMS FOUND"
+        took = (self.finished - self.started).total_seconds()
+        lines = [
+            f"Verify of cluster {self.cluster} ({self.level}), {self.started:%Y-%m-%d %H:%M:%S} UTC, "
+            f"{took:.1f} s: {verdict}"
+        ]
+        for error in self.errors:
+            lines.append(f"  ERROR  {error}")
+        if not self.backups:
+            lines.append("  no backups to verify: take one with `pgdr backup`")
+        for b in self.backups:
+            held = ", ".join(b.repositories) or "no repository"
+            size = humanize.naturalsize(b.bytes_checked)
+            if b.ok:
+                deep = ""
+                if b.rehearsal is not None:
+                    r = b.rehearsal
+                    deep = (
+                        f"; rehearsal ok from {r.restored_from}: consistent at {r.consistent_lsn or '?'}, "
+                        f"{len(r.databases)} databases, {r.relations} relations, {r.seconds:.1f} s"
+                    )
+                lines.append(
+                    f"  ok     backup {b.name} ({b.kind}) in {held}: {b.objects_checked} objects, {size} read{deep}"
+                )
+            else:
+                lines.append(f"  BAD    backup {b.name} ({b.kind}) in {held}:")
+                lines += [f"           {line}" for line in b.problem_lines()]
+                for repo in b.repositories:
+                    if b.copy_ok(repo):
+                        lines.append(f"           {repo}: copy ok")
+            lines += [f"           note: {note}" for note in b.notes]
+        for w in self.wal:
+            if w.error is not None:
+                lines.append(f"  ERROR  WAL in {w.repository}: {w.error}")
+                continue
+            spans = "; ".join(f"timeline {s.timeline} {s.first} .. {s.last} ({s.present} segments)" for s in w.spans)
+            head = "ok   " if w.ok else "BAD  "
+            verified = f"{w.verified} object{'' if w.verified == 1 else 's'} verified"
+            lines.append(f"  {head}  WAL in {w.repository}: {spans or 'nothing a backup needs'}; {verified}")
+            for f in w.findings:
+                count = f" ({f.count} segments)" if f.count > 1 else ""
+                lines.append(
+                    f"           {f.status.upper() if f.problem else f.status}: {f.segments}{count}: {f.detail}"
+                )
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "level": self.level,
+            "ok": self.ok,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat(),
+            "backups": [b.to_json() for b in self.backups],
+            "wal": [w.to_json() for w in self.wal],
+            "errors": self.errors,
+            "notes": self.notes,
+        }
+
+
+# --- the stored record ---------------------------------------------------------------------------
+
+
+def record_key(name: str) -> str:
+    return f"{VERIFY_PREFIX}{name}.json"
+
+
+def last_verified(repos: Repository | Iterable[Repository], name: str) -> dict[str, Any] | None:
+    """The newest stored verify result of backup ``name`` in these repositories, or None.
+
+    The dict is the stored record: ``time`` (ISO 8601, UTC), ``level`` ("checksums" or "deep"),
+    ``ok`` (the whole backup), ``copy_ok`` (this repository's copy), ``problems`` (one line each),
+    ``repository``, and ``last_deep`` (``{"time", "ok"}`` of the newest rehearsal, carried forward by
+    quicker runs, or None). A repository that cannot be read is skipped: the console asks this
+    for every backup it shows and must not fail because S3 is briefly away.
+    """
+    candidates = [repos] if isinstance(repos, Repository) else list(repos)
+    best: dict[str, Any] | None = None
+    best_time: datetime | None = None
+    for repo in candidates:
+        try:
+            record = json.loads(repo.get(record_key(name)))
+            when = datetime.fromisoformat(record["time"])
+        except (RepositoryError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
+            continue
+        record.setdefault("repository", repo.name)
+        if best_time is None or when > best_time:
+            best, best_time = record, when
+    return best
+
+
+def _store_results(report: VerifyReport, repos: dict[str, Repository], when: datetime) -> None:
+    """Write ``verify/<name>.json`` into every verified repository holding each backup."""
+    for result in report.backups:
+        if result.kind not in ("physical", "logical"):
+            continue  # debris is not a backup: there is nothing to say "last verified" about
+        for name in result.repositories:
+            repo = repos.get(name)
+            if repo is None:
+                continue
+            record: dict[str, Any] = {
+                "format": RECORD_FORMAT,
+                "backup": result.name,
+                "time": when.isoformat(),
+                "level": result.level,
+                "ok": result.ok,
+                "repository": name,
+                "copy_ok": result.copy_ok(name),
+                "problems": result.problem_lines(),
+                "last_deep": None,
+            }
+            if result.rehearsal is not None:
+                record["last_deep"] = {"time": when.isoformat(), "ok": result.ok}
+            else:
+                # A quick run must not erase when the backup was last proven restorable.
+                previous = last_verified(repo, result.name)
+                if previous is not None:
+                    record["last_deep"] = previous.get("last_deep")
+            try:
+                repo.put(record_key(result.name), json.dumps(record, indent=2).encode() + b"\n")
+            except PgdrError as exc:
+                report.notes.append(f"could not record the result of {result.name} in {name}: {exc}")
+
+
+# --- reading repositories ------------------------------------------------------------------------
+
+
+@dataclass
+class _Scan:
+    """One listing of a repository: its backup folders and its WAL objects."""
+
+    repo: Repository
+    folders: dict[str, dict[str, ObjectInfo]] = field(default_factory=dict)
+    manifests: dict[str, BackupManifest] = field(default_factory=dict)
+    manifest_errors: dict[str, str] = field(default_factory=dict)
+    wal: list[tuple[WalObject, ObjectInfo]] = field(default_factory=list)
+    segments: dict[tuple[int, int], tuple[WalObject, ObjectInfo]] = field(default_factory=dict)
+    segment_size: int | None = None
+
+
+def _scan(repo: Repository, *, backups: bool) -> _Scan:
+    scan = _Scan(repo)
+    identity = read_identity(repo)
+    scan.segment_size = identity.segment_size if identity and identity.segment_size else None
+    if backups:
+        for info in repo.list(BACKUPS_PREFIX):
+            parts = info.key.split("/", 2)
+            if len(parts) == 3 and parts[1] and parts[2]:
+                scan.folders.setdefault(parts[1], {})[parts[2]] = info
+        for name, objects in scan.folders.items():
+            if MANIFEST_NAME not in objects:
+                continue
+            key = f"{BACKUPS_PREFIX}{name}/{MANIFEST_NAME}"
+            try:
+                manifest = BackupManifest.from_json(repo.get(key), f"{repo.name}:{key}")
+            except ObjectNotFound:
+                continue  # removed since the listing (expire): treated as absent
+            except RepositoryError:
+                raise
+            except PgdrError as exc:
+                scan.manifest_errors[name] = str(exc)
+                continue
+            if manifest.name != name:
+                scan.manifest_errors[name] = f"the manifest in folder {name} names backup {manifest.name}"
+                continue
+            scan.manifests[name] = manifest
+    for info in repo.list("wal/"):
+        obj = WalObject.parse_key(info.key)
+        if obj is None:
+            continue
+        scan.wal.append((obj, info))
+    return scan
+
+
+def _index_segments(scan: _Scan, segment_size: int) -> None:
+    for obj, info in scan.wal:
+        with contextlib.suppress(ValueError):
+            if wal_kind(obj.filename) is WalKind.SEGMENT:
+                seg = SegmentName.parse(obj.filename, segment_size)
+                scan.segments[(seg.timeline, seg.number)] = (obj, info)
+
+
+class _Meter:
+    """Progress in bytes read, reported at most five times a second."""
+
+    def __init__(self, on_progress: ProgressCallback, total: int | None) -> None:
+        self.on_progress, self.total, self.done, self._last = on_progress, total, 0, 0.0
+
+    def add(self, n: int, message: str) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last > 0.2:
+            self._last = now
+            self.on_progress(Progress("verify", self.done, self.total, message))
+
+    def finish(self, message: str) -> None:
+        """The last report, complete, so a progress line on a terminal ends before the report prints."""
+        self.on_progress(Progress("verify", self.done, self.done, message))
+
+
+class _TeeReader:
+    """Reads the stored object, hashing (and optionally copying) every byte that passes.
+
+    An error of the repository itself (a dropped connection) is kept, so it is not mistaken for a
+    stream that cannot be decompressed.
+    """
+
+    def __init__(
+        self,
+        raw: IO[bytes],
+        sink: IO[bytes] | None,
+        cancel: threading.Event | None,
+        meter: _Meter | None,
+        what: str,
+    ) -> None:
+        self.raw, self.sink, self.cancel, self.meter, self.what = raw, sink, cancel, meter, what
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def read(self, n: int = CHUNK) -> bytes:
+        check_cancel(self.cancel, "verify")
+        try:
+            data = self.raw.read(n if n and n > 0 else CHUNK)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        self.hash.update(data)
+        self.size += len(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        if self.meter is not None:
+            self.meter.add(len(data), self.what)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+@dataclass
+class _Readout:
+    size: int
+    sha256: str
+    raw_size: int
+    raw_sha256: str
+    decode_error: str | None = None
+
+
+def _read_through(
+    repo: Repository,
+    key: str,
+    compression: str,
+    *,
+    stored_sink: IO[bytes] | None = None,
+    raw_sink: IO[bytes] | None = None,
+    cancel: threading.Event | None = None,
+    meter: _Meter | None = None,
+) -> _Readout:
+    """Stream one object, hashing the stored bytes and (decompressed on the fly) the original bytes.
+
+    Raises ObjectNotFound / RepositoryError; a stream that does not decompress is not an exception
+    but ``decode_error``, since every stored byte is still read and hashed.
+    """
+    import zstandard
+
+    with repo.open(key) as stored:
+        tee = _TeeReader(cast(IO[bytes], stored), stored_sink, cancel, meter, key)
+        if compression == "none":
+            while data := tee.read(CHUNK):
+                if raw_sink is not None:
+                    raw_sink.write(data)
+            digest = tee.hash.hexdigest()
+            return _Readout(tee.size, digest, tee.size, digest)
+        raw_hash = hashlib.sha256()
+        raw_size = 0
+        error: str | None = None
+        reader: IO[bytes]
+        if compression == "zstd":
+            reader = cast(
+                IO[bytes],
+                zstandard.ZstdDecompressor().stream_reader(
+                    cast(IO[bytes], tee), read_size=CHUNK, read_across_frames=True
+                ),
+            )
+        elif compression == "gzip":
+            reader = cast(IO[bytes], gzip.GzipFile(fileobj=cast(IO[bytes], tee), mode="rb"))
+        else:
+            raise PgdrError(f"{key}: unknown compression {compression!r} in the manifest")
+        try:
+            while data := reader.read(CHUNK):
+                raw_hash.update(data)
+                raw_size += len(data)
+                if raw_sink is not None:
+                    raw_sink.write(data)
+        except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+            if tee.error is not None:
+                raise
+            error = f"{compression} stream is damaged ({exc})"
+        while tee.read(CHUNK):
+            pass  # the rest of the stored bytes: the sha256 must cover every one of them
+        return _Readout(tee.size, tee.hash.hexdigest(), raw_size, raw_hash.hexdigest(), error)
+
+
+# --- backups -------------------------------------------------------------------------------------
+
+
+def _check_object(
+    cfg: Config,
+    repo: Repository,
+    manifest: BackupManifest,
+    obj: StoredObject,
+    *,
+    thorough_dump: bool,
+    cancel: threading.Event | None,
+    meter: _Meter,
+) -> tuple[list[BackupProblem], int]:
+    """Check one stored object of a backup; returns its problems and the bytes read.
+
+    A ``.dump`` is copied to a temporary file as it streams past (pg_restore wants a file it can
+    seek in), so it is downloaded once for both checks.
+    """
+    key = manifest.object_key(obj)
+    is_dump = obj.key.endswith(".dump") and obj.compression == "none"
+    with contextlib.ExitStack() as stack:
+        dump_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgdr-verify-"))) / obj.key
+        try:
+            with contextlib.ExitStack() as sink_stack:
+                sink = sink_stack.enter_context(dump_path.open("wb")) if is_dump else None
+                readout = _read_through(repo, key, obj.compression, raw_sink=sink, cancel=cancel, meter=meter)
+        except ObjectNotFound:
+            return [BackupProblem(repo.name, obj.key, "missing", f"not in the repository ({key})")], 0
+        except RepositoryError as exc:
+            return [BackupProblem(repo.name, obj.key, "unreadable", str(exc))], 0
+        problems = _compare(repo.name, obj, readout)
+        if is_dump:
+            problems += _check_dump(cfg, repo.name, manifest, obj, dump_path, thorough=thorough_dump)
+        return problems, readout.size
+
+
+def _compare(repository: str, obj: StoredObject, readout: _Readout) -> list[BackupProblem]:
+    """The one most telling problem of a read-back object: size, then checksum, then decoding."""
+    also = f"; {readout.decode_error}" if readout.decode_error else ""
+    if readout.size != obj.size:
+        return [
+            BackupProblem(
+                repository,
+                obj.key,
+                "size",
+                f"{readout.size} bytes stored, the manifest says {obj.size} (truncated or overwritten){also}",
+            )
+        ]
+    if readout.sha256 != obj.sha256:
+        return [
+            BackupProblem(
+                repository,
+                obj.key,
+                "checksum",
+                f"sha256 of the stored bytes is {readout.sha256[:16]}..., the manifest says "
+                f"{obj.sha256[:16]}... (the bytes changed after the backup){also}",
+            )
+        ]
+    if readout.decode_error:
+        return [BackupProblem(repository, obj.key, "undecodable", readout.decode_error)]
+    if readout.raw_size != obj.raw_size or readout.raw_sha256 != obj.raw_sha256:
+        return [
+            BackupProblem(
+                repository,
+                obj.key,
+                "content",
+                f"decompresses to {readout.raw_size} bytes with sha256 {readout.raw_sha256[:16]}..., "
+                f"not the {obj.raw_size} bytes backed up ({obj.raw_sha256[:16]}...)",
+            )
+        ]
+    return []
+
+
+def _check_dump(
+    cfg: Config, repository: str, manifest: BackupManifest, obj: StoredObject, path: Path, *, thorough: bool
+) -> list[BackupProblem]:
+    """``pg_restore --list`` reads the dump's table of contents: a dump it refuses cannot be restored.
+
+    Deep also runs a restore into /dev/null, which reads and decompresses every data block.
+    """
+    try:
+        pg_restore = program(cfg, "pg_restore", _version_num(manifest.pg_version))
+    except PgdrError as exc:
+        return [BackupProblem(repository, obj.key, "pg_restore", f"not checked: {exc}")]
+    runs = [("pg_restore --list", [pg_restore, "--list", str(path)])]
+    if thorough:
+        runs.append(("pg_restore --file=/dev/null", [pg_restore, "--file=/dev/null", str(path)]))
+    problems = []
+    for label, argv in runs:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            err = result.stderr.strip().splitlines()
+            reason = err[-1].removeprefix("pg_restore: ") if err else f"exit {result.returncode}"
+            problems.append(BackupProblem(repository, obj.key, "pg_restore", f"{label} fails: {reason}"))
+            break
+    return problems
+
+
+def _version_num(pg_version: str) -> int | None:
+    match = re.match(r"(\d+)", pg_version)
+    return int(match.group(1)) * 10000 if match else None
+
+
+def _verify_backup(
+    cfg: Config,
+    name: str,
+    scans: list[_Scan],
+    *,
+    deep: bool,
+    now: datetime,
+    cancel: threading.Event | None,
+    meter: _Meter,
+) -> tuple[BackupResult, BackupManifest | None]:
+    holding = [s for s in scans if name in s.folders]
+    manifest = next((s.manifests[name] for s in holding if name in s.manifests), None)
+    kind = manifest.kind if manifest else ("damaged" if any(name in s.manifest_errors for s in holding) else "debris")
+    result = BackupResult(name, kind, [s.repo.name for s in holding])
+    for scan in holding:
+        objects = scan.folders[name]
+        newest = max(info.modified for info in objects.values())
+        young = now - newest < DEBRIS_GRACE
+        if name in scan.manifest_errors:
+            result.problems.append(BackupProblem(scan.repo.name, MANIFEST_NAME, "manifest", scan.manifest_errors[name]))
+        elif MANIFEST_NAME not in objects:
+            if young:
+                result.notes.append(
+                    f"{scan.repo.name}: no manifest yet (objects written {newest:%H:%M:%S} UTC): "
+                    "probably a backup in progress"
+                )
+            elif manifest is None:
+                keys = ", ".join(sorted(objects))
+                result.problems.append(
+                    BackupProblem(
+                        scan.repo.name,
+                        None,
+                        "debris",
+                        f"a folder without a manifest ({keys}), left by an interrupted backup or expire: not a "
+                        f"backup; remove {BACKUPS_PREFIX}{name}/ from {scan.repo.location()}",
+                    )
+                )
+            else:
+                result.problems.append(
+                    BackupProblem(
+                        scan.repo.name,
+                        MANIFEST_NAME,
+                        "missing",
+                        "this copy has no manifest, so it is not listed and cannot be restored from here",
+                    )
+                )
+        if manifest is None:
+            continue
+        for obj in manifest.objects:
+            problems, read = _check_object(
+                cfg, scan.repo, manifest, obj, thorough_dump=deep, cancel=cancel, meter=meter
+            )
+            if any(p.kind == "missing" for p in problems) and not scan.repo.exists(manifest.key):
+                result.notes.append(f"{scan.repo.name}: removed while being verified (expire?)")
+                result.problems = [p for p in result.problems if p.repository != scan.repo.name]
+                result.repositories.remove(scan.repo.name)
+                break
+            result.problems += problems
+            result.objects_checked += 1
+            result.bytes_checked += read
+    return result, manifest
+
+
+# --- WAL -----------------------------------------------------------------------------------------
+
+
+def wal_continuity(
+    repository: str,
+    holdings: dict[str, dict[tuple[int, int], datetime]],
+    backups: list[BackupManifest],
+    *,
+    sync: bool,
+    queued: set[str],
+    histories: dict[int, History],
+    segment_size: int,
+    now: datetime,
+    grace: timedelta = DELAY_GRACE,
+) -> tuple[list[WalSpan], list[WalFinding]]:
+    """Holes in one repository's archive, classified; pure logic, so every rule is testable alone.
+
+    ``holdings`` maps each repository to the segments it holds ((timeline, number) -> archived at).
+    Per timeline the stretch checked runs from the oldest backup's ``wal_start`` (or, on a timeline
+    a backup's WAL continues onto after a promotion, the timeline's first segment) to the newest
+    segment this repository holds, and on to each backup's ``wal_stop``: the WAL a backup needs to
+    become consistent must be there even if the repository holds nothing newer.
+    """
+    mine = holdings.get(repository, {})
+    elsewhere: dict[tuple[int, int], list[str]] = {}
+    for other, theirs in holdings.items():
+        if other != repository:
+            for key in theirs:
+                elsewhere.setdefault(key, []).append(other)
+    timelines = sorted({tli for tli, _ in mine} | {b.timeline for b in backups if b.timeline})
+    spans: list[WalSpan] = []
+    findings: list[WalFinding] = []
+    for tli in timelines:
+        path = timeline_path(tli, histories, segment_size)
+        starts: list[int] = []
+        needed: dict[int, BackupManifest] = {}
+        for b in backups:
+            if not (b.wal_start and b.wal_stop and b.timeline):
+                continue
+            first = SegmentName.parse(b.wal_start, segment_size).number
+            last = SegmentName.parse(b.wal_stop, segment_size).number
+            if b.timeline == tli:
+                starts.append(first)
+                for number in range(first, last + 1):
+                    needed.setdefault(number, b)
+            elif _continues_onto(path, b.timeline, last):
+                starts.append(path[-1][1])
+        if not starts:
+            continue  # no backup replays this timeline: a hole here cannot hurt a restore
+        start = min(starts)
+        held = sorted(n for t, n in mine if t == tli and n >= start)
+        newest = held[-1] if held else start - 1
+        end = max([newest, *needed])
+        if held:
+            spans.append(
+                WalSpan(
+                    tli,
+                    SegmentName(tli, start, segment_size).name,
+                    SegmentName(tli, newest, segment_size).name,
+                    len(held),
+                )
+            )
+        missing: list[tuple[int, str, str]] = []
+        for number in range(start, end + 1):
+            if (tli, number) in mine or (number > newest and number not in needed):
+                continue
+            after = bisect.bisect_right(held, number)
+            status, detail = _classify(
+                repository,
+                tli,
+                number,
+                next_archived=mine[(tli, held[after])] if after < len(held) else None,
+                elsewhere=elsewhere.get((tli, number), []),
+                sync=sync,
+                queued=queued,
+                needed_by=needed.get(number),
+                segment_size=segment_size,
+                now=now,
+                grace=grace,
+            )
+            missing.append((number, status, detail))
+        findings += _runs(repository, tli, missing, segment_size)
+    return spans, findings
+
+
+def _continues_onto(path: list[tuple[int, int]], backup_tli: int, stop_number: int) -> bool:
+    """Whether a backup taken on ``backup_tli`` is replayed on along this timeline path."""
+    tlis = [t for t, _ in path]
+    if backup_tli not in tlis[:-1]:
+        return False
+    index = tlis.index(backup_tli)
+    return stop_number <= path[index + 1][1]
+
+
+def _classify(
+    repository: str,
+    tli: int,
+    number: int,
+    *,
+    next_archived: datetime | None,
+    elsewhere: list[str],
+    sync: bool,
+    queued: set[str],
+    needed_by: BackupManifest | None,
+    segment_size: int,
+    now: datetime,
+    grace: timedelta,
+) -> tuple[str, str]:
+    name = SegmentName(tli, number, segment_size).name
+    why = f"backup {needed_by.name} needs it to become consistent; " if needed_by else ""
+    if not elsewhere:
+        return "lost", (
+            f"{why}no repository holds it: point-in-time recovery cannot cross it; "
+            "take a new base backup to start a restorable stretch after it"
+        )
+    copies = ", ".join(elsewhere)
+    if name in queued:
+        return "uploading", f"queued for upload to {repository} (a copy is in {copies})"
+    if sync:
+        return "lost", (
+            f"{why}missing from {repository}, which wal-push waits for, so it was removed after archiving; "
+            f"an intact copy is in {copies}"
+        )
+    # How long ago the hole became visible: when the segment after it arrived here (or, for WAL a
+    # backup needs beyond this repository's newest, when that backup finished).
+    reference = next_archived or (needed_by.stop_time if needed_by else None)
+    if reference is not None and now - reference <= grace:
+        return "delayed", f"not in {repository} yet, though newer WAL is (a copy is in {copies})"
+    return "lost", (
+        f"{why}missing from {repository} and not queued for it; an intact copy is in {copies}, so recovery still "
+        f"works from there, but {repository} alone cannot cross it"
+    )
+
+
+def _runs(repository: str, tli: int, missing: list[tuple[int, str, str]], segment_size: int) -> list[WalFinding]:
+    """Consecutive missing segments with the same status and reason become one finding."""
+    findings: list[WalFinding] = []
+    run: list[tuple[int, str, str]] = []
+
+    def flush() -> None:
+        if run:
+            findings.append(
+                WalFinding(
+                    repository,
+                    tli,
+                    SegmentName(tli, run[0][0], segment_size).name,
+                    SegmentName(tli, run[-1][0], segment_size).name,
+                    len(run),
+                    run[0][1],
+                    run[0][2],
+                )
+            )
+
+    for item in missing:
+        if run and (item[0] != run[-1][0] + 1 or item[1:] != run[-1][1:]):
+            flush()
+            run = []
+        run.append(item)
+    flush()
+    return findings
+
+
+def _verify_wal_object(
+    repo: Repository,
+    obj: WalObject,
+    segment_size: int,
+    *,
+    sink: IO[bytes] | None = None,
+    cancel: threading.Event | None,
+    meter: _Meter,
+) -> str | None:
+    """Decode one WAL object and compare with the sha256 in its name; the problem, or None."""
+    try:
+        readout = _read_through(repo, obj.key, obj.compression, raw_sink=sink, cancel=cancel, meter=meter)
+    except ObjectNotFound:
+        return "removed while being verified"
+    except RepositoryError as exc:
+        return f"cannot be read: {exc}"
+    if readout.decode_error:
+        return readout.decode_error
+    if readout.raw_sha256 != obj.checksum:
+        return f"decodes to bytes with sha256 {readout.raw_sha256[:16]}..., its name says {obj.checksum[:16]}..."
+    if wal_kind(obj.filename) is WalKind.SEGMENT and readout.raw_size != segment_size:
+        return f"decodes to {readout.raw_size} bytes, a segment is {segment_size}"
+    return None
+
+
+def _queued(cfg: Config, names: list[str]) -> dict[str, set[str]]:
+    """WAL files queued for each repository (the queue lives in the local repository)."""
+    out: dict[str, set[str]] = {}
+    for name in names:
+        try:
+            out[name] = set(queue.pending(cfg, name)) if cfg.local.path else set()
+        except PgdrError:
+            out[name] = set()
+    return out
+
+
+# --- the restore rehearsal -----------------------------------------------------------------------
+
+
+def _scratch_parent(cfg: Config) -> Path:
+    """Beside the data directory (same disk, a path the server user can reach), else the state dir."""
+    if cfg.postgres.data_dir:
+        parent = Path(cfg.postgres.data_dir).absolute().parent
+        if parent.is_dir():
+            return parent
+    folder = state_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _server_owner(cfg: Config) -> tuple[int, int] | None:
+    """Who the rehearsal server runs as when pgdr is root: the data directory's owner, else postgres."""
+    if os.geteuid() != 0:
+        return None
+    for candidate in (cfg.postgres.data_dir, cfg.local.path):
+        if candidate and Path(candidate).exists() and owner_of(Path(candidate))[0] != 0:
+            return owner_of(Path(candidate))
+    import pwd
+
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise PgdrError("pgdr runs as root and there is no postgres user to run the rehearsal server as") from None
+    return user.pw_uid, user.pw_gid
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, *owner)
+        for entry in dirs + files:
+            os.lchown(os.path.join(folder, entry), *owner)
+
+
+def _rehearse(
+    cfg: Config,
+    manifest: BackupManifest,
+    repos: list[Repository],
+    scans: dict[str, _Scan],
+    segment_size: int,
+    *,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> Rehearsal:
+    """Restore ``manifest`` into a scratch directory, prove it with pg_verifybackup, start it, query it."""
+    from backend.restore.run import recovery_command, restore_base_backup
+    from backend.restore.target import RecoveryTarget
+
+    result = Rehearsal()
+    began = time.monotonic()
+    assert manifest.wal_start and manifest.wal_stop
+    first = SegmentName.parse(manifest.wal_start, segment_size)
+    last = SegmentName.parse(manifest.wal_stop, segment_size)
+    wal_segments = [SegmentName(first.timeline, n, segment_size) for n in range(first.number, last.number + 1)]
+    parent = _scratch_parent(cfg)
+    needed = manifest.size_bytes + 2 * len(wal_segments) * segment_size
+    free = shutil.disk_usage(parent).free
+    if needed > free:
+        result.problems.append(f"not rehearsed: it needs about {needed} bytes in {parent}, {free} are free")
+        return result
+    version = _version_num(manifest.pg_version)
+    try:
+        owner = _server_owner(cfg)
+        scratch = Path(tempfile.mkdtemp(prefix="pgdr-verify-", dir=parent))
+    except (PgdrError, OSError) as exc:
+        result.problems.append(f"not rehearsed: cannot make a scratch directory in {parent}: {exc}")
+        return result
+    data_dir = scratch / "data"
+    started = False
+    try:
+        scratch.chmod(0o755)
+        if owner is not None:
+            os.chown(scratch, *owner)
+        data_dir.mkdir(mode=0o700)
+        on_progress(Progress("rehearsal", 0, manifest.size_bytes, f"restoring {manifest.name} into {scratch}"))
+        result.restored_from = restore_base_backup(manifest, repos, data_dir, on_progress=on_progress, cancel=cancel)
+
+        # pg_verifybackup checks every file against PostgreSQL's own backup_manifest, and parses the WAL
+        # range the backup needs; it must see the directory exactly as unpacked, so it runs first.
+        wal_dir = scratch / "wal"
+        wal_dir.mkdir()
+        have_wal = _fetch_wal(wal_segments, repos, scans, wal_dir, segment_size, cancel=cancel)
+        argv = [program(cfg, "pg_verifybackup", version)]
+        argv += [f"--wal-directory={wal_dir}"] if have_wal else ["--no-parse-wal"]
+        checked = subprocess.run([*argv, str(data_dir)], capture_output=True, text=True, check=False)
+        if checked.returncode != 0:
+            errors = [line.removeprefix("pg_verifybackup: ") for line in checked.stderr.strip().splitlines()]
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            result.problems.append(f"pg_verifybackup fails: {'; '.join(errors[:3]) or 'no output'}{more}")
+            return result
+        result.verifybackup = checked.stdout.strip() or "verified"
+        if not have_wal:
+            result.verifybackup += " (WAL not parsed: no intact copy of it could be fetched)"
+        shutil.rmtree(wal_dir)
+
+        port = _free_port()
+        if not (data_dir / "postgresql.conf").exists():
+            (data_dir / "postgresql.conf").write_text("")  # Debian keeps it in /etc/postgresql
+        (scratch / "pg_hba.conf").write_text("local all all trust\n")
+        (scratch / "pg_ident.conf").write_text("")
+        target = RecoveryTarget("immediate", timeline="current", action="promote")
+        settings = {
+            "restore_command": recovery_command(cfg, data_dir),
+            **target.recovery_settings(),
+            **REHEARSAL_SETTINGS,
+            "port": str(port),
+            "unix_socket_directories": str(scratch),
+            "hba_file": str(scratch / "pg_hba.conf"),
+            "ident_file": str(scratch / "pg_ident.conf"),
+        }
+        with (data_dir / "postgresql.auto.conf").open("a") as fh:
+            fh.write(f"\n# added by pgdr verify --deep: a throwaway rehearsal of backup {manifest.name}\n")
+            fh.writelines(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in settings.items())
+        (data_dir / "recovery.signal").touch()
+        (data_dir / "standby.signal").unlink(missing_ok=True)
+        log_file = scratch / "server.log"
+        if owner is not None:
+            _chown_tree(scratch, owner)
+
+        pg_ctl = program(cfg, "pg_ctl", version)
+        wait = int(max(300.0, estimate_restore_seconds(manifest.size_bytes, len(wal_segments) * segment_size) * 5))
+        on_progress(Progress("rehearsal", 0, None, f"starting {manifest.name} in {scratch} on port {port}"))
+        started = True
+        run_server_program(
+            [pg_ctl, "start", "-D", str(data_dir), "-l", str(log_file), "-w", "-t", str(wait)], data_dir, check=False
+        )
+        _query_rehearsal(
+            cfg,
+            result,
+            pg_ctl=pg_ctl,
+            data_dir=data_dir,
+            scratch=scratch,
+            port=port,
+            owner=owner,
+            log_file=log_file,
+            wait=wait,
+            cancel=cancel,
+        )
+    except PgdrError as exc:
+        if exc.exit_code == 130:
+            raise
+        result.problems.append(str(exc))
+    except OSError as exc:  # the scratch directory: a full disk, a permission
+        result.problems.append(f"the rehearsal failed in {scratch}: {exc}")
+    finally:
+        if started:
+            stopped = run_server_program(
+                [program(cfg, "pg_ctl", version), "stop", "-D", str(data_dir), "-m", "immediate", "-w", "-t", "60"],
+                data_dir,
+                check=False,
+            )
+            if stopped.returncode != 0 and (data_dir / "postmaster.pid").exists():
+                result.problems.append(f"the rehearsal server in {scratch} did not stop: {stopped.stderr.strip()}")
+        if result.problems and (scratch / "server.log").exists():
+            _keep_log(scratch / "server.log", manifest.name, result)
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.seconds = time.monotonic() - began
+    return result
+
+
+def _keep_log(log: Path, name: str, result: Rehearsal) -> None:
+    """The scratch directory goes, but the server log of a failed rehearsal is what explains it."""
+    kept = state_dir() / "verify" / f"{name}-rehearsal-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
+    try:
+        kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        shutil.copyfile(log, kept)
+    except OSError:
+        return
+    result.problems[-1] += f" (server log kept at {kept})"
+
+
+def _fetch_wal(
+    segments: list[SegmentName],
+    repos: list[Repository],
+    scans: dict[str, _Scan],
+    folder: Path,
+    segment_size: int,
+    *,
+    cancel: threading.Event | None,
+) -> bool:
+    """Write the first intact copy of each segment into ``folder``; False when one has none."""
+    meter = _Meter(no_progress, None)
+    for seg in segments:
+        for repo in repos:
+            scan = scans.get(repo.name)
+            found = scan.segments.get((seg.timeline, seg.number)) if scan else None
+            if found is None:
+                continue
+            target = folder / seg.name
+            with target.open("wb") as out:
+                problem = _verify_wal_object(repo, found[0], segment_size, sink=out, cancel=cancel, meter=meter)
+            if problem is None:
+                break
+            target.unlink()
+        else:
+            return False
+    return True
+
+
+def _query_rehearsal(
+    cfg: Config,
+    result: Rehearsal,
+    *,
+    pg_ctl: str,
+    data_dir: Path,
+    scratch: Path,
+    port: int,
+    owner: tuple[int, int] | None,
+    log_file: Path,
+    wait: int,
+    cancel: threading.Event | None,
+) -> None:
+    """Wait for the promotion that ends replay at consistency, then read the system catalogs."""
+    import psycopg
+
+    user = cfg.postgres.user
+    if not user:
+        import pwd
+
+        user = pwd.getpwuid(owner[0] if owner else os.geteuid()).pw_name
+    params: dict[str, Any] = {"host": str(scratch), "port": port, "user": user, "connect_timeout": 5}
+    deadline = time.monotonic() + wait
+    promoted = False
+    while time.monotonic() < deadline:
+        check_cancel(cancel, "verify")
+        try:
+            with psycopg.connect(dbname=cfg.postgres.dbname or "postgres", autocommit=True, **params) as conn:
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
+                    promoted = True
+                    break
+        except psycopg.OperationalError:
+            status = run_server_program([pg_ctl, "status", "-D", str(data_dir)], data_dir, check=False)
+            if status.returncode != 0:
+                break
+        time.sleep(0.25)
+    log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    if match := re.search(r"consistent recovery state reached at ([0-9A-F]+/[0-9A-F]+)", log):
+        result.consistent_lsn = match.group(1)
+    if not promoted:
+        fatal = [m.group(1).strip() for m in re.finditer(r"(?:FATAL|PANIC):\s+(.*)", log)]
+        reason = "; ".join(dict.fromkeys(fatal)) or f"no promotion within {wait} s"
+        result.problems.append(f"the restored backup did not start and reach consistency: {reason}")
+        return
+    try:
+        with psycopg.connect(dbname=cfg.postgres.dbname or "postgres", autocommit=True, **params) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname").fetchall()
+        result.databases = [str(r[0]) for r in rows]
+        for database in result.databases:
+            with psycopg.connect(dbname=database, autocommit=True, **params) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_class").fetchone()
+                result.relations += int(row[0]) if row else 0
+    except psycopg.Error as exc:
+        result.problems.append(f"the restored server answers, but a catalog query fails: {str(exc).strip()}")
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def verify(
+    cfg: Config,
+    name: str | None = None,
+    *,
+    deep: bool = False,
+    only: str | None = None,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    now: datetime | None = None,
+) -> VerifyReport:
+    """Verify every backup (or the one named) and the WAL archive; see the module docstring.
+
+    ``only`` limits the check to one repository (the others are still listed, so a hole there can
+    be told apart from a segment another repository holds). ``now`` is for tests of the grace periods.
+    """
+    began = datetime.now(UTC)
+    now = now or began
+    report = VerifyReport(cfg.cluster.name, "deep" if deep else "checksums", began, began)
+    selected = open_repositories(cfg, only)
+    every = open_repositories(cfg) if only else selected
+    selected_names = [r.name for r in selected]
+    # The queue is read before any repository is listed: the uploader stores a segment and only then
+    # removes its queue entry, so a segment queued now is either still queued or already stored by
+    # the time the listing runs; read the other way round, an upload finishing in between would look lost.
+    queued = _queued(cfg, selected_names)
+
+    scans: dict[str, _Scan] = {}
+    for repo in every:
+        on_progress(Progress("verify", 0, None, f"listing the {repo.name} repository"))
+        try:
+            scans[repo.name] = _scan(repo, backups=repo.name in selected_names)
+        except PgdrError as exc:
+            if repo.name in selected_names:
+                report.errors.append(f"the {repo.name} repository cannot be read: {exc}")
+    segment_size = (
+        next(
+            (s.segment_size for s in scans.values() if s.segment_size),
+            next(
+                (m.wal_segment_size for s in scans.values() for m in s.manifests.values() if m.wal_segment_size), None
+            ),
+        )
+        or DEFAULT_SEGMENT_SIZE
+    )
+    for scan in scans.values():
+        _index_segments(scan, segment_size)
+    verified_scans = [scans[n] for n in selected_names if n in scans]
+
+    folders = sorted({f for s in verified_scans for f in s.folders})
+    if name is not None and name not in folders:
+        close = difflib.get_close_matches(name, folders, n=3, cutoff=0.0)
+        raise PgdrError(
+            f"there is no backup named {name!r} in {', '.join(selected_names)} "
+            f"(closest: {', '.join(close) if close else 'none, no backups yet'})"
+        )
+    chosen = [name] if name is not None else folders
+
+    total = sum(o.size for s in verified_scans for f in chosen if f in s.manifests for o in s.manifests[f].objects)
+    meter = _Meter(on_progress, total or None)
+    manifests: dict[str, BackupManifest] = {}
+    for folder in chosen:
+        check_cancel(cancel, "verify")
+        result, manifest = _verify_backup(cfg, folder, verified_scans, deep=deep, now=now, cancel=cancel, meter=meter)
+        report.backups.append(result)
+        if manifest is not None:
+            manifests[folder] = manifest
+    meter.finish("backups read back")
+
+    physical = [m for m in manifests.values() if m.kind == "physical" and m.wal_start and m.wal_stop and m.timeline]
+    if name is None or physical:  # a named logical dump needs no WAL
+        _verify_wal(
+            cfg,
+            report,
+            verified_scans=verified_scans,
+            scans=scans,
+            physical=physical,
+            queued=queued,
+            histories=_histories(list(scans.values())),
+            segment_size=segment_size,
+            deep=deep,
+            named=name is not None,
+            now=now,
+            cancel=cancel,
+            meter=_Meter(on_progress, None),
+        )
+
+    if deep:
+        targets = physical if name is not None else sorted(physical, key=lambda m: m.stop_time)[-1:]
+        for manifest in targets:
+            result = next(b for b in report.backups if b.name == manifest.name)
+            holding = [s.repo for s in verified_scans if manifest.name in s.manifests]
+            holding.sort(key=lambda r: not result.copy_ok(r.name))  # sound copies first
+            result.rehearsal = _rehearse(
+                cfg, manifest, holding, scans, segment_size, on_progress=on_progress, cancel=cancel
+            )
+        if not targets and name is None:
+            report.notes.append("no physical backup to rehearse a restore of: take one with `pgdr backup`")
+        elif not targets:
+            report.notes.append(f"{name} is a logical dump: deep ran a full pg_restore of it into /dev/null")
+
+    report.finished = datetime.now(UTC)
+    _store_results(report, {s.repo.name: s.repo for s in verified_scans}, now)
+    return report
+
+
+def _histories(scans: list[_Scan]) -> dict[int, History]:
+    """Every timeline's history (from the first repository whose copy decodes)."""
+    out: dict[int, History] = {}
+    for scan in scans:
+        for obj, _info in scan.wal:
+            with contextlib.suppress(ValueError, PgdrError):
+                if wal_kind(obj.filename) is WalKind.HISTORY:
+                    tli = int(obj.filename[:8], 16)
+                    if tli not in out:
+                        text = decode(scan.repo.get(obj.key), obj.compression).decode("utf-8", errors="replace")
+                        out[tli] = History.parse(tli, text)
+    return out
+
+
+def _verify_wal(
+    cfg: Config,
+    report: VerifyReport,
+    *,
+    verified_scans: list[_Scan],
+    scans: dict[str, _Scan],
+    physical: list[BackupManifest],
+    queued: dict[str, set[str]],
+    histories: dict[int, History],
+    segment_size: int,
+    deep: bool,
+    named: bool,
+    now: datetime,
+    cancel: threading.Event | None,
+    meter: _Meter,
+) -> None:
+    """Holes per repository, then the content of the WAL each backup needs (all of it when deep)."""
+    holdings = {
+        repo: {key: info.modified for key, (_obj, info) in scan.segments.items()} for repo, scan in scans.items()
+    }
+    sync = set(cfg.sync_repositories)
+    for name in [n for n in cfg.repository_names if n in {s.repo.name for s in verified_scans}]:
+        scan = scans[name]
+        result = WalResult(name)
+        held_here = [m for m in physical if m.name in scan.manifests]
+        anchors = held_here or physical
+        result.spans, result.findings = wal_continuity(
+            name,
+            holdings,
+            anchors,
+            sync=name in sync,
+            queued=queued.get(name, set()),
+            histories=histories,
+            segment_size=segment_size,
+            now=now,
+        )
+        for obj in _wal_to_read(scan, anchors, segment_size, deep=deep, named=named):
+            problem = _verify_wal_object(scan.repo, obj, segment_size, cancel=cancel, meter=meter)
+            result.verified += 1
+            if problem is not None:
+                tli = int(obj.filename[:8], 16)
+                result.findings.append(WalFinding(name, tli, obj.filename, obj.filename, 1, "corrupt", problem))
+        report.wal.append(result)
+        # A backup whose consistency WAL is lost or corrupt in a repository cannot be restored from there.
+        for manifest in held_here:
+            assert manifest.wal_start and manifest.wal_stop
+            for finding in result.findings:
+                if finding.problem and _overlaps(finding, manifest, segment_size):
+                    backup = next(b for b in report.backups if b.name == manifest.name)
+                    backup.problems.append(
+                        BackupProblem(
+                            name,
+                            finding.segments,
+                            "wal",
+                            f"the WAL it needs to become consistent is {finding.status}: {finding.detail}",
+                        )
+                    )
+
+
+def _overlaps(finding: WalFinding, manifest: BackupManifest, segment_size: int) -> bool:
+    """Whether a finding touches the WAL ``manifest`` needs to become consistent."""
+    if finding.timeline != manifest.timeline or not manifest.wal_start or not manifest.wal_stop:
+        return False
+    first = SegmentName.parse(manifest.wal_start, segment_size).number
+    last = SegmentName.parse(manifest.wal_stop, segment_size).number
+    return (
+        SegmentName.parse(finding.first, segment_size).number <= last
+        and first <= SegmentName.parse(finding.last, segment_size).number
+    )
+
+
+def _wal_to_read(
+    scan: _Scan, anchors: list[BackupManifest], segment_size: int, *, deep: bool, named: bool
+) -> Iterator[WalObject]:
+    """Which WAL objects to decode: each backup's consistency WAL; when deep, everything a backup can replay."""
+    if deep and not named:
+        yield from (obj for obj, _info in scan.wal)
+        return
+    wanted: set[tuple[int, int]] = set()
+    oldest: dict[int, int] = {}
+    for m in anchors:
+        assert m.wal_start and m.wal_stop and m.timeline
+        first = SegmentName.parse(m.wal_start, segment_size).number
+        last = SegmentName.parse(m.wal_stop, segment_size).number
+        wanted.update((m.timeline, n) for n in range(first, last + 1))
+        oldest[m.timeline] = min(first, oldest.get(m.timeline, first))
+    for obj, _info in scan.wal:
+        try:
+            kind = wal_kind(obj.filename)
+        except ValueError:
+            continue
+        if kind is not WalKind.SEGMENT:
+            if deep:
+                yield obj
+            continue
+        seg = SegmentName.parse(obj.filename, segment_size)
+        if (seg.timeline, seg.number) in wanted or (
+            deep and oldest and seg.timeline >= min(oldest) and seg.number >= min(oldest.values())
+        ):
+            yield obj
