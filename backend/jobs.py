@@ -1,14 +1,90 @@
-"""The jobs the operator and the daemon both run, with the lock (and, later, the notifications) around them."""
+"""The jobs the operator and the daemon both run, with the lock and the notifications around them.
+
+Every job notifies Telegram (when configured) of what it did, outside the lock: a notification is
+never on a backup's critical path and can never fail it (see ``backend.notify``). A job that finds
+the lock held raises ``LockBusy``: ``pgdr backup`` reports it as before, the daemon skips the run.
+A cancelled job (``Cancelled``, or an interrupt) notifies nothing: the operator or the daemon's
+shutdown asked for it.
+
+verify and retention are imported when their job runs, so this module loads without them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from backend import notify as tg
 from backend.config import Config
-from backend.locks import job_lock
+from backend.errors import PgdrError, RepositoryError
+from backend.locks import EXCLUSIVE, job_lock
 from backend.manifest import BackupManifest
-from backend.progress import ProgressCallback, no_progress
-from backend.repository import open_repositories
+from backend.progress import Cancelled, ProgressCallback, no_progress
+from backend.repository import open_repositories, open_repository
+
+
+class LockBusy(PgdrError):
+    """Another pgdr job holds the lock: a scheduled run is skipped, a manual one refused."""
+
+
+def _is_lock_busy(exc: BaseException) -> bool:
+    # job_lock refuses with a plain PgdrError naming the holder; a RepositoryError is a real failure.
+    return isinstance(exc, LockBusy) or (
+        type(exc) is PgdrError and "holds the" in str(exc) and str(exc).startswith("cannot start")
+    )
+
+
+@contextlib.contextmanager
+def locked(cfg: Config, job: str, *, name: str = EXCLUSIVE) -> Iterator[None]:
+    """``job_lock``, with "someone else holds it" raised as ``LockBusy``."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(job_lock(cfg, job, name=name))
+        except PgdrError as exc:
+            if isinstance(exc, RepositoryError) or not _is_lock_busy(exc):
+                raise
+            raise LockBusy(str(exc), exit_code=exc.exit_code) from None
+        yield
+
+
+def _accepts(func: Callable[..., Any], **optional: Any) -> dict[str, Any]:
+    """The keyword arguments ``func`` takes, of those given (for modules still growing their API)."""
+    params = inspect.signature(func).parameters
+    return {k: v for k, v in optional.items() if k in params and v is not None}
+
+
+# --- backups ---------------------------------------------------------------------------------------
+
+
+def backup_kind(logical: bool) -> str:
+    """The job (and notification) name: "base_backup" or "logical_dump"."""
+    return "logical_dump" if logical else "base_backup"
+
+
+def take_backup(
+    cfg: Config,
+    *,
+    logical: bool = False,
+    only: str | None = None,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> BackupManifest:
+    """One base backup (or logical dump) under the repository lock, without notifications."""
+    repos = open_repositories(cfg, only)
+    with locked(cfg, "logical dump" if logical else "base backup"):
+        if logical:
+            from backend.backup.logical import take_logical_dump
+
+            return take_logical_dump(cfg, repos, on_progress=on_progress, cancel=cancel)
+        from backend.backup.physical import take_base_backup
+
+        return take_base_backup(cfg, repos, on_progress=on_progress, cancel=cancel)
 
 
 def backup_job(
@@ -19,13 +95,157 @@ def backup_job(
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
-    """One base backup (or logical dump) under the repository lock: never two at once, never during expire."""
-    repos = open_repositories(cfg, only)
-    with job_lock(cfg, "logical dump" if logical else "base backup"):
-        if logical:
-            from backend.backup.logical import take_logical_dump
+    """One base backup (or logical dump) under the repository lock: never two at once, never during expire.
 
-            return take_logical_dump(cfg, repos, on_progress=on_progress, cancel=cancel)
-        from backend.backup.physical import take_base_backup
+    Telegram hears of the result (size, duration, or the error) after the lock is released.
+    """
+    started = time.monotonic()
+    try:
+        manifest = take_backup(cfg, logical=logical, only=only, on_progress=on_progress, cancel=cancel)
+    except (LockBusy, Cancelled):
+        raise
+    except Exception as exc:
+        notify_backup(cfg, logical=logical, error=exc, took=time.monotonic() - started)
+        raise
+    notify_backup(cfg, logical=logical, manifest=manifest)
+    return manifest
 
-        return take_base_backup(cfg, repos, on_progress=on_progress, cancel=cancel)
+
+def notify_backup(
+    cfg: Config,
+    *,
+    logical: bool,
+    manifest: BackupManifest | None = None,
+    error: BaseException | None = None,
+    took: float | None = None,
+) -> None:
+    kind = backup_kind(logical)
+    if manifest is not None:
+        tg.notify(cfg, kind, tg.backup_succeeded_text(manifest), ok=True)
+    else:
+        what = tg.describe_backup("logical" if logical else "physical")
+        tg.notify(cfg, kind, tg.failed_text(what, cfg.cluster.name, error or "unknown error", took), ok=False)
+
+
+# --- restore ---------------------------------------------------------------------------------------
+
+
+def notify_restore(cfg: Config, report_text: str, ok: bool) -> None:
+    """For the restore path: "🔄 restore of cluster X finished: <report>" (or "❌ ... failed").
+
+    Restores are rare and deliberate: never rate limited. Never raises.
+    """
+    tg.notify(cfg, "restore", tg.restore_text(cfg.cluster.name, report_text, ok), ok=ok, rate_limit=False)
+
+
+# --- verify and retention --------------------------------------------------------------------------
+
+
+def verify_job(
+    cfg: Config,
+    *,
+    deep: bool = False,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+) -> Any:
+    """Verify every backup and the WAL archive (``deep``: a restore rehearsal too); returns the report.
+
+    A report that is not ok is returned (and notified), not raised; an error is notified and raised.
+    """
+    from backend.verify import verify
+
+    kind = "verify_deep" if deep else "verify"
+    what = "deep verify" if deep else "verify"
+    started = time.monotonic()
+    try:
+        report = verify(cfg, None, deep=deep, **_accepts(verify, on_progress=on_progress, cancel=cancel))
+    except Cancelled:
+        raise
+    except Exception as exc:
+        if _is_lock_busy(exc):
+            raise LockBusy(str(exc)) from None
+        tg.notify(cfg, kind, tg.failed_text(what, cfg.cluster.name, exc, time.monotonic() - started), ok=False)
+        raise
+    if report.ok:
+        text = f"✅ pgdr: {what} of cluster {cfg.cluster.name} passed again"
+        tg.notify(cfg, kind, text, ok=True, only_on_change=True)
+    else:
+        tg.notify(cfg, kind, tg.verify_failed_text(cfg.cluster.name, deep, report.render()), ok=False)
+    return report
+
+
+def expire_job(cfg: Config) -> Any:
+    """Apply retention; returns the report. Refused with ``LockBusy`` while a backup holds the lock."""
+    from backend.retention import expire
+
+    with locked(cfg, "expire"):
+        pass  # only a probe: the scheduled run is skipped, not failed, while a backup runs
+    started = time.monotonic()
+    try:
+        report = expire(cfg, dry_run=False)
+    except Exception as exc:
+        if _is_lock_busy(exc):
+            raise LockBusy(str(exc)) from None
+        text = tg.failed_text("retention (expire)", cfg.cluster.name, exc, time.monotonic() - started)
+        tg.notify(cfg, "expire", text, ok=False)
+        raise
+    tg.notify(
+        cfg, "expire", f"✅ pgdr: retention of cluster {cfg.cluster.name} works again", ok=True, only_on_change=True
+    )
+    return report
+
+
+# --- the RPO alarm ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RpoStatus:
+    ok: bool
+    threshold_minutes: int
+    #: Seconds since the newest archived WAL segment reached a repository; None: nothing archived.
+    lag_seconds: float | None
+    newest_segment: str | None
+    newest_time: datetime | None
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "threshold_minutes": self.threshold_minutes,
+            "lag_seconds": self.lag_seconds,
+            "newest_segment": self.newest_segment,
+            "newest_time": self.newest_time.isoformat() if self.newest_time else None,
+            "message": self.message,
+        }
+
+
+def rpo_check_job(cfg: Config, *, now: datetime | None = None) -> RpoStatus:
+    """Alarm when the newest archived WAL (per the catalog) is older than ``schedule.rpo_alarm_minutes``.
+
+    Only the repositories ``wal-push`` waits for are read (the local one, usually: cheap every
+    minute). On an idle server set ``archive_timeout`` below the threshold, or it alarms rightly:
+    nothing newer is archived. The alarm is rate limited; its clearing is sent once.
+    """
+    from backend.catalog import read_catalog
+
+    threshold = cfg.schedule.rpo_alarm_minutes
+    try:
+        repos = [open_repository(cfg, name) for name in cfg.sync_repositories]
+        catalog = read_catalog(repos)
+    except Exception as exc:
+        tg.notify(cfg, "rpo", tg.failed_text("the RPO check", cfg.cluster.name, exc), ok=False)
+        raise
+    at = now or datetime.now(UTC)
+    newest = max(catalog.segments, key=lambda s: (s.archived_at, s.segment.name), default=None)
+    if newest is None:
+        text = tg.rpo_alarm_text(cfg.cluster.name, None, threshold, None)
+        tg.notify(cfg, "rpo", text, ok=False)
+        return RpoStatus(False, threshold, None, None, None, text.removeprefix("⚠️ pgdr: "))
+    lag = max(0.0, (at - newest.archived_at).total_seconds())
+    if lag > threshold * 60:
+        text = tg.rpo_alarm_text(cfg.cluster.name, lag, threshold, newest.segment.name)
+        tg.notify(cfg, "rpo", text, ok=False)
+        return RpoStatus(False, threshold, lag, newest.segment.name, newest.archived_at, text.removeprefix("⚠️ pgdr: "))
+    tg.notify(cfg, "rpo", tg.rpo_ok_text(cfg.cluster.name, lag), ok=True, only_on_change=True)
+    message = f"newest archived WAL {newest.segment.name} is {int(lag)} s old"
+    return RpoStatus(True, threshold, lag, newest.segment.name, newest.archived_at, message)

@@ -107,17 +107,24 @@ def debris(cluster: Cluster) -> dict[str, list[str]]:
     return found
 
 
-def pg_basebackups() -> list[str]:
-    """pg_basebackup processes started by pgdr (their label says so), by command line."""
+def children(parent: int, program: str) -> list[int]:
+    """Processes running ``program`` whose parent is ``parent`` (from /proc)."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            argv = cmdline.read_bytes().split(b"\0")
+            head, _, tail = stat.read_text().rpartition(")")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"pg_basebackup") and any(a.startswith(b"--label=pgdr ") for a in argv):
-            found.append(b" ".join(argv).decode(errors="replace"))
+        if head.partition("(")[2] == program and tail.split()[1] == str(parent):
+            found.append(int(stat.parent.name))
     return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def status(cluster: Cluster, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
@@ -229,6 +236,7 @@ def test_sigterm_during_a_backup_exits_promptly_and_leaves_nothing_listed(
             "the scheduled backup to wait for its checkpoint",
         )
         assert daemon.saw("base_backup", "base_backup started")
+        (child,) = children(daemon.proc.pid, "pg_basebackup")
         code, took = daemon.terminate(timeout=20)
         assert code == 0, daemon.log_path.read_text()
         assert took < 10, f"the daemon took {took:.1f} s to stop"
@@ -236,7 +244,7 @@ def test_sigterm_during_a_backup_exits_promptly_and_leaves_nothing_listed(
 
     # pg_basebackup was killed (the server's walsender only notices once its checkpoint is done), nothing
     # is listed, and no repository holds debris.
-    assert pg_basebackups() == []
+    assert not alive(child)
     assert listed_backups(cluster, env) == []
     assert debris(cluster) == {"local": [], "s3": []}
     code, report = status(cluster, env)
