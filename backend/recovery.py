@@ -9,6 +9,7 @@ from backend import audit
 from backend.archive.index import ensure_indexes
 from backend.catalog import Catalog, read_catalog, recovery_timeline
 from backend.config import Config
+from backend.jobs import notify_restore
 from backend.locks import job_lock
 from backend.progress import ProgressCallback, no_progress
 from backend.repository import Repository, open_repositories
@@ -93,7 +94,9 @@ def perform_restore(
             report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
     except BaseException as exc:
         audit.record("restore", cfg.cluster.name, "failed", error=str(exc), **details)
+        notify_restore(cfg, f"{plan.target.describe()} from {plan.backup.name}: {exc}", ok=False)
         raise
+    notify_restore(cfg, report.render(), ok=report.reached_target)
     audit.record(
         "restore",
         cfg.cluster.name,

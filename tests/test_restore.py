@@ -54,14 +54,22 @@ def start_copy(cluster: Cluster, data: Path, port: int) -> psycopg.Connection[ob
     """Start a copy of a data directory on another port (archiving off) and connect to it."""
     with (data / "postgresql.auto.conf").open("a") as fh:
         fh.write(f"port = {port}\narchive_mode = off\n")
-    subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(data.parent / f"copy-{port}.log"),
-                                   "-w", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        as_server_user(
+            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(data.parent / f"copy-{port}.log"), "-w", "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
     return psycopg.connect(host=str(cluster.socket_dir), port=port, user="postgres", dbname="postgres", autocommit=True)
 
 
 def stop_copy(data: Path) -> None:
-    subprocess.run(as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                   capture_output=True, check=False)
+    subprocess.run(
+        as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+        capture_output=True,
+        check=False,
+    )
 
 
 def test_restore_to_just_before_the_bad_migration(cluster_s3: Cluster) -> None:
@@ -141,7 +149,9 @@ def test_wal_gap_shows_and_blocks_targets_past_it(cluster: Cluster) -> None:
     victim.unlink()
 
     timeline = json.loads(cluster.pgdr("timeline", "--json").stdout)
-    assert [(g["timeline"], g["missing_from"], g["missing_to"]) for g in timeline["gaps"]] == [(1, after_gap, after_gap)]
+    assert [(g["timeline"], g["missing_from"], g["missing_to"]) for g in timeline["gaps"]] == [
+        (1, after_gap, after_gap)
+    ]
     (window,) = timeline["windows"]
     assert window["last_segment"] < after_gap
     assert "GAP" in cluster.pgdr("timeline").stdout
@@ -194,13 +204,20 @@ def test_bad_targets_touch_nothing(cluster: Cluster, args: list[str], words: str
 
 def test_restore_needs_the_cluster_name_typed(cluster: Cluster) -> None:
     story = Story(cluster)
-    args = [str(pgdr_executable()), "--config", str(cluster.config_path), "restore", "--timestamp",
-            story.before_drop.isoformat()]
+    args = [
+        str(pgdr_executable()),
+        "--config",
+        str(cluster.config_path),
+        "restore",
+        "--timestamp",
+        story.before_drop.isoformat(),
+    ]
     wrong = subprocess.run(args, input="prod\n", capture_output=True, text=True, env=clean_env(), check=False)
     assert wrong.returncode == 1 and "cancelled" in wrong.stderr
     assert not safety_copies(cluster) and cluster.sql("SELECT count(*) FROM audit_trail")[0][0] == 1
-    right = subprocess.run(args, input="main\n", capture_output=True, text=True, env=clean_env(), check=False,
-                           timeout=600)
+    right = subprocess.run(
+        args, input="main\n", capture_output=True, text=True, env=clean_env(), check=False, timeout=600
+    )
     assert "Restore finished" in right.stdout, right.stdout + right.stderr
     story.assert_restored_before_drop(cluster)
 
@@ -208,8 +225,9 @@ def test_restore_needs_the_cluster_name_typed(cluster: Cluster) -> None:
 def test_restore_beside_leaves_the_cluster_alone(cluster: Cluster) -> None:
     story = Story(cluster)
     beside = cluster.root / "inspect"
-    result = restore(cluster, "--timestamp", story.before_drop.isoformat(), "--target-dir", str(beside),
-                     "--port", "5441")
+    result = restore(
+        cluster, "--timestamp", story.before_drop.isoformat(), "--target-dir", str(beside), "--port", "5441"
+    )
     assert "Restore finished" in result.stdout, result.stdout
     with psycopg.connect(host=str(cluster.socket_dir), port=5441, user="postgres", dbname="postgres") as conn:
         assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (150,)
@@ -254,12 +272,37 @@ def test_dry_run_changes_nothing_anywhere(cluster: Cluster) -> None:
     shutil.rmtree(cluster.local_repo / "main" / "walindex")
 
     def snapshot() -> list[tuple[str, int, float]]:
-        return sorted((str(p), p.stat().st_size, p.stat().st_mtime) for p in cluster.root.rglob("*")
-                      if p.is_file() and "pg_stat_tmp" not in str(p) and "server.log" not in p.name
-                      and "/data/" not in str(p))
+        return sorted(
+            (str(p), p.stat().st_size, p.stat().st_mtime)
+            for p in cluster.root.rglob("*")
+            if p.is_file() and "pg_stat_tmp" not in str(p) and "server.log" not in p.name and "/data/" not in str(p)
+        )
 
     before = snapshot()
     plan = restore(cluster, "--timestamp", story.before_drop.isoformat(), "--dry-run").stdout
     assert "Dry run: nothing was changed" in plan
     assert snapshot() == before
     assert not (cluster.local_repo / "main" / "walindex").exists()
+
+
+def test_a_restore_is_announced_on_telegram(cluster: Cluster) -> None:
+    from tests.harness.telegram import FakeTelegram
+
+    story = Story(cluster)
+    with FakeTelegram() as bot:
+        cluster.write_config(
+            cluster.base_config() + f'\n[telegram]\nbot_token = "{bot.token}"\nchat_id = "42"\napi_url = "{bot.url}"\n'
+        )
+        result = restore(
+            cluster,
+            "--timestamp",
+            story.before_drop.isoformat(),
+            "--target-dir",
+            str(cluster.root / "beside"),
+            "--port",
+            "5442",
+        )
+        assert "Restore finished" in result.stdout
+        (text,) = bot.texts()
+        assert "restore" in text.lower() and "main" in text and story.backup in cluster.pgdr("list").stdout
+    stop_copy(cluster.root / "beside")

@@ -22,6 +22,7 @@ from backend import audit
 from backend.catalog import read_catalog
 from backend.config import Config
 from backend.errors import PgdrError
+from backend.jobs import notify_restore
 from backend.manifest import BACKUPS_PREFIX
 from backend.postgres import connect, libpq_env, program, server_info
 from backend.repository import Repository, open_repositories
@@ -187,8 +188,10 @@ def restore_logical(cfg: Config, plan: LogicalPlan) -> None:
             )
     except BaseException as exc:
         audit.record("logical restore", cfg.cluster.name, "failed", error=str(exc), **details)
+        notify_restore(cfg, f"logical restore of {plan.source.description} into {plan.database}: {exc}", ok=False)
         raise
     audit.record("logical restore", cfg.cluster.name, "done", **details)
+    notify_restore(cfg, f"logical restore of {plan.source.description} into {plan.database} done", ok=True)
 
 
 def _run(argv: list[str], cfg: Config, what: str) -> None:
