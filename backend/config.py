@@ -97,6 +97,9 @@ class BackupConfig:
 class RestoreConfig:
     #: The zone a timestamp without an offset is read in (an IANA name).
     timezone: str = "UTC"
+    #: Segments wal-fetch downloads ahead of recovery in the background (0: one at a time).
+    prefetch: int = 16
+    prefetch_workers: int = 4
 
 
 @dataclass(frozen=True)
@@ -396,6 +399,8 @@ compression_level = 3
 
 [restore]
 timezone = "UTC"       # the zone of a --timestamp typed without an offset
+prefetch = 16          # WAL segments fetched ahead of recovery, 4 at a time (0: off)
+prefetch_workers = 4
 
 [telegram]
 # Messages for backups, failures, restores and alarms; empty token or chat: no messages.

@@ -1,37 +1,120 @@
 #!/usr/bin/env bash
-# Install pgdr and what it needs. One script for every place pgdr is installed: the README's
-# set-up command, the test command (.ci/run) and the Docker image all call it.
+# Install pgdr and what it needs. One script for every place pgdr is installed: the README's set-up
+# command, the test command (.ci/run), both Docker images (deploy/docker/Dockerfile and
+# Dockerfile.postgres) and a systemd host all call it, so they all get the same programs.
 #
-#   bash deploy/install.sh          PostgreSQL programs (apt, as root) + .venv with pgdr
+#   bash deploy/install.sh          PostgreSQL programs (apt, as root) + .venv with pgdr (editable)
 #   bash deploy/install.sh --dev    the same plus the test and lint tools
+#   bash deploy/install.sh --venv /opt/pgdr --link /usr/local/bin
+#                                   a self-contained copy (not editable) in /opt/pgdr, with pgdr
+#                                   linked into /usr/local/bin: the Docker images and systemd hosts
+#
+# Options:
+#   --dev          also the [dev] extras (pytest, moto, ruff, mypy)
+#   --venv DIR     the venv to install into (default: .venv in this checkout, editable install)
+#   --link DIR     symlink DIR/pgdr to the venv's pgdr
+#   --no-apt       never call apt-get: fail if a PostgreSQL program or Python's venv is missing
+# Environment:
+#   PG_MAJOR       PostgreSQL major version whose programs pgdr uses (default 15); a version the
+#                  configured apt sources lack comes from apt.postgresql.org (PGDG)
+#   PYTHON         the interpreter the venv is made from (default /usr/bin/python3)
 #
 # The venv is made from Debian's /usr/bin/python3 (world-readable), so PostgreSQL's archive_command,
-# running as the postgres user, can execute .venv/bin/pgdr. Re-running it is quick: it skips what
-# is already in place.
+# running as the postgres user, can execute its pgdr. Re-running the default install is quick: it
+# skips what is already in place.
 set -euo pipefail
+caller="$(pwd)"
 cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 extra=""
-[ "${1:-}" = "--dev" ] && extra="[dev]"
-PG_MAJOR="${PG_MAJOR:-15}"
+venv=""
+link=""
+apt=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) extra="[dev]" ;;
+    --venv) venv="${2:?install.sh: --venv needs a directory}"; shift ;;
+    --venv=*) venv="${1#--venv=}" ;;
+    --link) link="${2:?install.sh: --link needs a directory}"; shift ;;
+    --link=*) link="${1#--link=}" ;;
+    --no-apt) apt=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see: bash deploy/install.sh --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
-if [ ! -x "/usr/lib/postgresql/$PG_MAJOR/bin/pg_basebackup" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: PostgreSQL $PG_MAJOR programs are missing; run as root or: sudo apt-get install postgresql-$PG_MAJOR" >&2
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
+[ -n "$venv" ] && venv="$(absolute "$venv")"
+[ -n "$link" ] && link="$(absolute "$link")"
+PG_MAJOR="${PG_MAJOR:-15}"
+PYTHON="${PYTHON:-/usr/bin/python3}"
+pg_bin="/usr/lib/postgresql/$PG_MAJOR/bin"
+
+# --- system packages -------------------------------------------------------------------------------
+# pgdr runs pg_basebackup, pg_dump, pg_restore, pg_verifybackup (client package) and pg_waldump,
+# pg_ctl, postgres (server package: restores and restore rehearsals).
+packages=()
+for program in pg_basebackup pg_dump pg_restore pg_verifybackup pg_waldump pg_ctl postgres; do
+  if [ ! -x "$pg_bin/$program" ]; then
+    packages+=("postgresql-$PG_MAJOR")
+    break
+  fi
+done
+if [ ! -x "${venv:-$root/.venv}/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  packages+=(python3 python3-venv)
+fi
+
+if [ ${#packages[@]} -gt 0 ]; then
+  if [ "$apt" -eq 0 ]; then
+    echo "install.sh: missing ${packages[*]} (--no-apt): install them, or run without --no-apt as root" >&2
     exit 1
   fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: ${packages[*]} missing; run as root or: sudo apt-get install ${packages[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "postgresql-$PG_MAJOR" >/dev/null
+  pg_package="postgresql-$PG_MAJOR"
+  if [[ " ${packages[*]} " == *" $pg_package "* ]] \
+      && ! apt-cache policy "$pg_package" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    # Not in the configured sources (Debian 12 carries 15 only): add apt.postgresql.org with the
+    # script and signing key postgresql-common ships.
+    apt-get install -y -qq --no-install-recommends postgresql-common ca-certificates >/dev/null
+    /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y >/dev/null
+  fi
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-PYTHON="${PYTHON:-/usr/bin/python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+# --- the venv and pgdr -----------------------------------------------------------------------------
+if [ -z "$venv" ]; then
+  # The checkout's .venv, editable: the developer's, the README's and CI's install.
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+  fi
+  stamp=".install-stamp"
+  want="$(sha256sum < pyproject.toml | cut -c1-16)$extra"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
+    echo "$want" > "$stamp"
+  fi
+  venv="$root/.venv"
+else
+  # A self-contained copy (images, servers): the checkout can be deleted afterwards.
+  if [ ! -x "$venv/bin/python" ]; then
+    "$PYTHON" -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "$root$extra"
 fi
-stamp=".install-stamp"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16)$extra"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extra"
-  echo "$want" > "$stamp"
+
+if [ -n "$link" ]; then
+  mkdir -p "$link"
+  ln -sfn "$venv/bin/pgdr" "$link/pgdr"
 fi
+"$venv/bin/pgdr" --version >/dev/null

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pg_wal", help="the server's pg_wal directory")
     p.add_argument("--after", default="", help="only segments after this one (the archiver has it in hand)")
 
+    p = command("wal-prefetch", cmd_wal_prefetch, "fetch WAL ahead of recovery (started by wal-fetch)")
+    p.add_argument("folder", help="the prefetch folder in pg_wal")
+    p.add_argument("--after", required=True, help="the segment recovery has in hand")
+
     p = command("wal-upload", cmd_wal_upload, "copy queued WAL to repositories wal-push does not wait for")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
@@ -223,6 +227,15 @@ def cmd_wal_spool(args: argparse.Namespace) -> int:
     from backend.archive.spool import push_ahead
 
     push_ahead(load(args), Path(args.pg_wal), args.after)
+    return 0
+
+
+def cmd_wal_prefetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backend.archive.prefetch import run_prefetch
+
+    run_prefetch(load(args), Path(args.folder), args.after)
     return 0
 
 

@@ -7,6 +7,7 @@ could be read intact; the message names each bad copy, and nothing is written to
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,12 +18,28 @@ from backend.repository import open_repositories
 from backend.walnames import wal_kind
 
 
-def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str]) -> str:
-    """Write ``filename`` to ``destination``; returns the name of the repository it came from."""
+def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, prefetch: bool = True) -> str:
+    """Write ``filename`` to ``destination``; returns where it came from (a repository, or "prefetch").
+
+    With ``prefetch`` (restore_command), a segment the background prefetcher already fetched and
+    verified is taken from there, and the prefetcher is started for the segments after it.
+    """
     try:
         wal_kind(filename)
     except ValueError as exc:
         raise PgdrError(str(exc)) from None
+    if prefetch and cfg.restore.prefetch > 0:
+        from backend.archive import prefetch as ahead
+
+        target = Path(destination)
+        source = "prefetch" if ahead.take(filename, target) else _fetch(cfg, filename, target)
+        with contextlib.suppress(OSError):
+            ahead.kick(cfg, filename, target)  # never let the optimisation fail the fetch
+        return source
+    return _fetch(cfg, filename, Path(destination))
+
+
+def _fetch(cfg: Config, filename: str, destination: Path) -> str:
     problems: list[str] = []
     for repo in open_repositories(cfg):
         try:

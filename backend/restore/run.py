@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from backend import faults, server
+from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
@@ -127,6 +128,7 @@ def execute(
     on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
     server.start(cfg, data_dir, log_file)
     report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
+    prefetch.clean(data_dir)
     marker.unlink(missing_ok=True)
     report.safety_copy = plan.safety_copy
     report.data_dir = data_dir
