@@ -47,6 +47,9 @@ class PostgresConfig:
     password: str = ""
     data_dir: str = ""
     bin_dir: str = ""
+    #: postgresql.conf when it is not in the data directory (Debian: /etc/postgresql/<ver>/<name>/);
+    #: empty: the data directory's own, else the Debian cluster whose data_directory is data_dir.
+    config_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -371,6 +374,7 @@ user = {user}
 dbname = {dbname}
 data_dir = {data_dir}  # needed by check and restore
 bin_dir = ""           # PostgreSQL programs; empty: /usr/lib/postgresql/<version>/bin or PATH
+config_file = ""       # postgresql.conf outside the data directory; empty: found (Debian: /etc/postgresql)
 
 [local]
 path = {local_path}    # local repository; empty: no local repository

@@ -27,6 +27,7 @@ from backend.locks import EXCLUSIVE, job_lock
 from backend.manifest import BackupManifest
 from backend.progress import Cancelled, ProgressCallback, no_progress
 from backend.repository import open_repositories, open_repository
+from backend.walnames import SegmentName
 
 
 class LockBusy(PgdrError):
@@ -219,6 +220,26 @@ class RpoStatus:
         }
 
 
+def _nothing_unarchived(cfg: Config, newest: SegmentName) -> bool:
+    """True when the server has written nothing past the newest archived segment (it is idle).
+
+    Unknown (server unreachable) counts as False: then the file age stands as the RPO.
+    """
+    from backend.postgres import connect
+
+    try:
+        with connect(cfg) as conn:
+            row = conn.execute(
+                "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn, (SELECT timeline_id FROM pg_control_checkpoint())"
+            ).fetchone()
+    except PgdrError:
+        return False
+    if row is None or int(row[1]) != newest.timeline:
+        return False
+    next_start = (newest.number + 1) * newest.segment_size
+    return int(row[0]) <= next_start + 64  # at most the next segment's page header
+
+
 def rpo_check_job(cfg: Config, *, now: datetime | None = None) -> RpoStatus:
     """Alarm when the newest archived WAL (per the catalog) is older than ``schedule.rpo_alarm_minutes``.
 
@@ -242,6 +263,8 @@ def rpo_check_job(cfg: Config, *, now: datetime | None = None) -> RpoStatus:
         tg.notify(cfg, "rpo", text, ok=False)
         return RpoStatus(False, threshold, None, None, None, text.removeprefix("⚠️ pgdr: "))
     lag = max(0.0, (at - newest.archived_at).total_seconds())
+    if lag > threshold * 60 and _nothing_unarchived(cfg, newest.segment):
+        lag = 0.0  # an idle server: everything it wrote is archived, no data is at risk
     if lag > threshold * 60:
         text = tg.rpo_alarm_text(cfg.cluster.name, lag, threshold, newest.segment.name)
         tg.notify(cfg, "rpo", text, ok=False)

@@ -104,8 +104,7 @@ def bin_dir(cfg: Config, version_num: int | None = None) -> Path | None:
         candidate = DEBIAN_BIN / str(version_num // 10000) / "bin"
         if candidate.is_dir():
             return candidate
-    if shutil.which("pg_basebackup"):
-        return None
+    # Debian puts only wrappers for client programs on PATH; pg_ctl and pg_waldump live here.
     versions = sorted(
         (p for p in DEBIAN_BIN.glob("*/bin") if p.parent.name.isdigit()), key=lambda p: int(p.parent.name)
     )

@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     if args.daemon:
         args.handler = cmd_daemon
+    if args.command in BACKGROUND or getattr(args, "background", False):
+        return _in_background(args)
     try:
         handler: Handler = args.handler
         return handler(args)
@@ -47,6 +49,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgdr: interrupted", file=sys.stderr)
         return 130
+
+
+#: Commands wal-push/wal-fetch start detached. They always exit 0 and log failures instead: in a
+#: container where the postmaster is process 1 they become its children, and PostgreSQL treats a
+#: child it does not know exiting with any other status as a crashed backend and restarts.
+BACKGROUND = frozenset({"wal-spool", "wal-prefetch"})
+
+
+def _in_background(args: argparse.Namespace) -> int:
+    import logging
+    import traceback
+
+    try:
+        handler: Handler = args.handler
+        handler(args)
+    except BaseException as exc:
+        from backend.audit import state_dir
+
+        try:
+            folder = state_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / "background.log").open("a") as log:
+                log.write(f"pgdr {args.command}: {exc}\n")
+                if not isinstance(exc, PgdrError):
+                    log.write(traceback.format_exc())
+        except OSError:
+            logging.getLogger("pgdr").warning("pgdr %s failed: %s", args.command, exc)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", required=True, help="the segment recovery has in hand")
 
     p = command("wal-upload", cmd_wal_upload, "copy queued WAL to repositories wal-push does not wait for")
-    p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
+    p.add_argument("--repo", choices=["local", "s3", "index"], help="only this repository (index: the WAL index)")
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)  # started by wal-push
 
     p = command("backup", cmd_backup, "take a physical base backup (or, with --logical, the seed's dumps)")
     p.add_argument("--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup")

@@ -182,3 +182,13 @@ def test_s3_down_during_push_then_postgres_retry_succeeds(
     for segment in (first, during, after):
         assert archived_in(cluster, "s3", segment), f"{segment} missing from S3"
         assert fetch(cluster, segment, tmp_path / segment).returncode == 0
+
+
+def test_background_helpers_index_and_upload_on_their_own(cluster_s3: Cluster) -> None:
+    names = write_wal(cluster_s3, 2)
+    cluster_s3.wait_archived(names[-1])
+    index = cluster_s3.local_repo / "main" / "walindex" / names[0][:16] / f"{names[0]}.json"
+    wait_for(index.exists, 60, "the background indexer started by wal-push")
+    wait_for(lambda: archived_in(cluster_s3, "s3", names[-1]), 60, "the background uploader")
+    queue = cluster_s3.local_repo / "main" / "queue"
+    wait_for(lambda: not [p for p in queue.rglob("0*")], 60, "the queue to drain")

@@ -67,7 +67,7 @@ def ensure_uploader(cfg: Config, targets: list[str]) -> None:
         argv = [sys.executable, "-m", "pgdr_tui"]
         if cfg.source is not None:
             argv += ["--config", str(cfg.source)]
-        argv += ["wal-upload", "--repo", target, "--quiet"]
+        argv += ["wal-upload", "--repo", target, "--quiet", "--background"]
         subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

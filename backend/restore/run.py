@@ -97,19 +97,16 @@ def execute(
     data_dir = plan.data_dir
     owner = _owner(cfg, plan)
     marker = interrupted_marker(data_dir)
-    if plan.in_place:
-        marker.write_text(
-            json.dumps(
-                {
-                    "started": datetime.now(UTC).isoformat(),
-                    "backup": plan.backup.name,
-                    "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
-                }
-            )
-        )
     if plan.in_place and server.is_running(cfg, data_dir):
         on_progress(Progress("stop", 0, 1, f"stopping the server on {data_dir}"))
         server.stop(cfg, data_dir)
+    if plan.in_place:  # from here on the old data directory is being replaced
+        started = {
+            "started": datetime.now(UTC).isoformat(),
+            "backup": plan.backup.name,
+            "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
+        }
+        marker.write_text(json.dumps(started))
     if plan.safety_copy is not None:
         on_progress(Progress("safety", 0, 1, f"moving {data_dir} aside to {plan.safety_copy}"))
         os.rename(data_dir, plan.safety_copy)
@@ -261,7 +258,10 @@ def _unpack(
                         raise _CorruptCopy(f"unsafe path {member.name!r} in the backup")
                     tar.extract(member, target, set_attrs=member.isdir() is False)
                     on_progress(Progress("base backup", decompressed.size, obj.raw_size, f"unpacking {member.name}"))
-            # Drain the rest of the zstd frame so the checksum covers every stored byte.
+            # tarfile stops at the end-of-archive blocks: read the rest (padding, then the end of the
+            # zstd frame) so both checksums cover every byte that was stored.
+            while decompressed.read(1 << 20):
+                pass
             while hashed.read(1 << 20):
                 pass
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from backend.config import load_config
+from backend.config import ENVIRONMENT, load_config
 from pgdr_tui.app import PgdrApp
 from pgdr_tui.source import Source
 from tests.tui.fixture_repo import NOW, Story, write_fixture
@@ -16,9 +22,23 @@ from tests.tui.fixture_repo import NOW, Story, write_fixture
 ZONE = ZoneInfo("Europe/Berlin")
 
 
+#: A fixed place, so paths shown on screen (settings, plans) are the same in every run's snapshots.
+FIXTURE_ROOT = Path(tempfile.gettempdir()) / f"pgdr-tui-fixture-{os.getuid()}"
+
+
 @pytest.fixture(scope="session")
-def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
-    return write_fixture(tmp_path_factory.mktemp("tui-fixture"))
+def story() -> Iterator[Story]:
+    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+    yield write_fixture(FIXTURE_ROOT)
+    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_operator_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's PGHOST, AWS_* etc. must not leak into what the console shows."""
+    for var in ENVIRONMENT:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("PGDR_ASCII", raising=False)
 
 
 def fixture_app(story: Story, *, ascii_only: bool = False) -> PgdrApp:
@@ -37,3 +57,13 @@ def make_app(story: Story) -> Callable[..., PgdrApp]:
 @pytest.fixture
 def fixture_root(story: Story) -> Path:
     return story.config.parent
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an ``async def`` test in a fresh event loop (no pytest async plugin is needed for Pilot)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

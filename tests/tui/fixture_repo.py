@@ -195,6 +195,7 @@ def _write(
             names.append(_logical(repo, backup_at + timedelta(minutes=30), 310_000_000 + serial * 1_000_000))
         serial += 1
         backup_at += timedelta(hours=backup_hours)
+    _verified(repo, names, now)
     return Story(config, start, gap_start, gap_end, restore_point, drop, drop_xid, promotion, sorted(names))
 
 
@@ -247,3 +248,25 @@ def _logical(repo: LocalRepository, started: datetime, size: int) -> str:
     )
     repo.put(manifest.key, manifest.to_json())
     return name
+
+
+def _verified(repo: LocalRepository, names: list[str], now: datetime) -> None:
+    """Verify records as ``backend.verify`` stores them: every backup older than a day, checked that night."""
+    for name in names:
+        taken = datetime.strptime(name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        if now - taken < timedelta(days=1):
+            continue
+        night = (taken + timedelta(days=1)).replace(hour=3, minute=15, second=0)
+        deep = night.weekday() == 6 and "logical" not in name
+        record = {
+            "format": 1,
+            "backup": name,
+            "time": night.isoformat(),
+            "level": "deep" if deep else "checksums",
+            "ok": True,
+            "repository": "local",
+            "copy_ok": True,
+            "problems": [],
+            "last_deep": {"time": night.isoformat(), "ok": True} if deep else None,
+        }
+        repo.put(f"verify/{name}.json", json.dumps(record, indent=2).encode() + b"\n")

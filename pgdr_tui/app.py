@@ -1,0 +1,211 @@
+"""The operator console: a Textual app around the recovery timeline.
+
+``run_app(cfg)`` is what ``pgdr`` (on a terminal), ``pgdr tui`` and ``pgdr demo`` call. The App takes
+its data source in the constructor, so tests and the screenshot script hand it a repository the
+backend wrote, a frozen clock and a fixed zone. Slow work runs in thread workers
+(``exclusive``, ``exit_on_error=False``) that post messages; one ``Worker.StateChanged`` handler turns
+any failure into an error modal, so a failing backend call never takes the console down.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.signal import Signal
+from textual.worker import Worker, WorkerState
+
+from backend.config import Config
+from backend.errors import PgdrError
+from backend.progress import Cancelled, Progress
+from pgdr_tui import glyphs as glyph_sets
+from pgdr_tui.commands import PgdrCommands
+from pgdr_tui.messages import LoadProgress, ModelLoaded, ServerChecked
+from pgdr_tui.model import TimelineModel
+from pgdr_tui.request import RestoreRequest
+from pgdr_tui.restorejob import RestoreJob
+from pgdr_tui.screens.backup import BackupScreen
+from pgdr_tui.screens.backups import BackupsScreen
+from pgdr_tui.screens.dialogs import ConfirmRestoreModal, ErrorModal, HelpScreen
+from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
+from pgdr_tui.screens.settings import SettingsScreen
+from pgdr_tui.screens.status import StatusScreen
+from pgdr_tui.screens.timeline import TimelineScreen
+from pgdr_tui.screens.verify import VerifyScreen
+from pgdr_tui.source import Source, Verified
+from pgdr_tui.widgets.statusbar import StatusFacts
+
+#: Seconds between catalog reloads while the console is open (the demo's workload grows it live).
+RELOAD_SECONDS = 60.0
+DEMO_RELOAD_SECONDS = 15.0
+
+
+class PgdrApp(App[int]):
+    """The console. ``source`` is where every read and job goes; see ``pgdr_tui.source``."""
+
+    CSS_PATH = "pgdr.tcss"
+    TITLE = "pgdr"
+    COMMANDS: ClassVar = App.COMMANDS | {PgdrCommands}
+    COMMAND_PALETTE_BINDING = "ctrl+p"
+    MODES: ClassVar = {
+        "timeline": TimelineScreen,
+        "backups": BackupsScreen,
+        "backup": BackupScreen,
+        "verify": VerifyScreen,
+        "status": StatusScreen,
+        "settings": SettingsScreen,
+    }
+    DEFAULT_MODE = "timeline"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "t", "go('timeline')", "Timeline", id="go.timeline", show=False, tooltip="The recovery timeline (home)"
+        ),
+        Binding("b", "go('backups')", "Backups", id="go.backups", show=False, tooltip="The catalog of backups"),
+        Binding("n", "go('backup')", "Backup", id="go.backup", show=False, tooltip="Take a backup now"),
+        Binding("v", "go('verify')", "Verify", id="go.verify", show=False, tooltip="Verify backups"),
+        Binding("s", "go('status')", "Daemon", id="go.status", show=False, tooltip="The daemon's jobs"),
+        Binding("c", "go('settings')", "Config", id="go.settings", show=False, tooltip="The effective configuration"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="Keys and symbols"),
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave the console (a running restore goes on)"),
+        Binding("ctrl+r", "reload", "Reload", show=False, id="reload", tooltip="Read the catalog again"),
+    ]
+
+    def __init__(self, source: Source, *, ascii_only: bool | None = None) -> None:
+        super().__init__()
+        self.source = source
+        self.glyphs = glyph_sets.choose(ascii_only)
+        self.model: TimelineModel | None = None
+        self.verified: dict[str, Verified] = {}
+        self.facts = StatusFacts(cluster=source.cluster, demo=source.demo)
+        #: Published whenever the model or the status facts change; screens subscribe.
+        self.changed: Signal[None] = Signal(self, "changed")
+        #: The newest successful dry run: "restore" stays greyed until it matches the request at hand.
+        self.planned: tuple[RestoreRequest, Any] | None = None
+        self.load_status = "reading the catalog..."
+        if source.frozen:
+            # Stable screenshots and tests: no blinking cursors, no animations.
+            self.animation_level = "none"
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        self.reload()
+        self.check_server()
+        if not self.source.frozen:
+            self.set_interval(DEMO_RELOAD_SECONDS if self.source.demo else RELOAD_SECONDS, self.reload)
+            self.set_interval(30.0, self.check_server)
+        job = RestoreJob.active(self.source.state_dir(), self.source.cluster)
+        if job is not None:
+            self.call_later(self.attach_restore, job, True)
+
+    def action_go(self, mode: str) -> None:
+        self.switch_mode(mode)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_reload(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        self._load_catalog()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="load", name="read the catalog")
+    def _load_catalog(self) -> None:
+        def progress(p: Progress) -> None:
+            self.post_message(LoadProgress(p.message))
+
+        view = self.source.load_view(progress)
+        model = TimelineModel(view)
+        verified = self.source.last_verified([b.manifest.name for b in view.catalog.backups])
+        self.post_message(ModelLoaded(model, verified))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="server", name="check the server")
+    def check_server(self) -> None:
+        self.post_message(ServerChecked(self.source.server_state()))
+
+    def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.model = message.model
+        self.verified = message.verified
+        self.load_status = ""
+        model = message.model
+        physical = [b for b in model.catalog.backups if b.manifest.kind == "physical"]
+        self.facts.loading = False
+        self.facts.newest_archive = model.newest_archive
+        self.facts.last_backup = max((b.manifest.stop_time for b in physical), default=None)
+        newest = max(self.verified.values(), key=lambda v: v.time, default=None)
+        self.facts.last_verify = newest.time if newest else None
+        self.facts.last_verify_ok = newest.ok if newest else None
+        self.changed.publish(None)
+
+    def on_load_progress(self, message: LoadProgress) -> None:
+        self.load_status = message.text
+        self.changed.publish(None)
+
+    def on_server_checked(self, message: ServerChecked) -> None:
+        self.facts.server = message.state.text
+        self.facts.server_ok = message.state.reachable
+        self.changed.publish(None)
+
+    # --- failures --------------------------------------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place a failed worker becomes visible: an error modal, never a dead console."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if isinstance(error, Cancelled):
+            self.notify(str(error), title="Cancelled", severity="warning")
+            return
+        what = event.worker.name or "a background job"
+        if isinstance(error, PgdrError):
+            text = str(error)
+        else:
+            import traceback
+
+            text = "".join(traceback.format_exception(error)) if error else "unknown error"
+        if event.worker.group == "load":
+            self.load_status = f"could not read the catalog: {str(error).splitlines()[0] if error else '?'}"
+            self.changed.publish(None)
+        self.push_screen(ErrorModal(f"Could not {what}", text))
+
+    # --- restore ---------------------------------------------------------------------------------
+
+    def open_plan(self, request: RestoreRequest) -> None:
+        self.push_screen(RestorePlanScreen(request))
+
+    def restore_allowed(self, request: RestoreRequest) -> bool:
+        return self.planned is not None and self.planned[0] == request
+
+    def confirm_restore(self, request: RestoreRequest) -> None:
+        """The typed-name confirmation for the dry-run plan of ``request``; then the detached restore."""
+        if self.planned is None or self.planned[0] != request:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.start_restore(request)
+            else:
+                self.notify("Restore cancelled: nothing was changed.")
+
+        self.push_screen(ConfirmRestoreModal(self.source.cluster, self.planned[1]), confirmed)
+
+    def start_restore(self, request: RestoreRequest) -> None:
+        """Start the confirmed restore detached from this terminal and watch it."""
+        job = RestoreJob.start(self.source.cfg, request, self.source.state_dir(), now=None)
+        self.attach_restore(job, False)
+
+    def attach_restore(self, job: RestoreJob, reattached: bool) -> None:
+        self.push_screen(RestoreProgressScreen(job, reattached=reattached))
+
+
+def run_app(cfg: Config, *, demo: bool = False) -> int:
+    """Open the console on ``cfg``'s cluster; returns the exit code."""
+    source = Source(cfg, demo=demo)
+    app = PgdrApp(source)
+    result = app.run()
+    if demo:
+        print("The demo keeps running (server and workload): `pgdr demo` reopens it, `pgdr demo --clean` removes it.")
+    return int(result or 0)

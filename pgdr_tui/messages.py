@@ -1,0 +1,66 @@
+"""Messages workers post to the UI: threads never touch widgets, they describe what happened.
+
+Progress messages replace each other in the queue (``can_replace``), so a chatty backend callback
+costs one redraw per frame, not one per callback.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from backend.progress import Progress
+    from pgdr_tui.model import TimelineModel
+    from pgdr_tui.source import ServerState, Verified
+
+
+class ModelLoaded(Message):
+    def __init__(self, model: TimelineModel, verified: dict[str, Verified]) -> None:
+        super().__init__()
+        self.model = model
+        self.verified = verified
+
+
+class LoadProgress(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LoadProgress)
+
+
+class ServerChecked(Message):
+    def __init__(self, state: ServerState) -> None:
+        super().__init__()
+        self.state = state
+
+
+class JobProgress(Message):
+    """Progress of a backup or verify running in a worker of the screen that receives it."""
+
+    def __init__(self, progress: Progress, at: float) -> None:
+        super().__init__()
+        self.progress = progress
+        self.at = at
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobProgress)
+
+
+class JobLog(Message):
+    """A line for a screen's live log (never coalesced: every line is kept)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+
+class JobFinished(Message):
+    def __init__(self, result: Any = None, *, error: str | None = None, cancelled: bool = False) -> None:
+        super().__init__()
+        self.result = result
+        self.error = error
+        self.cancelled = cancelled

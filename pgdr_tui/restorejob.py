@@ -1,0 +1,198 @@
+"""Restores that outlive the console: started detached, watched through files, re-attached on reopen.
+
+A restore can take an hour; the SSH session that started it may drop at minute five. So the console
+never runs a restore in its own process: it starts ``python -m pgdr_tui.detached`` in a new session
+(``start_new_session``: no controlling terminal, no SIGHUP when the terminal goes), with stdin closed
+and stdout/stderr in a log file, and watches files in the job folder
+``<state dir>/restore/<UTC stamp>/``:
+
+* ``request.json``  what to restore (written before the start, read by the child);
+* ``job.json``      ``{pid, argv, log, started, cluster, config, request}`` (written by the console);
+* ``progress.jsonl`` one JSON line per progress step (appended by the child);
+* ``restore.log``   the child's output: the plan, then the report;
+* ``result.json``   the outcome (written last by the child, atomically).
+
+A console opened later finds the newest job without ``result.json`` whose pid still runs that
+module, and shows it. No Textual here: this is plain files and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backend.config import Config
+from pgdr_tui.request import RestoreRequest
+
+MODULE = "pgdr_tui.detached"
+
+
+def jobs_dir(state_dir: Path) -> Path:
+    return state_dir / "restore"
+
+
+@dataclass
+class RestoreJob:
+    folder: Path
+    pid: int
+    argv: list[str]
+    started: datetime
+    cluster: str
+    request: RestoreRequest
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _offset: int = field(default=0, repr=False)
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "restore.log"
+
+    @property
+    def progress_file(self) -> Path:
+        return self.folder / "progress.jsonl"
+
+    @property
+    def result_file(self) -> Path:
+        return self.folder / "result.json"
+
+    # --- starting --------------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, cfg: Config, request: RestoreRequest, state_dir: Path, *, now: datetime | None = None) -> RestoreJob:
+        started = now or datetime.now(UTC)
+        base = jobs_dir(state_dir)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = base / started.strftime("%Y%m%dT%H%M%S%fZ")
+        folder.mkdir(mode=0o700)
+        _write_json(folder / "request.json", request.to_json())
+        argv = [sys.executable, "-m", MODULE, "--job-dir", str(folder)]
+        if cfg.source is not None:
+            argv += ["--config", str(cfg.source)]
+        with (folder / "restore.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+            )
+        job = cls(folder, proc.pid, argv, started, cfg.cluster.name, request, proc)
+        _write_json(
+            folder / "job.json",
+            {
+                "pid": proc.pid,
+                "argv": argv,
+                "log": str(job.log),
+                "started": started.isoformat(),
+                "cluster": cfg.cluster.name,
+                "config": str(cfg.source) if cfg.source else None,
+                "request": request.to_json(),
+            },
+        )
+        return job
+
+    # --- finding -------------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: Path) -> RestoreJob | None:
+        try:
+            data = json.loads((folder / "job.json").read_text())
+            return cls(
+                folder,
+                int(data["pid"]),
+                [str(a) for a in data["argv"]],
+                datetime.fromisoformat(data["started"]),
+                str(data["cluster"]),
+                RestoreRequest.from_json(data["request"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def active(cls, state_dir: Path, cluster: str) -> RestoreJob | None:
+        """The newest restore of ``cluster`` still running (a console reopened during a restore finds it)."""
+        base = jobs_dir(state_dir)
+        if not base.is_dir():
+            return None
+        for folder in sorted(base.iterdir(), reverse=True):
+            job = cls.load(folder)
+            if job is None or job.cluster != cluster:
+                continue
+            if job.result() is None and job.alive():
+                return job
+        return None
+
+    # --- watching ----------------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """Whether the restore process still runs (a reused pid running something else does not count)."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return True  # no /proc: trust the pid
+        return MODULE.encode() in cmdline and str(self.folder).encode() in cmdline
+
+    def new_progress(self) -> list[dict[str, Any]]:
+        """Progress lines appended since the last call."""
+        try:
+            with self.progress_file.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        out = []
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                item = json.loads(line)
+                if isinstance(item, dict):
+                    out.append(item)
+        return out
+
+    def log_tail(self, lines: int = 200) -> list[str]:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
+
+    def result(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.result_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def finished_without_result(self) -> bool:
+        """The process is gone and said nothing: killed, or crashed before writing its result."""
+        return not self.alive() and self.result() is None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temp, path)
+
+
+write_json = _write_json

@@ -1,0 +1,50 @@
+"""What every full screen shares: the status header, the footer, and a subscription to the app's data."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Input
+
+from pgdr_tui.widgets.statusbar import NavBar, StatusBar
+
+if TYPE_CHECKING:
+    from pgdr_tui.app import PgdrApp
+
+
+class BaseScreen(Screen[None]):
+    """A mode screen: header facts on top, keys at the bottom, ``refresh_data`` on every reload."""
+
+    @property
+    def pgdr(self) -> PgdrApp:
+        return cast("PgdrApp", self.app)
+
+    def compose_header(self) -> ComposeResult:
+        yield StatusBar(id="status")
+        yield NavBar(self.pgdr.current_mode, id="nav")
+
+    def compose_footer(self) -> ComposeResult:
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.pgdr.changed.subscribe(self, self._changed)
+        self._changed(None)
+        calm(self)
+
+    def _changed(self, _: None) -> None:
+        self.query_one(StatusBar).show(self.pgdr.facts, self.pgdr.source.now())
+        self.refresh_data()
+
+    def refresh_data(self) -> None:
+        """Redraw from ``self.pgdr.model``; screens override."""
+
+
+def calm(screen: Screen[Any]) -> None:
+    """With a frozen clock (tests, screenshots) text cursors do not blink, so every frame is the same."""
+    app = screen.app
+    source = getattr(app, "source", None)
+    if source is not None and source.frozen:
+        for field in screen.query(Input):
+            field.cursor_blink = False

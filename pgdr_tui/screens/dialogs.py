@@ -1,0 +1,192 @@
+"""Modal screens: errors, help, "go to time", and the restore confirmation.
+
+All keyboard-only. The restore confirmation is deliberately strict: nothing is pre-selected, Enter
+does nothing until the cluster name is typed exactly, and Escape (the default) cancels.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+from pgdr_tui import fmt
+from pgdr_tui.screens.base import calm
+
+if TYPE_CHECKING:
+    from backend.restore.plan import RestorePlan
+    from pgdr_tui.app import PgdrApp
+
+
+class ErrorModal(ModalScreen[None]):
+    """A scrollable error: the backend's one-line message, or a traceback for a bug."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,enter,q", "dismiss", "Close", id="error.close"),
+    ]
+
+    def __init__(self, title: str, text: str) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="error"):
+            yield Static(Text(self.title_text, style="bold red"), classes="dialog-title")
+            with VerticalScroll():
+                yield Static(Text(self.text), id="error-text")
+            yield Static(Text("enter / escape: close", style="dim"))
+
+    def action_dismiss(self, result: Any = None) -> None:  # type: ignore[override]
+        self.dismiss(None)
+
+
+class GotoModal(ModalScreen[datetime | None]):
+    """Type a time; the timeline cursor goes there."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="goto.cancel")]
+
+    def __init__(self, zone: tzinfo, now: datetime) -> None:
+        super().__init__()
+        self.zone = zone
+        self.now = now
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(Text("Go to time", style="bold"), classes="dialog-title")
+            yield Static(
+                f"In your zone ({self.now.astimezone(self.zone).tzname()}): 'YYYY-MM-DD HH:MM[:SS]' or 'HH:MM';\n"
+                "add 'UTC' or '+02:00' for another zone; or relative: -90m, -2h, -3d."
+            )
+            yield Input(placeholder="2026-11-24 14:05", id="goto-input")
+            yield Static("", id="goto-error", classes="error-text")
+            yield Static(Text("enter: go   escape: cancel", style="dim"))
+
+    def on_mount(self) -> None:
+        calm(self)
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            when = fmt.parse_when(event.value, self.zone, self.now)
+        except ValueError as exc:
+            self.query_one("#goto-error", Static).update(Text(str(exc), style="red"))
+            return
+        self.dismiss(when)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmRestoreModal(ModalScreen[bool]):
+    """Type the cluster name to restore. Escape, or anything else, cancels; nothing defaults to yes."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="confirm.cancel")]
+
+    def __init__(self, cluster: str, plan: RestorePlan) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.plan = plan
+
+    def compose(self) -> ComposeResult:
+        plan = self.plan
+        if plan.in_place:
+            what = Text.assemble(
+                ("This REPLACES the data directory ", "bold"),
+                (str(plan.data_dir), "bold red"),
+                (" of cluster ", "bold"),
+                (self.cluster, "bold"),
+                ".\n",
+                "The server is stopped first; connections are cut.\n",
+            )
+            if plan.safety_copy is not None:
+                what.append(f"The current data directory is moved aside (never deleted) to\n  {plan.safety_copy}\n")
+            else:
+                what.append("No safety copy: the data directory does not exist or is empty.\n")
+        else:
+            what = Text.assemble(
+                ("Restore BESIDE: a new cluster in ", "bold"),
+                (str(plan.data_dir), "bold"),
+                f" on port {plan.port}.\nThe running cluster is left alone.\n",
+            )
+        what.append(f"Target: {plan.target.describe()}\nBase backup: {plan.backup.name}\n")
+        with Vertical(id="dialog", classes="confirm"):
+            yield Static(Text("Confirm restore", style="bold red"), classes="dialog-title")
+            yield Static(what)
+            yield Static(
+                Text.assemble("Type the cluster name (", (self.cluster, "bold"), ") and press enter to restore.")
+            )
+            yield Input(placeholder="cluster name", id="confirm-input")
+            yield Static("", id="confirm-error", classes="error-text")
+            yield Static(Text("escape: cancel (nothing is changed)", style="dim"))
+
+    def on_mount(self) -> None:
+        calm(self)
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip() != self.cluster:
+            self.query_one("#confirm-error", Static).update(
+                Text(f"type {self.cluster!r} exactly to restore, or escape to cancel", style="red")
+            )
+            return
+        self.dismiss(True)
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys of the screen underneath and of the app, and what the timeline's symbols mean."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "close", "Close", id="help.close")]
+
+    def compose(self) -> ComposeResult:
+        app = cast("PgdrApp", self.app)
+        g = app.glyphs
+        text = Text()
+        text.append("Keys\n", style="bold")
+        seen: set[str] = set()
+        below = app.screen_stack[-2] if len(app.screen_stack) > 1 else app.screen
+        nodes: list[Any] = [*below.focus_chain[:1], below, app]
+        for node in nodes:
+            for binding in getattr(node, "BINDINGS", []):
+                if not isinstance(binding, Binding) or binding.key in seen:
+                    continue
+                seen.add(binding.key)
+                keys = ", ".join(app.get_key_display(Binding(k.strip(), "")) for k in binding.key.split(","))
+                text.append(f"  {keys:<13}", style="bold cyan")
+                text.append(f"{binding.tooltip or binding.description}\n")
+        text.append(f"  {'ctrl+p':<13}", style="bold cyan")
+        text.append("command palette: every action, backups and events by name\n")
+        text.append("\nTimeline symbols\n", style="bold")
+        for glyph, style, meaning in (
+            (g.full, "green", "recoverable: a restore can reach any instant here"),
+            (g.partial, "green", "part of the column is recoverable"),
+            (g.wal_only, "dim", "WAL archived, but no base backup before it"),
+            (g.gap, "black on yellow", "WAL gap: segments missing, not recoverable"),
+            (g.backup, "cyan", "physical base backup finished"),
+            (g.logical, "cyan", "logical dump"),
+            (g.restore_point, "magenta", "named restore point"),
+            (g.destructive, "bold red", "DROP / TRUNCATE / DROP DATABASE committed"),
+        ):
+            text.append(f"  {glyph:<3}", style=style)
+            text.append(f"{meaning}\n")
+        text.append(
+            "\nTimes are shown in your zone with UTC beside them. Restores run detached: they go on if this\n"
+            "terminal closes, and reopening pgdr shows them. Set PGDR_ASCII=1 for plain ASCII symbols.\n"
+        )
+        with Vertical(id="dialog", classes="help"):
+            yield Static(Text("pgdr help", style="bold"), classes="dialog-title")
+            with VerticalScroll():
+                yield Static(text)
+            yield Static(Text("escape / ? : close", style="dim"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,102 @@
+"""The daemon's jobs as ``pgdr status`` knows them: last and next run, result, duration.
+
+``backend.daemon.read_status`` is imported lazily; without it (or without a status file) the view
+says what to do instead of failing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from pgdr_tui import fmt
+from pgdr_tui.messages import JobFinished
+from pgdr_tui.screens.base import BaseScreen
+
+
+class StatusScreen(BaseScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "refresh", "Refresh", id="status.refresh", tooltip="Read the daemon's status file again"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_header()
+        yield Static(Text(" Daemon", style="bold"), id="daemon-title", classes="title")
+        table: DataTable[Text | str] = DataTable(id="daemon-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static(id="daemon-problems")
+        yield from self.compose_footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        for label in ("Job", "Schedule", "Last run", "Result", "Took", "Next run"):
+            table.add_column(label, key=label.lower())
+        super().on_mount()
+        table.focus()
+        self.action_refresh()
+
+    def action_refresh(self) -> None:
+        self._read()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="daemon", name="read the daemon status")
+    def _read(self) -> None:
+        status = self.pgdr.source.daemon_status()
+        self.post_message(JobFinished(status.to_json() if status is not None else None))
+
+    def on_job_finished(self, message: JobFinished) -> None:
+        data: dict[str, Any] | None = message.result
+        title = self.query_one("#daemon-title", Static)
+        problems = self.query_one("#daemon-problems", Static)
+        table = self.query_one(DataTable)
+        table.clear()
+        zone, now = self.pgdr.source.zone, self.pgdr.source.now()
+        if data is None:
+            title.update(Text(" Daemon: status is not available in this build", style="yellow"))
+            return
+        if data.get("running"):
+            state = Text.assemble(
+                (" Daemon running", "bold green"),
+                f" (pid {data.get('pid')}, since {fmt.when(_time(data.get('started')), zone)})",
+            )
+        elif data.get("started") or data.get("jobs"):
+            state = Text.assemble(
+                (" Daemon NOT running", "bold red"), f" (stopped {fmt.when(_time(data.get('stopped')), zone)})"
+            )
+        else:
+            state = Text.assemble(
+                (" Daemon has never run", "bold yellow"), " for this cluster: start it with `pgdr --daemon`"
+            )
+        title.update(state)
+        g = self.pgdr.glyphs
+        for name, job in (data.get("jobs") or {}).items():
+            result = "running" if job.get("running_since") else str(job.get("result") or "-")
+            style = {"ok": "green", "succeeded": "green", "failed": "bold red", "skipped": "yellow"}.get(result, "")
+            took = job.get("duration_seconds")
+            mark = g.ok if style == "green" else (g.bad if style == "bold red" else "")
+            table.add_row(
+                name,
+                str(job.get("schedule") or "disabled"),
+                fmt.short(_time(job.get("last_start")), zone) + f" ({fmt.age(_time(job.get('last_start')), now)})"
+                if job.get("last_start")
+                else "-",
+                Text(f"{mark} {result}".strip(), style=style),
+                fmt.duration(took) if isinstance(took, int | float) else "-",
+                fmt.short(_time(job.get("next_run")), zone) if data.get("running") and job.get("next_run") else "-",
+            )
+        lines = [f"{g.bad} {p}" for p in data.get("problems", [])]
+        problems.update(Text("\n".join(lines) or f"{g.ok} healthy", style="red" if lines else "green"))
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None

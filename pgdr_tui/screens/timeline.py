@@ -1,0 +1,136 @@
+"""The home screen: the recovery timeline, its cursor, and what a restore to the cursor would mean."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Static
+
+from pgdr_tui.model import CursorDetails
+from pgdr_tui.request import RestoreRequest
+from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.screens.dialogs import GotoModal
+from pgdr_tui.widgets.details import DetailsPanel
+from pgdr_tui.widgets.timeline import TimelineView
+
+
+class TimelineScreen(BaseScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("g", "goto", "Go to", id="timeline.goto", tooltip="Move the cursor to a typed time"),
+        Binding(
+            "d", "dry_run", "Dry run", id="timeline.dry_run", tooltip="Plan a restore to the cursor (changes nothing)"
+        ),
+        Binding(
+            "r",
+            "restore",
+            "Restore",
+            id="timeline.restore",
+            tooltip="Restore to the cursor (after a successful dry run of the same target)",
+        ),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: CursorDetails | None = None
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_header()
+        yield Static(id="timeline-title", classes="title")
+        yield TimelineView(self.pgdr.glyphs, self.pgdr.source.zone, id="timeline")
+        yield Static(id="legend", classes="legend")
+        yield DetailsPanel(id="details")
+        yield from self.compose_footer()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        view = self.query_one(TimelineView)
+        view.focus()
+        self.query_one("#legend", Static).update(view.legend())
+
+    # --- data ------------------------------------------------------------------------------------
+
+    def refresh_data(self) -> None:
+        model = self.pgdr.model
+        view = self.query_one(TimelineView)
+        if model is None:
+            self.query_one("#timeline-title", Static).update(Text(f" Recovery timeline: {self.pgdr.load_status}"))
+            return
+        if view.model is not model:
+            view.set_model(model, self.pgdr.source.now())
+        else:
+            self._show_details()
+
+    def on_timeline_view_cursor_moved(self, _: TimelineView.CursorMoved) -> None:
+        self._show_details()
+
+    def _show_details(self) -> None:
+        model = self.pgdr.model
+        view = self.query_one(TimelineView)
+        if model is None:
+            return
+        self.details = model.details(view.cursor_time, latest=view.at_latest)
+        source = self.pgdr.source
+        self.query_one(DetailsPanel).show(
+            self.details, zone=source.zone, now=source.now(), glyphs=self.pgdr.glyphs, zoom=view.zoom_name
+        )
+        status = f"  ({self.pgdr.load_status})" if self.pgdr.load_status else ""
+        title = Text.assemble(
+            (" Recovery timeline", "bold"),
+            f"  {view.zoom_name}/column; {len(model.catalog.backups)} backups, "
+            f"{len(model.catalog.segments)} WAL segments, {len(model.events)} events{status}",
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+        self.query_one("#timeline-title", Static).update(title)
+        self.refresh_bindings()
+
+    # --- restore ---------------------------------------------------------------------------------
+
+    def current_request(self) -> RestoreRequest | None:
+        """The restore the cursor stands for: latest, just before a destructive event, a restore point, a time."""
+        d = self.details
+        model = self.pgdr.model
+        if d is None or model is None:
+            return None
+        backup = d.backup.manifest.name if d.backup is not None else None
+        if d.latest:
+            return RestoreRequest("latest", backup=backup)
+        event = model.event_at(d.instant.timestamp())
+        if event is not None and event.kind != "restore_point" and event.xid:
+            return RestoreRequest("xid", str(event.xid), exclusive=True, timeline=d.target_timeline, backup=backup)
+        if event is not None and event.kind == "restore_point" and event.name:
+            return RestoreRequest("name", event.name, timeline=d.target_timeline, backup=backup)
+        return RestoreRequest.at(d.instant, timeline=d.target_timeline, backup=backup)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "restore":
+            request = self.current_request()
+            return True if request is not None and self.pgdr.restore_allowed(request) else None
+        if action == "dry_run":
+            return True if self.pgdr.model is not None else None
+        return True
+
+    def action_dry_run(self) -> None:
+        request = self.current_request()
+        if request is not None:
+            self.pgdr.open_plan(request)
+
+    def action_restore(self) -> None:
+        request = self.current_request()
+        if request is not None and self.pgdr.restore_allowed(request):
+            self.pgdr.confirm_restore(request)
+
+    def action_goto(self) -> None:
+        def done(when: datetime | None) -> None:
+            if when is not None:
+                self.query_one(TimelineView).move_to(when.timestamp())
+
+        self.app.push_screen(GotoModal(self.pgdr.source.zone, self.pgdr.source.now()), done)
+
+    def jump_to(self, when: datetime) -> None:
+        """Used by the command palette and the backups screen."""
+        self.query_one(TimelineView).move_to(when.timestamp())

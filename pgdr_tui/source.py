@@ -1,0 +1,183 @@
+"""The console's data source: every read and every job goes through here, and from here to ``backend``.
+
+The App takes a ``Source`` in its constructor (as Harlequin takes its adapter) so tests hand it a
+real catalog written by the backend, a frozen clock and a fixed time zone, and screenshots come out
+the same every run. Nothing here imports Textual: each method is a plain blocking call that the
+screens run in thread workers. Modules other engineers are still writing (verify, the daemon) are
+imported lazily and their absence degrades to "unknown", never to a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backend.config import Config
+from backend.progress import ProgressCallback, no_progress
+from pgdr_tui import fmt
+
+if TYPE_CHECKING:
+    from backend.manifest import BackupManifest
+    from backend.recovery import RecoveryView
+    from backend.restore.plan import RestorePlan
+    from pgdr_tui.request import RestoreRequest
+
+#: Seconds the header waits for the server: the console must open even when the server is down.
+CONNECT_TIMEOUT = 2
+
+
+@dataclass(frozen=True)
+class ServerState:
+    reachable: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class Verified:
+    """When a backup was last verified, how, and with what result (from ``backend.verify``)."""
+
+    time: datetime
+    level: str
+    ok: bool
+
+
+class Source:
+    """Config, clock and zone for one console session, and the calls the screens make."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        zone: tzinfo | None = None,
+        demo: bool = False,
+        probe_server: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self._clock = clock
+        self.zone = zone or fmt.local_zone()
+        self.demo = demo
+        self.probe_server = probe_server
+        self._repos: list[Any] | None = None
+
+    @property
+    def cluster(self) -> str:
+        return self.cfg.cluster.name
+
+    @property
+    def frozen(self) -> bool:
+        """A frozen clock means a test or a screenshot: no live refreshes, no blinking."""
+        return self._clock is not None
+
+    def now(self) -> datetime:
+        return self._clock() if self._clock is not None else datetime.now(UTC)
+
+    def state_dir(self) -> Path:
+        from backend.audit import state_dir
+
+        return state_dir()
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def load_view(self, on_progress: ProgressCallback = no_progress) -> RecoveryView:
+        from backend.recovery import load_view
+
+        view = load_view(self.cfg, on_progress=on_progress)
+        self._repos = list(view.repositories)
+        return view
+
+    def server_state(self) -> ServerState:
+        """Connect with a short timeout; "unreachable" is an answer, not an error."""
+        if not self.probe_server:
+            return ServerState(False, "not probed")
+        try:
+            import psycopg
+        except ImportError:  # pragma: no cover - psycopg is a dependency
+            return ServerState(False, "unknown (no psycopg)")
+        pg = self.cfg.postgres
+        params: dict[str, Any] = {
+            "dbname": pg.dbname or "postgres",
+            "port": pg.port,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "pgdr-console",
+            "autocommit": True,
+        }
+        for key, value in (("host", pg.host), ("user", pg.user), ("password", pg.password)):
+            if value:
+                params[key] = value
+        try:
+            with psycopg.connect(**params) as conn:
+                row = conn.execute(
+                    "SELECT current_setting('server_version'), pg_is_in_recovery(),"
+                    " (SELECT timeline_id FROM pg_control_checkpoint())"
+                ).fetchone()
+        except psycopg.Error:
+            return ServerState(False, "unreachable")
+        if row is None:
+            return ServerState(False, "unreachable")
+        role = "in recovery" if row[1] else "primary"
+        return ServerState(True, f"up, PG {str(row[0]).split()[0]}, {role}, TL {row[2]}")
+
+    def last_verified(self, names: list[str]) -> dict[str, Verified]:
+        """The newest verify record of each backup; empty when verify is not available."""
+        try:
+            from backend.verify import last_verified
+        except ImportError:
+            return {}
+        repos = self._repositories()
+        out: dict[str, Verified] = {}
+        for name in names:
+            try:
+                record = last_verified(repos, name)
+            except Exception:
+                continue
+            if not record:
+                continue
+            try:
+                when = datetime.fromisoformat(str(record["time"]))
+            except (KeyError, ValueError):
+                continue
+            out[name] = Verified(when, str(record.get("level", "checksums")), bool(record.get("ok")))
+        return out
+
+    def daemon_status(self) -> Any | None:
+        """``backend.daemon.read_status`` (to_json/render/healthy), or None when there is no daemon module."""
+        try:
+            from backend.daemon import read_status
+        except ImportError:
+            return None
+        return read_status(self.cfg)
+
+    def _repositories(self) -> list[Any]:
+        if self._repos is None:
+            from backend.repository import open_repositories
+
+            self._repos = list(open_repositories(self.cfg))
+        return self._repos
+
+    # --- work -------------------------------------------------------------------------------------
+
+    def plan(self, request: RestoreRequest) -> tuple[RecoveryView, RestorePlan]:
+        """The dry run: exactly what ``pgdr restore --dry-run`` computes for the same arguments."""
+        from backend.recovery import plan_restore
+
+        target = request.target(self.cfg.restore.timezone)
+        return plan_restore(
+            self.cfg, target, backup=request.backup, target_dir=request.target_dir or None, port=request.port
+        )
+
+    def backup(self, *, logical: bool, on_progress: ProgressCallback, cancel: threading.Event | None) -> BackupManifest:
+        from backend.jobs import backup_job
+
+        return backup_job(self.cfg, logical=logical, on_progress=on_progress, cancel=cancel)
+
+    def verify(
+        self, name: str | None, *, deep: bool, on_progress: ProgressCallback, cancel: threading.Event | None
+    ) -> Any:
+        from backend.verify import verify
+
+        return verify(self.cfg, name, deep=deep, on_progress=on_progress, cancel=cancel)

@@ -1,0 +1,136 @@
+"""The console against a real PostgreSQL cluster archiving through the real pgdr: backup, then restore beside."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+from textual.widgets import Input, ProgressBar
+
+from backend.config import load_config
+from pgdr_tui.app import PgdrApp
+from pgdr_tui.messages import JobFinished, JobProgress
+from pgdr_tui.screens.backup import BackupScreen
+from pgdr_tui.screens.dialogs import ConfirmRestoreModal
+from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
+from pgdr_tui.screens.timeline import TimelineScreen
+from pgdr_tui.source import Source
+from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user
+from tests.tui.conftest import run_async
+
+
+async def wait_until(pilot: Any, condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await pilot.pause(0.2)
+
+
+@run_async
+async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) -> None:
+    cluster.sql("CREATE TABLE t (id int)")
+    cluster.sql("INSERT INTO t SELECT generate_series(1, 1000)")
+    cluster.pgdr("backup")
+    messages: list[Message] = []
+    app = PgdrApp(Source(load_config(cluster.config_path), zone=UTC), ascii_only=False)
+    async with app.run_test(size=(100, 30), message_hook=messages.append) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.model is not None and len(app.model.catalog.backups) == 1
+        assert app.facts.server_ok, app.facts.server
+
+        # A physical backup from the backup screen: progress advances, then it completes and is listed.
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, BackupScreen)
+        await pilot.press("p")
+        await wait_until(pilot, lambda: any(isinstance(m, JobFinished) for m in messages), 120, "the backup")
+        finished = next(m for m in messages if isinstance(m, JobFinished))
+        assert finished.error is None, finished.error
+        done = [m.progress.done for m in messages if isinstance(m, JobProgress)]
+        assert len(done) >= 2 and done == sorted(done) and done[-1] > 0
+        bar = screen.query_one(ProgressBar)
+        assert bar.total is not None and bar.progress == bar.total
+        assert "complete" in str(screen.query_one("#backup-state").render())
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.model is not None and len(app.model.catalog.backups) == 2
+
+        # More work, archived; then restore beside to the latest WAL through the modal.
+        cluster.sql("INSERT INTO t SELECT generate_series(1001, 2000)")
+        segment = cluster.switch_wal()
+        cluster.wait_archived(segment)
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.press("t")
+        await pilot.pause()
+        assert isinstance(app.screen, TimelineScreen)
+        await pilot.press("end", "d")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        plan_screen = app.screen
+        assert isinstance(plan_screen, RestorePlanScreen)
+        beside = cluster.root / "beside"
+        await pilot.press("b")
+        await pilot.pause()
+        plan_screen.query_one("#beside-dir", Input).value = str(beside)
+        plan_screen.query_one("#beside-port", Input).value = str(cluster.port + 1)
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert plan_screen.plan is not None, plan_screen.error
+        assert plan_screen.plan.data_dir == beside and not plan_screen.plan.in_place
+        await pilot.press("r")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmRestoreModal)
+        await pilot.press(*"nope", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmRestoreModal) and not beside.exists()
+        modal_input = app.screen.query_one(Input)
+        modal_input.value = ""
+        await pilot.press(*"main", "enter")
+        await pilot.pause()
+        progress = app.screen
+        assert isinstance(progress, RestoreProgressScreen)
+        try:
+            await wait_until(pilot, lambda: progress.finished, 180, "the detached restore")
+            result = progress.job.result()
+            assert result is not None and result["ok"], (result, progress.job.log.read_text())
+            assert result["report"]["reached_target"]
+            assert (progress.job.folder / "job.json").exists()
+            rows = subprocess.run(
+                [
+                    "psql" if not (PG_BIN / "psql").exists() else str(PG_BIN / "psql"),
+                    "-h",
+                    str(cluster.socket_dir),
+                    "-p",
+                    str(cluster.port + 1),
+                    "-U",
+                    "postgres",
+                    "-Atc",
+                    "SELECT count(*) FROM t",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert rows.stdout.strip() == "2000", rows
+        finally:
+            stop(beside)
+    assert cluster.sql("SELECT count(*) FROM t")[0][0] == 2000  # the running cluster was left alone
+
+
+def stop(data: Path) -> None:
+    if (data / "PG_VERSION").exists():
+        give_to_server_user(data)
+        subprocess.run(
+            as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+            check=False,
+        )
