@@ -223,6 +223,8 @@ def build_timeline(
             window_start = backup.stop_time
             start_lsn = parse_lsn(backup.stop_lsn)
             if tli != backup.timeline:
+                # Between the switch and the new timeline's first commit, wall-clock times belong to
+                # the old timeline's abandoned future: this window starts at the new timeline's work.
                 first_own = by_key.get((tli, begin_of_tli))
                 if first_own is not None and first_own.first_commit is not None:
                     window_start = max(window_start, first_own.first_commit)

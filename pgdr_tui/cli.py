@@ -557,6 +557,10 @@ def _print_table(rows: list[list[str]]) -> None:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+#: Progress steps whose counts are bytes (the rest count segments, files or steps).
+BYTE_STEPS = frozenset({"backup", "dump", "base backup"})
+
+
 def _progress_printer() -> Callable[[Progress], None]:
     """A progress line on a terminal; nothing when output goes to a file or a log."""
     if not sys.stderr.isatty():
@@ -564,8 +568,12 @@ def _progress_printer() -> Callable[[Progress], None]:
     import humanize
 
     def show(p: Progress) -> None:
-        total = f" of ~{humanize.naturalsize(p.total)}" if p.total else ""
-        sys.stderr.write(f"\r{p.message}: {humanize.naturalsize(p.done)}{total}\x1b[K")
+        if p.step in BYTE_STEPS:
+            total = f" of ~{humanize.naturalsize(p.total)}" if p.total else ""
+            sys.stderr.write(f"\r{p.message}: {humanize.naturalsize(p.done)}{total}\x1b[K")
+        else:
+            count = f" ({p.done}/{p.total})" if p.total else ""
+            sys.stderr.write(f"\r{p.message}{count}\x1b[K")
         if p.total is not None and p.done >= p.total:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -131,6 +131,9 @@ def test_second_pitr_on_the_new_timeline(cluster: Cluster) -> None:
 
     timeline = json.loads(cluster.pgdr("timeline", "--json").stdout)
     assert 2 in {w["timeline"] for w in timeline["windows"]}
+    # An instant from before the promotion is found on timeline 1, and the plan says so.
+    earlier = json.loads(restore(cluster, "--timestamp", story.before_drop.isoformat(), "--dry-run", "--json").stdout)
+    assert earlier["timeline"] == 1 and earlier["target"]["settings"]["recovery_target_timeline"] == "1"
     result = restore(cluster, "--latest")
     assert "Restore finished" in result.stdout, result.stdout
     assert cluster.sql("SELECT count(*) FROM accounts")[0][0] == 151

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,13 @@ def make_plan(
                 f"{backup_name} is a logical dump: restore it with `pgdr restore --from-dump {backup_name}`"
             )
     tli = _target_timeline(timeline, target, backups, backup_name)
+    if target.kind == "time" and target.timeline == "latest" and target.time is not None:
+        # Before the newest timeline began, an instant is found on the timeline that was current then.
+        for older in sorted(timeline.timelines, reverse=True):
+            if any(w.contains(target.time) for w in timeline.windows_on(older)):
+                if older != tli:
+                    tli, target = older, replace(target, timeline=str(older))
+                break
     windows = timeline.windows_on(tli)
     if not windows:
         raise PgdrError(
@@ -254,7 +261,7 @@ def _choose(
         hits = [w for w in usable if w.contains(instant)]
         if not hits:
             raise _unreachable(timeline, tli, instant, backup_name, usable)
-        return max(hits, key=lambda w: w.start), instant
+        return max(hits, key=_newest), instant
     if target.kind == "lsn" or located is not None:
         lsn = located.lsn if located is not None else target.lsn
         assert lsn is not None
@@ -266,7 +273,7 @@ def _choose(
                 f"{what} at LSN {format_lsn(lsn)} is not reachable on timeline {tli} "
                 f"from a base backup (reachable: {spans or 'nothing'})"
             )
-        return max(hits, key=lambda w: w.start_lsn), located.time if located is not None else None
+        return max(hits, key=lambda w: (w.start_lsn, w.base_backup)), located.time if located is not None else None
     if target.kind in ("latest", "name", "xid"):
         if target.kind != "latest" and backup_name is None:
             known = ", ".join(sorted({e.name for e in timeline.events if e.kind == "restore_point" and e.name}))
@@ -277,9 +284,15 @@ def _choose(
             )
         newest_end = max(w.end_lsn for w in usable)
         hits = [w for w in usable if w.end_lsn == newest_end]
-        return max(hits, key=lambda w: w.start), (max(w.end for w in hits) if target.kind == "latest" else None)
+        return max(hits, key=_newest), (max(w.end for w in hits) if target.kind == "latest" else None)
     # immediate: the newest backup, consistent as soon as its own WAL is replayed
-    return max(usable, key=lambda w: w.start), max(usable, key=lambda w: w.start).start
+    newest = max(usable, key=_newest)
+    return newest, newest.start
+
+
+def _newest(window: Window) -> tuple[datetime, str]:
+    """The newest base backup wins ties: names sort by time, so less WAL to replay."""
+    return window.start, window.base_backup
 
 
 def _unreachable(
