@@ -84,6 +84,8 @@ class Catalog:
     history_files: dict[str, list[str]]
     segments: list[ArchivedSegment] = field(default_factory=list)
     histories: dict[int, str] = field(default_factory=dict)
+    #: When each timeline's .history file was archived: the promotion that began it, to the second.
+    history_times: dict[int, datetime] = field(default_factory=dict)
     segment_size: int = DEFAULT_SEGMENT_SIZE
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ def read_catalog(repos: list[Repository]) -> Catalog:
     ranges: list[WalRange] = []
     history: dict[str, list[str]] = defaultdict(list)
     histories: dict[int, str] = {}
+    history_times: dict[int, datetime] = {}
     every_segment: list[ArchivedSegment] = []
     segment_size = DEFAULT_SEGMENT_SIZE
     for repo in repos:
@@ -125,10 +128,11 @@ def read_catalog(repos: list[Repository]) -> Catalog:
                 timeline = int(obj.filename[:8], 16)
                 if timeline not in histories:
                     histories[timeline] = _history_text(repo, info.key, obj)
+                history_times[timeline] = min(info.modified, history_times.get(timeline, info.modified))
         ranges.extend(contiguous_ranges(segments))
         every_segment.extend(segments)
     ordered = sorted(backups.values(), key=lambda b: b.manifest.name)
-    return Catalog(ordered, ranges, dict(history), every_segment, histories, segment_size)
+    return Catalog(ordered, ranges, dict(history), every_segment, histories, history_times, segment_size)
 
 
 def _history_text(repo: Repository, key: str, obj: WalObject) -> str:
@@ -208,5 +212,7 @@ def recovery_timeline(
                 indexed=indexed,
             )
         )
-    histories = {tli: History.parse(tli, text) for tli, text in catalog.histories.items()}
+    histories = {
+        tli: History.parse(tli, text, created=catalog.history_times.get(tli)) for tli, text in catalog.histories.items()
+    }
     return build_timeline((b.manifest for b in catalog.backups), infos, histories, catalog.segment_size)

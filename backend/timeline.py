@@ -51,9 +51,11 @@ class History:
 
     timeline: int
     parents: tuple[tuple[int, int], ...]
+    #: When it was archived, i.e. (within a second or so) when the promotion began the timeline.
+    created: datetime | None = None
 
     @classmethod
-    def parse(cls, timeline: int, text: str) -> History:
+    def parse(cls, timeline: int, text: str, *, created: datetime | None = None) -> History:
         parents = []
         for raw in text.splitlines():
             line = raw.strip()
@@ -61,7 +63,7 @@ class History:
                 continue
             fields = line.split(None, 2)
             parents.append((int(fields[0]), parse_lsn(fields[1])))
-        return cls(timeline, tuple(parents))
+        return cls(timeline, tuple(parents), created)
 
 
 @dataclass(frozen=True)
@@ -223,11 +225,11 @@ def build_timeline(
             window_start = backup.stop_time
             start_lsn = parse_lsn(backup.stop_lsn)
             if tli != backup.timeline:
-                # Between the switch and the new timeline's first commit, wall-clock times belong to
-                # the old timeline's abandoned future: this window starts at the new timeline's work.
-                first_own = by_key.get((tli, begin_of_tli))
-                if first_own is not None and first_own.first_commit is not None:
-                    window_start = max(window_start, first_own.first_commit)
+                # Wall-clock times before the promotion that began this timeline belong to an older
+                # timeline (its abandoned future included): this window starts at the promotion.
+                created = histories[tli].created if tli in histories else None
+                if created is not None:
+                    window_start = max(window_start, created)
                 start_lsn = max(start_lsn, begin_of_tli * segment_size)
             windows.append(
                 Window(

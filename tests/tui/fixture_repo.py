@@ -117,7 +117,9 @@ def _write(
         segments.append((SegmentName(tli, number, SEGMENT_SIZE), t))
     assert switch_number is not None
     history = f"1\t{format_lsn(switch_number * SEGMENT_SIZE)}\tno recovery target specified\n".encode()
-    repo.put(WalObject("00000002.history", hashlib.sha256(history).hexdigest(), "none").key, history)
+    history_key = WalObject("00000002.history", hashlib.sha256(history).hexdigest(), "none").key
+    repo.put(history_key, history)
+    os.utime(repo_path / "main" / history_key, (promotion.timestamp(), promotion.timestamp()))  # archived then
 
     def events_for(t: datetime, number: int) -> list[WalEvent]:
         found = []
