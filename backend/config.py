@@ -280,7 +280,22 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, require_file:
         )
     where = str(path) if path else "the environment"
     cfg = _build(raw, where, source=path)
+    if path is not None:
+        _check_secret_file(path, raw)
     return _validate(cfg, where)
+
+
+def _check_secret_file(path: Path, raw: dict[str, Any]) -> None:
+    """A file holding secrets must be readable by its owner alone: whoever reads it reads the backups."""
+    held = [f"{section}.{key}" for section, key in sorted(SECRET_KEYS) if (raw.get(section) or {}).get(key)]
+    if not held:
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path} holds secrets ({', '.join(held)}) but is readable by others (mode {mode:04o}): "
+            f"run `chmod 600 {path}` (and chown it to the user running pgdr), or move the secrets to the environment"
+        )
 
 
 def _build(raw: dict[str, Any], where: str, *, source: Path | None) -> Config:

@@ -72,6 +72,7 @@ def s3_config(tmp_path: Path, moto: MotoEndpoint, bucket: str, **overrides: str)
     settings = {**s3_settings(moto, bucket), **overrides}
     config = tmp_path / "s3.toml"
     config.write_text('[cluster]\nname = "main"\n\n[s3]\n' + "".join(f'{k} = "{v}"\n' for k, v in settings.items()))
+    config.chmod(0o600)  # it holds the S3 keys
     return config
 
 
@@ -111,3 +112,13 @@ def test_garbage_arguments_are_refused(tmp_path: Path) -> None:
     config.write_text(f'[cluster]\nname = "main"\n[local]\npath = "{tmp_path}/repo"\n')
     line = one_line_error(pgdr(config, "wal-push", str(tmp_path / "not-a-wal-file")))
     assert "not a WAL file name" in line
+
+
+def test_a_config_holding_secrets_must_be_private(tmp_path: Path) -> None:
+    config = tmp_path / "pgdr.toml"
+    config.write_text(f'[cluster]\nname = "main"\n[local]\npath = "{tmp_path}"\n[postgres]\npassword = "{SECRET}"\n')
+    config.chmod(0o644)
+    line = one_line_error(pgdr(config, "list"))
+    assert "postgres.password" in line and f"chmod 600 {config}" in line
+    config.chmod(0o600)
+    assert pgdr(config, "list").returncode == 0

@@ -49,11 +49,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def write(path: Path, text: str | bytes) -> Path:
+    """A config file as pgdr init writes one: private (files holding secrets must be)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(text, bytes):
         path.write_bytes(text)
     else:
         path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 
