@@ -19,7 +19,10 @@ def start_frozen(cluster: Cluster, point: str, *args: str) -> subprocess.Popen[s
     """Start ``pgdr <args>`` that stops itself at the named fault point; wait until it has."""
     proc = subprocess.Popen(
         [str(pgdr_executable()), "--config", str(cluster.config_path), *args],
-        env=clean_env(PGDR_FAULT_STOP=point), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(PGDR_FAULT_STOP=point),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     wait_for(lambda: stopped(proc.pid) or proc.poll() is not None, 60, f"pgdr {args[0]} to reach {point}")
     assert proc.poll() is None, proc.communicate()
@@ -66,8 +69,12 @@ def test_backup_killed_lists_nothing_and_the_next_one_cleans_up(cluster_s3: Clus
 
 
 def test_backup_killed_early_before_pg_basebackup_starts(cluster: Cluster) -> None:
-    proc = subprocess.Popen([str(pgdr_executable()), "--config", str(cluster.config_path), "backup"],
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(pgdr_executable()), "--config", str(cluster.config_path), "backup"],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads(cluster.pgdr("list", "--json").stdout)["backups"] == []
@@ -83,7 +90,7 @@ def test_two_backups_at_once_the_second_is_refused_clearly(cluster: Cluster) -> 
         assert len(second.stderr.strip().splitlines()) == 1
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    out, err = first.communicate(timeout=120)
+    _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert len(json.loads(cluster.pgdr("list", "--json").stdout)["backups"]) == 1
 
