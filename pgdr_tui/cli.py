@@ -25,8 +25,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    hot = _hot_path(words)
+    if hot is not None:
+        return _run(hot)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if args.command is None and not args.daemon:
         if sys.stdin.isatty() and sys.stdout.isatty():
             args.handler = cmd_tui  # the operator console is what `pgdr` means on a terminal
@@ -37,6 +41,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler = cmd_daemon
     if args.command in BACKGROUND or getattr(args, "background", False):
         return _in_background(args)
+    return _run(args)
+
+
+def _hot_path(words: list[str]) -> argparse.Namespace | None:
+    """``wal-push %p`` / ``wal-fetch %f %p`` exactly as PostgreSQL runs them, without building the
+    whole parser: they run once per WAL segment, and argparse for every command costs ~10 ms."""
+    config = None
+    if len(words) >= 2 and words[0] == "--config":
+        config, words = words[1], words[2:]
+    if any(w.startswith("-") for w in words[1:]):
+        return None
+    if len(words) == 2 and words[0] == "wal-push":
+        return argparse.Namespace(config=config, command="wal-push", handler=cmd_wal_push, path=words[1])
+    if len(words) == 3 and words[0] == "wal-fetch":
+        return argparse.Namespace(
+            config=config, command="wal-fetch", handler=cmd_wal_fetch, filename=words[1], destination=words[2]
+        )
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         handler: Handler = args.handler
         return handler(args)

@@ -47,8 +47,7 @@ def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -
         raise PgdrError(f"cannot read {path}: {exc.strerror} (archive_command runs in the data directory)") from None
     data_dir = Path(cfg.postgres.data_dir) if cfg.postgres.data_dir else Path.cwd()
     identity = identity_of(data, kind, filename, data_dir)
-    obj = WalObject(filename, checksum(data), cfg.archive.compression)
-    blob = encode(data, cfg.archive.compression, cfg.archive.compression_level)
+    obj, blob = _checksum_and_encode(data, filename, cfg)
 
     stored, already = [], []
     for name in cfg.sync_repositories:
@@ -91,6 +90,22 @@ def _spool_kick(cfg: Config, path: Path) -> None:
 
     with contextlib.suppress(OSError):
         spool.kick(cfg, path)
+
+
+def _checksum_and_encode(data: bytes, filename: str, cfg: Config) -> tuple[WalObject, bytes]:
+    """sha256 in a second thread while zstd compresses: both release the GIL on large buffers."""
+    if len(data) < 1 << 20:
+        return WalObject(filename, checksum(data), cfg.archive.compression), encode(
+            data, cfg.archive.compression, cfg.archive.compression_level
+        )
+    import threading
+
+    digest: list[str] = []
+    hasher = threading.Thread(target=lambda: digest.append(checksum(data)))
+    hasher.start()
+    blob = encode(data, cfg.archive.compression, cfg.archive.compression_level)
+    hasher.join()
+    return WalObject(filename, digest[0], cfg.archive.compression), blob
 
 
 def store(repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str) -> bool:

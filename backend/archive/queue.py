@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -68,6 +67,8 @@ def ensure_uploader(cfg: Config, targets: list[str]) -> None:
         if cfg.source is not None:
             argv += ["--config", str(cfg.source)]
         argv += ["wal-upload", "--repo", target, "--quiet", "--background"]
+        import subprocess
+
         subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,9 +33,10 @@ NOTE = ".ok"
 def spool_dir(cfg: Config) -> Path:
     if cfg.archive.spool_path:
         return Path(cfg.archive.spool_path) / cfg.cluster.name
-    from backend.audit import state_dir
+    import platformdirs  # not backend.audit: wal-push has no use for what that imports
 
-    return state_dir() / "spool" / cfg.cluster.name
+    base = os.environ.get("PGDR_STATE_DIR") or platformdirs.user_state_dir("pgdr")
+    return Path(base) / "spool" / cfg.cluster.name
 
 
 def _system_identifier(path: Path) -> int | None:
@@ -97,6 +97,8 @@ def kick(cfg: Config, wal_path: Path) -> None:
     if cfg.source is not None:
         argv += ["--config", str(cfg.source)]
     argv += ["wal-spool", str(pg_wal), "--after", wal_path.name]
+    import subprocess
+
     subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
