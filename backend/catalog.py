@@ -49,6 +49,7 @@ class ArchivedSegment:
     repository: str
     size: int
     archived_at: datetime
+    checksum: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def read_catalog(repos: list[Repository]) -> Catalog:
                 continue
             if kind is WalKind.SEGMENT:
                 segments.append(
-                    ArchivedSegment(SegmentName.parse(obj.filename, segment_size), repo.name, info.size, info.modified)
+                    ArchivedSegment(
+                        SegmentName.parse(obj.filename, segment_size), repo.name, info.size, info.modified, obj.checksum
+                    )
                 )
             elif kind is WalKind.HISTORY:
                 history[repo.name].append(obj.filename)

@@ -40,9 +40,13 @@ def load_view(
     repos = open_repositories(cfg, only)
     catalog = read_catalog(repos)
     holders: dict[str, list[str]] = {}
+    checksums: dict[str, str] = {}
     for seg in catalog.segments:
         holders.setdefault(seg.segment.name, []).append(seg.repository)
-    indexes = ensure_indexes(cfg, repos, holders, catalog.segment_size, on_progress=on_progress, persist=persist_index)
+        checksums[seg.segment.name] = seg.checksum
+    indexes = ensure_indexes(
+        cfg, repos, holders, catalog.segment_size, checksums=checksums, on_progress=on_progress, persist=persist_index
+    )
     times = {name: (index.first_commit, index.last_commit) for name, index in indexes.items()}
     timeline = recovery_timeline(catalog, times)
     events = sorted((event for index in indexes.values() for event in index.events), key=lambda e: e.lsn)

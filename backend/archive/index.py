@@ -10,11 +10,14 @@ that segment arrives (``tail_complete``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from backend.archive.indexcache import IndexCache
 from backend.archive.walfile import checksum, decode, find_archived
 from backend.config import Config
 from backend.errors import PgdrError
@@ -52,15 +55,43 @@ def ensure_indexes(
     segments: dict[str, list[str]],
     segment_size: int,
     *,
+    checksums: dict[str, str] | None = None,
     on_progress: ProgressCallback = no_progress,
     persist: bool = True,
 ) -> dict[str, SegmentIndex]:
     """Index every archived segment (name -> repositories holding it) that has no complete index yet.
 
-    ``persist=False`` keeps new entries in memory only: a dry run changes nothing anywhere.
+    Entries come from the local cache when it knows the segment (same sha256), else from the
+    repositories, else pg_waldump builds them. ``persist=False`` stores nothing in the repositories
+    (a dry run changes nothing there); the local cache, pgdr's own, is kept either way.
     """
-    indexes = read_indexes(repos)
-    todo = [name for name in sorted(segments) if _needs_index(indexes.get(name), name, segments, segment_size)]
+    sums = checksums or {}
+    cache = _open_cache()
+    location = repos[0].location() if repos else ""
+    cached = cache.load(location) if cache is not None else {}
+    indexes: dict[str, SegmentIndex] = {}
+    unresolved = []
+    for name in segments:
+        entry = cached.get(name)
+        if (
+            entry is not None
+            and entry.checksum == sums.get(name, "")
+            and not _needs_index(entry.index, name, segments, segment_size)
+        ):
+            indexes[name] = entry.index
+        else:
+            unresolved.append(name)
+    if not unresolved:
+        return indexes
+    # Few new segments: read their entries one by one; many (a cold cache): list them all at once.
+    stored = _read_some(repos, unresolved) if len(unresolved) < BULK_READ else read_indexes(repos)
+    todo = []
+    for name in sorted(unresolved):
+        found = stored.get(name)
+        if found is not None and not _needs_index(found, name, segments, segment_size):
+            indexes[name] = found
+        else:
+            todo.append(name)
     for done, name in enumerate(todo):
         on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
         holders = [r for r in repos if r.name in segments[name]]
@@ -75,7 +106,37 @@ def ensure_indexes(
             for repo in holders:
                 repo.put(index_key(name), body)
         indexes[name] = index
+    if cache is not None:
+        with contextlib.suppress(sqlite3.Error):
+            cache.store(location, [(sums.get(n, ""), indexes[n]) for n in unresolved if n in indexes])
+        cache.close()
     return indexes
+
+
+#: Below this many segments missing from the local cache, their entries are read one by one.
+BULK_READ = 2000
+
+
+def _open_cache() -> IndexCache | None:
+    """The local cache, or None where the state dir cannot hold it (read-only home, say)."""
+    try:
+        return IndexCache()
+    except (OSError, sqlite3.Error):
+        return None
+
+
+def _read_some(repos: list[Repository], names: list[str]) -> dict[str, SegmentIndex]:
+    found: dict[str, SegmentIndex] = {}
+    for name in names:
+        for repo in repos:
+            try:
+                found[name] = SegmentIndex.from_json(json.loads(repo.get(index_key(name))))
+                break
+            except PgdrError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                break  # a damaged entry: indexed again
+    return found
 
 
 def _needs_index(index: SegmentIndex | None, name: str, segments: dict[str, list[str]], segment_size: int) -> bool:
