@@ -276,6 +276,7 @@ def local_only_config(tmp_path: Path, extra: str = "") -> Path:
         f'[cluster]\nname = "main"\n[postgres]\nhost = "{tmp_path / "no-socket"}"\nport = 5999\n'
         f'[local]\npath = "{tmp_path / "repo"}"\n' + extra
     )
+    path.chmod(0o600)  # it may hold the Telegram token
     return path
 
 
