@@ -11,6 +11,7 @@
 #
 # Options:
 #   --dev          also the [dev] extras (pytest, moto, ruff, mypy)
+#   --bench        --dev plus the benchmark's anchors from apt: pgbackrest, barman-cli-cloud, zstd
 #   --venv DIR     the venv to install into (default: .venv in this checkout, editable install)
 #   --link DIR     symlink DIR/pgdr to the venv's pgdr
 #   --no-apt       never call apt-get: fail if a PostgreSQL program or Python's venv is missing
@@ -30,12 +31,14 @@ root="$(pwd)"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 extra=""
+bench=0
 venv=""
 link=""
 apt=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) extra="[dev]" ;;
+    --bench) extra="[dev]"; bench=1 ;;
     --venv) venv="${2:?install.sh: --venv needs a directory}"; shift ;;
     --venv=*) venv="${1#--venv=}" ;;
     --link) link="${2:?install.sh: --link needs a directory}"; shift ;;
@@ -64,6 +67,11 @@ for program in pg_basebackup pg_dump pg_restore pg_verifybackup pg_waldump pg_ct
     break
   fi
 done
+if [ "$bench" -eq 1 ]; then
+  for program in pgbackrest barman-cloud-wal-archive zstd; do
+    command -v "$program" >/dev/null || packages+=("$( [ "$program" = barman-cloud-wal-archive ] && echo barman-cli-cloud || echo "$program")")
+  done
+fi
 if [ ! -x "${venv:-$root/.venv}/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   packages+=(python3 python3-venv)
 fi
