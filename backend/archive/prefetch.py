@@ -14,11 +14,10 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 from backend.config import Config
+from backend.spawn import spawn_pgdr
 from backend.walnames import SEGMENT_RE, SegmentName
 
 FOLDER = "pgdr-prefetch"
@@ -54,18 +53,7 @@ def kick(cfg: Config, filename: str, destination: Path) -> None:
         return  # one is running; it keeps going past what it was started for
     finally:
         os.close(fd)
-    argv = [sys.executable, "-m", "pgdr_tui"]
-    if cfg.source is not None:
-        argv += ["--config", str(cfg.source)]
-    argv += ["wal-prefetch", str(folder), "--after", filename]
-    subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
+    spawn_pgdr(cfg, "wal-prefetch", str(folder), "--after", filename)
 
 
 def run_prefetch(cfg: Config, folder: Path, after: str) -> list[str]:

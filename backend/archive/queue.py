@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import sys
 from collections.abc import Iterator
 
 from backend.archive.push import INDEX_TARGET, store
@@ -20,6 +19,7 @@ from backend.config import Config
 from backend.errors import PgdrError
 from backend.repository import open_repository, read_identity
 from backend.repository.local import LocalRepository
+from backend.spawn import spawn_pgdr
 from backend.walnames import DEFAULT_SEGMENT_SIZE
 
 QUEUE_PREFIX = "queue/"
@@ -63,20 +63,7 @@ def ensure_uploader(cfg: Config, targets: list[str]) -> None:
         with uploader_lock(cfg, target, wait=False) as free:
             if not free:
                 continue
-        argv = [sys.executable, "-m", "pgdr_tui"]
-        if cfg.source is not None:
-            argv += ["--config", str(cfg.source)]
-        argv += ["wal-upload", "--repo", target, "--quiet", "--background"]
-        import subprocess
-
-        subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
+        spawn_pgdr(cfg, "wal-upload", "--repo", target, "--quiet", "--background")
 
 
 def drain(cfg: Config, target: str, *, wait: bool = True) -> list[str]:

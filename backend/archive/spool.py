@@ -20,10 +20,10 @@ import fcntl
 import json
 import os
 import struct
-import sys
 from pathlib import Path
 
 from backend.config import Config
+from backend.spawn import spawn_pgdr
 from backend.walnames import SEGMENT_RE
 
 _HEADER = struct.Struct("<HHIQI4xQ")
@@ -93,21 +93,7 @@ def kick(cfg: Config, wal_path: Path) -> None:
         return  # a pusher is at work; it looks for new .ready files before it exits
     finally:
         os.close(fd)
-    argv = [sys.executable, "-m", "pgdr_tui"]
-    if cfg.source is not None:
-        argv += ["--config", str(cfg.source)]
-    argv += ["wal-spool", str(pg_wal), "--after", wal_path.name]
-    import subprocess
-
-    subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-        cwd=pg_wal.parent,
-    )
+    spawn_pgdr(cfg, "wal-spool", str(pg_wal), "--after", wal_path.name, cwd=pg_wal.parent)
 
 
 def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
