@@ -6,6 +6,7 @@ part (segment_no // segments_per_log) and a "seg" part, where segments_per_log =
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -37,8 +38,9 @@ class SegmentName:
     def per_log(self) -> int:
         return 0x1_0000_0000 // self.segment_size
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
+        """Computed once per object: catalogs of a year's WAL ask for it hundreds of thousands of times."""
         log, seg = divmod(self.number, self.per_log)
         return f"{self.timeline:08X}{log:08X}{seg:08X}"
 
