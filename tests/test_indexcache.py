@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.archive.index import ensure_indexes, index_key
+from backend.archive.indexcache import IndexCache
 from backend.config import ClusterConfig, Config, LocalConfig
 from backend.repository.local import LocalRepository
 from backend.walindex import SegmentIndex
@@ -35,3 +36,7 @@ def test_cached_entries_serve_the_same_segment_only(tmp_path: Path) -> None:
     other = {**sums, NAMES[1]: "f" * 64}  # another segment under the same name: not from the cache
     third = ensure_indexes(cfg, [repo], holders, 16 << 20, checksums=other)
     assert NAMES[1] not in third and NAMES[0] in third
+    # It could not be indexed (no such WAL object): remembered, so the next command does not retry it.
+    cache = IndexCache()
+    assert cache.recently_failed(repo.location(), within=60) == {NAMES[1]: "f" * 64}
+    cache.close()

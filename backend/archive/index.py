@@ -82,16 +82,20 @@ def ensure_indexes(
         else:
             unresolved.append(name)
     if not unresolved:
+        if cache is not None:
+            cache.close()
         return indexes
     # Few new segments: read their entries one by one; many (a cold cache): list them all at once.
     stored = _read_some(repos, unresolved) if len(unresolved) < BULK_READ else read_indexes(repos)
+    failed_lately = cache.recently_failed(location, within=RETRY_AFTER_S) if cache is not None else {}
     todo = []
     for name in sorted(unresolved):
         found = stored.get(name)
         if found is not None and not _needs_index(found, name, segments, segment_size):
             indexes[name] = found
-        else:
+        elif failed_lately.get(name) != sums.get(name, ""):
             todo.append(name)
+    failures: list[tuple[str, str]] = []
     for done, name in enumerate(todo):
         on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
         holders = [r for r in repos if r.name in segments[name]]
@@ -100,7 +104,10 @@ def ensure_indexes(
         try:
             index = index_from_repositories(cfg, name, holders, next_holders)
         except PgdrError:
-            continue  # unreadable here: `pgdr verify` reports the segment; the timeline falls back to file times
+            # Unreadable here: `pgdr verify` reports the segment, the timeline falls back to its archive
+            # time, and it is tried again after RETRY_AFTER_S rather than on every command.
+            failures.append((name, sums.get(name, "")))
+            continue
         if persist:
             body = json.dumps(index.to_json(), sort_keys=True).encode()
             for repo in holders:
@@ -109,12 +116,15 @@ def ensure_indexes(
     if cache is not None:
         with contextlib.suppress(sqlite3.Error):
             cache.store(location, [(sums.get(n, ""), indexes[n]) for n in unresolved if n in indexes])
+            cache.remember_failures(location, failures)
         cache.close()
     return indexes
 
 
 #: Below this many segments missing from the local cache, their entries are read one by one.
 BULK_READ = 2000
+#: A segment that could not be indexed is tried again after this long.
+RETRY_AFTER_S = 3600.0
 
 
 def _open_cache() -> IndexCache | None:

@@ -40,6 +40,10 @@ class IndexCache:
             "CREATE TABLE IF NOT EXISTS walindex (location TEXT, segment TEXT, checksum TEXT, first REAL,"
             " last REAL, tail INTEGER, events TEXT, PRIMARY KEY (location, segment))"
         )
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS unindexable (location TEXT, segment TEXT, checksum TEXT, failed REAL,"
+            " PRIMARY KEY (location, segment))"
+        )
 
     def load(self, location: str) -> dict[str, CachedIndex]:
         rows = self.db.execute(
@@ -75,6 +79,22 @@ class IndexCache:
                     )
                     for checksum, index in entries
                 ],
+            )
+
+    def recently_failed(self, location: str, *, within: float) -> dict[str, str]:
+        """Segments (-> sha256) that could not be indexed lately: not retried on every command."""
+        cutoff = datetime.now(UTC).timestamp() - within
+        rows = self.db.execute(
+            "SELECT segment, checksum FROM unindexable WHERE location = ? AND failed > ?", (location, cutoff)
+        )
+        return dict(rows.fetchall())
+
+    def remember_failures(self, location: str, failures: Iterable[tuple[str, str]]) -> None:
+        now = datetime.now(UTC).timestamp()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO unindexable VALUES (?, ?, ?, ?)",
+                [(location, segment, checksum, now) for segment, checksum in failures],
             )
 
     def close(self) -> None:
