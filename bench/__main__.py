@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.context import Context, Settings
 from bench.report import Results
 
-OPS = ("wal", "s3", "async", "backup", "random", "catalog")
+OPS = ("wal", "s3", "async", "backup", "random", "catalog", "tui")
 
 QUICK = Settings()
 FULL = Settings(
@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.ops.catalog import op_catalog
 
             step("op 6 (catalog at scale)", op_catalog)
+        if "tui" in only:
+            from bench.ops.tui import op_tui
+
+            step("op tui (the console at scale)", op_tui)
     except KeyboardInterrupt:
         results.errors.append("interrupted")
         ctx.log("interrupted: cleaning up")

@@ -1,0 +1,48 @@
+"""Open the console on a repository as an operator would, headless; print open time and scrub steps.
+
+Run in a fresh interpreter by ``bench/ops/tui.py``: ``python -m bench.tui_probe CONFIG [STEPS]``.
+The clock starts before pgdr_tui is imported and stops when the timeline widget has its model and
+has drawn; each scrub step is one key press until the screen has processed it.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import asyncio  # noqa: E402 - the clock starts before any import
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+
+
+async def probe(config: str, steps: int) -> dict[str, float]:
+    from backend.config import load_config
+    from pgdr_tui.app import PgdrApp
+    from pgdr_tui.source import Source
+    from pgdr_tui.widgets.timeline import TimelineView
+
+    app = PgdrApp(Source(load_config(config), probe_server=False), ascii_only=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.model is None:
+            await pilot.pause(0.01)
+        await pilot.pause()
+        opened = time.perf_counter() - STARTED
+        app.screen.query_one(TimelineView).focus()
+        samples = []
+        for i in range(steps):
+            began = time.perf_counter()
+            await pilot.press("left" if i % 2 == 0 else "shift+left")
+            await pilot.pause()
+            samples.append(time.perf_counter() - began)
+    ordered = sorted(samples)
+    return {
+        "open_s": opened,
+        "scrub_median_ms": statistics.median(samples) * 1000,
+        "scrub_p95_ms": ordered[int(len(ordered) * 0.95) - 1] * 1000,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(probe(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 40))))
