@@ -117,15 +117,16 @@ def read_catalog(repos: list[Repository]) -> Catalog:
             if obj is None:
                 continue
             try:
-                kind = wal_kind(obj.filename)
+                # Segments are nearly every object: one regex (in SegmentName.parse) for them, not five.
+                kind = WalKind.SEGMENT if len(obj.filename) == 24 else wal_kind(obj.filename)
             except ValueError:
                 continue
             if kind is WalKind.SEGMENT:
-                segments.append(
-                    ArchivedSegment(
-                        SegmentName.parse(obj.filename, segment_size), repo.name, info.size, info.modified, obj.checksum
-                    )
-                )
+                try:
+                    name = SegmentName.parse(obj.filename, segment_size)
+                except ValueError:
+                    continue  # not a WAL segment name after all: not pgdr's object
+                segments.append(ArchivedSegment(name, repo.name, info.size, info.modified, obj.checksum))
             elif kind is WalKind.HISTORY:
                 history[repo.name].append(obj.filename)
                 timeline = int(obj.filename[:8], 16)
