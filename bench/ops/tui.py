@@ -45,7 +45,7 @@ def op_tui(ctx: Context) -> None:
     ))
     ctx.results.add(Row(
         key="tui_scrub",
-        operation="5b. console scrub step (key press until redrawn), median",
+        operation="5b. console scrub step (key press until redrawn, CPU time), median",
         pgdr=Measure("pgdr", [w["scrub_median_ms"] / 1000 for w in warm]),
         anchor=Measure("issue 5 target", value=SCRUB_TARGET_MS / 1000),
         target=1.0,

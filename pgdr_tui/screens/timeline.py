@@ -36,6 +36,8 @@ class TimelineScreen(BaseScreen):
     def __init__(self) -> None:
         super().__init__()
         self.details: CursorDetails | None = None
+        self._shown_title: Text | None = None
+        self._shown_keys: tuple[bool | None, bool | None] | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
@@ -85,8 +87,15 @@ class TimelineScreen(BaseScreen):
             no_wrap=True,
             overflow="ellipsis",
         )
-        self.query_one("#timeline-title", Static).update(title)
-        self.refresh_bindings()
+        # Only touch what changed: a Static update re-lays the screen out, and refreshing the
+        # bindings rebuilds the footer, each far dearer than the scrub step itself.
+        if title != self._shown_title:
+            self._shown_title = title
+            self.query_one("#timeline-title", Static).update(title)
+        keys = (self.check_action("restore", ()), self.check_action("dry_run", ()))
+        if keys != self._shown_keys:
+            self._shown_keys = keys
+            self.refresh_bindings()
 
     # --- restore ---------------------------------------------------------------------------------
 

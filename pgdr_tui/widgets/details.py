@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 from pgdr_tui import fmt
 from pgdr_tui.glyphs import Glyphs
@@ -64,8 +64,20 @@ def _event(event: NearEvent | None, zone: tzinfo) -> Text:
     return Text.assemble((fmt.when(event.time, zone, seconds=True), ""), "  ", (event.text, style))
 
 
-class DetailsPanel(Static):
-    """A Static whose content is rebuilt from ``CursorDetails`` on every (coalesced) cursor move."""
+class DetailsPanel(Widget):
+    """The details under the timeline, rebuilt on every (coalesced) cursor move.
+
+    Its height comes from the screen's layout (``1fr``), not from its content, so new content only
+    needs a repaint: a Static's ``update`` would lay the whole screen out again on every scrub step.
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._text = Text()
+
+    def render(self) -> Text:
+        return self._text
 
     def show(self, d: CursorDetails, *, zone: tzinfo, now: datetime, glyphs: Glyphs, zoom: str) -> None:
-        self.update(details_text(d, zone=zone, now=now, glyphs=glyphs, zoom=zoom))
+        self._text = details_text(d, zone=zone, now=now, glyphs=glyphs, zoom=zoom)
+        self.refresh()
