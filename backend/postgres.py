@@ -47,24 +47,29 @@ def describe_server(cfg: Config) -> str:
     return f"PostgreSQL at {host} port {pg.port} as user {pg.user or os.environ.get('USER', '?')}"
 
 
+def connect_params(
+    cfg: Config, *, dbname: str | None = None, port: int | None = None, timeout: int = 10, application: str = "pgdr"
+) -> dict[str, Any]:
+    """psycopg keyword arguments for the configured server (autocommit); the one place they are built."""
+    pg = cfg.postgres
+    params: dict[str, Any] = {
+        "dbname": dbname or pg.dbname or "postgres",
+        "port": port or pg.port,
+        "connect_timeout": timeout,
+        "application_name": application,
+        "autocommit": True,
+    }
+    for key, value in (("host", pg.host), ("user", pg.user), ("password", pg.password)):
+        if value:
+            params[key] = value
+    return params
+
+
 def connect(cfg: Config, *, dbname: str | None = None) -> psycopg.Connection[Any]:
     """Connect with autocommit; a failure is one line naming the server and the likely fix."""
     import psycopg
 
-    pg = cfg.postgres
-    params: dict[str, Any] = {
-        "dbname": dbname or pg.dbname,
-        "port": pg.port,
-        "connect_timeout": 10,
-        "application_name": "pgdr",
-        "autocommit": True,
-    }
-    if pg.host:
-        params["host"] = pg.host
-    if pg.user:
-        params["user"] = pg.user
-    if pg.password:
-        params["password"] = pg.password
+    params = connect_params(cfg, dbname=dbname)
     try:
         return psycopg.connect(**params)
     except psycopg.OperationalError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.config import Config
+from backend.postgres import connect_params
 from backend.progress import ProgressCallback, no_progress
 from pgdr_tui import fmt
 
@@ -98,17 +99,7 @@ class Source:
             import psycopg
         except ImportError:  # pragma: no cover - psycopg is a dependency
             return ServerState(False, "unknown (no psycopg)")
-        pg = self.cfg.postgres
-        params: dict[str, Any] = {
-            "dbname": pg.dbname or "postgres",
-            "port": pg.port,
-            "connect_timeout": CONNECT_TIMEOUT,
-            "application_name": "pgdr-console",
-            "autocommit": True,
-        }
-        for key, value in (("host", pg.host), ("user", pg.user), ("password", pg.password)):
-            if value:
-                params[key] = value
+        params = connect_params(self.cfg, timeout=CONNECT_TIMEOUT, application="pgdr-console")
         try:
             with psycopg.connect(**params) as conn:
                 row = conn.execute(

@@ -17,8 +17,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from backend.archive.fetch import fetch
 from backend.archive.indexcache import IndexCache
-from backend.archive.walfile import checksum, decode, find_archived
+from backend.archive.walfile import find_archived
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import program
@@ -100,9 +101,8 @@ def ensure_indexes(
         on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
         holders = [r for r in repos if r.name in segments[name]]
         following = SegmentName.parse(name, segment_size).next().name
-        next_holders = [r for r in repos if r.name in segments.get(following, [])]
         try:
-            index = index_from_repositories(cfg, name, holders, next_holders)
+            index = index_from_archive(cfg, name, with_next=bool(segments.get(following)))
         except PgdrError:
             # Unreadable here: `pgdr verify` reports the segment, the timeline falls back to its archive
             # time, and it is tried again after RETRY_AFTER_S rather than on every command.
@@ -155,33 +155,20 @@ def _needs_index(index: SegmentIndex | None, name: str, segments: dict[str, list
     return not index.tail_complete and SegmentName.parse(name, segment_size).next().name in segments
 
 
-def index_from_repositories(
-    cfg: Config, name: str, holders: list[Repository], next_holders: list[Repository]
-) -> SegmentIndex:
-    """Fetch the segment (and the next one, for a record crossing the boundary) and run pg_waldump."""
+def index_from_archive(cfg: Config, name: str, *, with_next: bool) -> SegmentIndex:
+    """Fetch the segment (and, ``with_next``, the one after it, for a record crossing the boundary) and
+    run pg_waldump."""
     with tempfile.TemporaryDirectory(prefix="pgdr-index-") as folder:
-        _fetch_verified(holders, name, Path(folder) / name)
-        if next_holders:
+        # The same verified fetch restore_command uses (sha256 checked, another repository's copy on damage).
+        fetch(cfg, name, Path(folder) / name, prefetch=False)
+        if with_next:
             following = SegmentName.parse(name, _segment_size(Path(folder) / name)).next().name
-            _fetch_verified(next_holders, following, Path(folder) / following)
+            fetch(cfg, following, Path(folder) / following, prefetch=False)
         return index_segment(Path(folder) / name, program(cfg, "pg_waldump"))
 
 
 def _segment_size(path: Path) -> int:
     return path.stat().st_size
-
-
-def _fetch_verified(repos: list[Repository], name: str, dest: Path) -> None:
-    for repo in repos:
-        for obj in find_archived(repo, name):
-            try:
-                data = decode(repo.get(obj.key), obj.compression)
-            except ValueError:
-                continue
-            if checksum(data) == obj.checksum:
-                dest.write_bytes(data)
-                return
-    raise PgdrError(f"no intact copy of {name} to index")
 
 
 def index_one(cfg: Config, repos: list[Repository], name: str, segment_size: int) -> None:
@@ -201,12 +188,7 @@ def index_one(cfg: Config, repos: list[Repository], name: str, segment_size: int
         if not holders[segment]:
             continue
         following = SegmentName.parse(segment, segment_size).next().name
-        index = index_from_repositories(
-            cfg,
-            segment,
-            [r for r in repos if r.name in holders[segment]],
-            [r for r in repos if r.name in holders[following]],
-        )
+        index = index_from_archive(cfg, segment, with_next=bool(holders[following]))
         body = json.dumps(index.to_json(), sort_keys=True).encode()
         for repo in repos:
             if repo.name in holders[segment]:

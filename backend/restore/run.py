@@ -27,7 +27,7 @@ from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
-from backend.postgres import owner_of
+from backend.postgres import connect_params, owner_of
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.plan import RestorePlan
@@ -363,20 +363,7 @@ def follow_recovery(
 def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime | None, str] | None:
     import psycopg
 
-    pg = cfg.postgres
-    params: dict[str, Any] = {
-        "dbname": pg.dbname,
-        "port": plan.port or pg.port,
-        "connect_timeout": 3,
-        "autocommit": True,
-        "application_name": "pgdr-restore",
-    }
-    if pg.host:
-        params["host"] = pg.host
-    if pg.user:
-        params["user"] = pg.user
-    if pg.password:
-        params["password"] = pg.password
+    params = connect_params(cfg, port=plan.port, timeout=3, application="pgdr-restore")
     try:
         with psycopg.connect(**params) as conn:
             row = conn.execute(
