@@ -39,7 +39,8 @@ def test_a_bulk_load_is_archived_completely_and_every_note_means_stored(cluster:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        last = bulk_load(cluster)
+        with cluster.archiving_held():  # a backlog, so the first wal-push starts a pusher
+            last = bulk_load(cluster)
         cluster.wait_archived(last, timeout=180)
     finally:
         stop.set()
@@ -91,7 +92,8 @@ def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
     thread = threading.Thread(target=reaper)
     thread.start()
     try:
-        last = bulk_load(cluster, 400_000)
+        with cluster.archiving_held():  # a backlog, so the first wal-push starts a pusher
+            last = bulk_load(cluster, 400_000)
         cluster.wait_archived(last, timeout=180)
     finally:
         stop.set()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.sql
 
 PG_BIN = Path(os.environ.get("PGDR_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -233,6 +234,21 @@ class Cluster:
         """Force the current segment out; returns its name."""
         (name,) = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0]
         return str(name)
+
+    @contextmanager
+    def archiving_held(self) -> Iterator[None]:
+        """Segments written inside pile up as ``.ready`` (archive_command fails); archiving resumes after.
+
+        Tests of the backlog paths use it so the backlog exists however fast the machine archives.
+        """
+        (command,) = self.sql("SHOW archive_command")[0]
+        self.sql("ALTER SYSTEM SET archive_command = 'false'")
+        self.sql("SELECT pg_reload_conf()")
+        try:
+            yield
+        finally:
+            self.sql("ALTER SYSTEM SET archive_command = " + psycopg.sql.quote(command))
+            self.sql("SELECT pg_reload_conf()")
 
     def wait_archived(self, segment: str, timeout: float = 60) -> None:
         """Wait until PostgreSQL reports ``segment`` archived (wal-push returned 0 for it)."""
