@@ -41,6 +41,8 @@ class Repository(ABC):
 
     #: "local" or "s3": the name the config, the catalog and ``--repo`` use.
     name: str
+    #: The client-side encryption scheme of stored objects, "" when they are stored as given.
+    encryption: str = ""
 
     @abstractmethod
     def location(self) -> str:
