@@ -28,6 +28,8 @@ SECRET_KEYS = frozenset(
         ("postgres", "password"),
         ("s3", "access_key_id"),
         ("s3", "secret_access_key"),
+        ("local", "encryption_passphrase"),
+        ("s3", "encryption_passphrase"),
         ("telegram", "bot_token"),
     }
 )
@@ -56,6 +58,11 @@ class PostgresConfig:
 class LocalConfig:
     path: str = ""
     retention_days: int = 7
+    #: Client-side encryption of every stored object: "" (off) or "aes-256-gcm" (docs/encryption.md).
+    encryption: str = ""
+    encryption_passphrase: str = ""
+    #: A file holding a 256-bit key as 64 hex digits; no passphrase stretching on the archive hot path.
+    encryption_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,9 @@ class S3Config:
     upload_chunk_mb: int = 16
     access_key_id: str = ""
     secret_access_key: str = ""
+    encryption: str = ""
+    encryption_passphrase: str = ""
+    encryption_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,6 +215,8 @@ SECTIONS = (
 #: Values a few keys may take; anything else is a one-line error.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("s3", "sse"): ("", "AES256", "aws:kms"),
+    ("local", "encryption"): ("", "aes-256-gcm"),
+    ("s3", "encryption"): ("", "aes-256-gcm"),
     ("archive", "compression"): ("zstd", "none"),
     ("backup", "checkpoint"): ("fast", "spread"),
 }
@@ -222,6 +234,8 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "AWS_ACCESS_KEY_ID": ("s3", "access_key_id"),
     "AWS_SECRET_ACCESS_KEY": ("s3", "secret_access_key"),
     "AWS_REGION": ("s3", "region"),
+    "PGDR_LOCAL_ENCRYPTION_PASSPHRASE": ("local", "encryption_passphrase"),
+    "PGDR_S3_ENCRYPTION_PASSPHRASE": ("s3", "encryption_passphrase"),
     "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
     "TELEGRAM_CHAT_ID": ("telegram", "chat_id"),
 }
@@ -368,9 +382,31 @@ def _validate(cfg: Config, where: str) -> Config:
             )
     if cfg.s3.bucket and not 5 <= cfg.s3.upload_chunk_mb <= 5120:
         raise ConfigError(f"s3.upload_chunk_mb in {where} must be between 5 and 5120 (S3's part size limits)")
+    for name, repo in (("local", cfg.local), ("s3", cfg.s3)):
+        _validate_encryption(name, repo.encryption, repo.encryption_passphrase, repo.encryption_key_file, where)
     if cfg.s3.sse == "aws:kms" and not cfg.s3.kms_key_id:
         raise ConfigError(f's3.kms_key_id is missing in {where}: s3.sse = "aws:kms" needs the KMS key id')
     return cfg
+
+
+#: Shorter passphrases fall to an offline guess at scrypt's cost; a key file is the way to go below this.
+MIN_PASSPHRASE = 12
+
+
+def _validate_encryption(name: str, encryption: str, passphrase: str, key_file: str, where: str) -> None:
+    if not encryption:
+        return
+    env = f"PGDR_{name.upper()}_ENCRYPTION_PASSPHRASE"
+    if bool(passphrase) == bool(key_file):
+        raise ConfigError(
+            f"{name}.encryption is on in {where} and needs exactly one of {name}.encryption_passphrase "
+            f"(or ${env}) and {name}.encryption_key_file"
+        )
+    if passphrase and len(passphrase) < MIN_PASSPHRASE:
+        raise ConfigError(
+            f"{name}.encryption_passphrase is shorter than {MIN_PASSPHRASE} characters: use a longer one, "
+            f"or a key file ({name}.encryption_key_file, made with `openssl rand -hex 32`)"
+        )
 
 
 STARTER = """\
@@ -394,6 +430,9 @@ config_file = ""       # postgresql.conf outside the data directory; empty: foun
 [local]
 path = {local_path}    # local repository; empty: no local repository
 retention_days = 7
+encryption = ""        # "aes-256-gcm": encrypt every object pgdr stores here (docs/encryption.md)
+encryption_passphrase = ""  # or $PGDR_LOCAL_ENCRYPTION_PASSPHRASE; keep a copy somewhere safe
+encryption_key_file = ""    # or a file of 64 hex digits: `openssl rand -hex 32`
 
 [s3]
 bucket = ""            # empty: no S3 repository
@@ -404,6 +443,9 @@ storage_class = "STANDARD_IA"
 sse = ""               # "", "AES256" or "aws:kms"
 kms_key_id = ""
 retention_days = 30
+encryption = ""        # client-side, as for [local]; may be on together with sse
+encryption_passphrase = ""  # or $PGDR_S3_ENCRYPTION_PASSPHRASE
+encryption_key_file = ""
 
 [archive]
 sync = []              # repositories wal-push must reach before it answers; [] = local, else s3

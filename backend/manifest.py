@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from backend.errors import PgdrError
+from backend.repository import ENCRYPTED_MAGIC
 
 MANIFEST_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -49,6 +50,9 @@ class BackupManifest:
     file_count: int | None = None
     database: str | None = None
     pgdr_version: str = ""
+    #: How this repository stores the objects: "" as listed, else the client-side cipher
+    #: (sizes and checksums above are of the plaintext either way).
+    encryption: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -80,6 +84,11 @@ class BackupManifest:
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> BackupManifest:
         """Parse and type-check; a damaged manifest is one clear error, never a half-read backup."""
+        if raw.startswith(ENCRYPTED_MAGIC):
+            raise PgdrError(
+                f"backup manifest {where} is encrypted: set that repository's encryption and its passphrase "
+                "or key file in the config"
+            )
         try:
             data = json.loads(raw)
             if data.get("format") != MANIFEST_FORMAT:
@@ -92,7 +101,7 @@ class BackupManifest:
             for name in ("name", "cluster", "pg_version"):
                 if not isinstance(data[name], str):
                     raise ValueError(f"{name} must be a string")
-            for name in ("start_lsn", "stop_lsn", "wal_start", "wal_stop", "database"):
+            for name in ("start_lsn", "stop_lsn", "wal_start", "wal_stop", "database", "encryption"):
                 if data.get(name) is not None and not isinstance(data[name], str):
                     raise ValueError(f"{name} must be a string")
             optional_int = ("timeline", "wal_segment_size", "file_count")
@@ -117,6 +126,7 @@ class BackupManifest:
                 file_count=data.get("file_count"),
                 database=data.get("database"),
                 pgdr_version=str(data.get("pgdr_version", "")),
+                encryption=data.get("encryption") or "",
                 extra=dict(data.get("extra") or {}),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="stop and remove the demo sandbox")
     p.add_argument("--no-tui", action="store_true", help="build the sandbox and print its config path only")
 
+    p = command("decrypt", cmd_decrypt, "decrypt one object of an encrypted repository (by key, or a copied file)")
+    p.add_argument("key", nargs="?", help="the object's key, e.g. backups/NAME/base.tar.zst")
+    p.add_argument("--file", metavar="PATH", help="decrypt this copy of an object instead of reading the repository")
+    p.add_argument("--repo", choices=["local", "s3"], default="local", help="whose key to use (default: local)")
+    p.add_argument("-o", "--output", metavar="PATH", required=True, help="where to write the plaintext ('-': stdout)")
+
     p = command("config", cmd_config, "print the effective configuration (secrets masked)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -562,6 +568,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pgdr_tui.app import run_app
 
     return run_app(cfg, demo=True)
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from backend.repository.encrypted import decrypt_object
+
+    if bool(args.key) == bool(args.file):
+        raise PgdrError("name exactly one object: a repository key, or --file PATH for a copy of one")
+    cfg = load(args)
+    if args.output == "-":
+        decrypt_object(cfg, args.repo, sys.stdout.buffer, key=args.key, file=args.file)
+        return 0
+    try:
+        target = open(args.output, "xb")  # noqa: SIM115 - removed below when decryption fails
+    except OSError as exc:
+        raise PgdrError(f"cannot create {args.output}: {exc.strerror} (pgdr never overwrites a file)") from None
+    try:
+        with target:
+            size = decrypt_object(cfg, args.repo, target, key=args.key, file=args.file)
+    except BaseException:
+        os.unlink(args.output)  # no half-decrypted file left to be mistaken for the object
+        raise
+    print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

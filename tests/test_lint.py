@@ -15,7 +15,7 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check_and_format() -> None:
-    folders = [name for name in ("backend", "pgdr_tui", "tests", "bench") if (ROOT / name).is_dir()]
+    folders = [name for name in ("backend", "pgdr_tui", "tests", "bench", "docs") if (ROOT / name).is_dir()]
     check = run(str(BIN / "ruff"), "check", *folders)
     assert check.returncode == 0, check.stdout
     fmt = run(str(BIN / "ruff"), "format", "--check", "backend", "pgdr_tui")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import PgdrError
-from backend.repository import ClusterIdentity, Repository
+from backend.repository import ENCRYPTED_MAGIC, ClusterIdentity, Repository
 from backend.walnames import WalKind, wal_directory
 
 WAL_PREFIX = "wal/"
@@ -70,6 +70,8 @@ def encode(data: bytes, compression: str, level: int) -> bytes:
 
 
 def decode(blob: bytes, compression: str) -> bytes:
+    if blob.startswith(ENCRYPTED_MAGIC):
+        raise ValueError("it is encrypted: set the repository's encryption and its passphrase or key file")
     if compression == "none":
         return blob
     import zstandard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from datetime import datetime
@@ -61,9 +62,8 @@ def commit_manifest(repos: list[Repository], manifest: BackupManifest) -> None:
                     f"{manifest.object_key(obj)} in the {repo.name} repository is {size} bytes, expected {obj.size}: "
                     "the backup was not listed; retry it"
                 )
-    body = manifest.to_json()
     for repo in repos:
-        repo.put(manifest.key, body)
+        repo.put(manifest.key, dataclasses.replace(manifest, encryption=repo.encryption).to_json())
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from backend.config import Config
 
 IDENTITY_KEY = "repo.json"
+#: How every encrypted object starts (backend.repository.crypt), checked without importing it.
+ENCRYPTED_MAGIC = b"PGDRENC\x01"
 REPOSITORY_FORMAT = 1
 
 
@@ -97,15 +99,22 @@ def open_repositories(cfg: Config, only: str | None = None) -> list[Repository]:
 
 def open_repository(cfg: Config, name: str) -> Repository:
     """Open one repository; S3 (and so boto3) is imported only when asked for."""
+    repo: Repository
     if name == "local":
         from backend.repository.local import LocalRepository
 
-        return LocalRepository(cfg.local.path, cfg.cluster.name)
-    if name == "s3":
+        repo = LocalRepository(cfg.local.path, cfg.cluster.name)
+    elif name == "s3":
         from backend.repository.s3 import S3Repository
 
-        return S3Repository.from_config(cfg)
-    raise ConfigError(f"unknown repository {name!r}: use 'local' or 's3'")
+        repo = S3Repository.from_config(cfg)
+    else:
+        raise ConfigError(f"unknown repository {name!r}: use 'local' or 's3'")
+    if not (cfg.local if name == "local" else cfg.s3).encryption:
+        return repo  # the archive hot path imports nothing more
+    from backend.repository.encrypted import EncryptedRepository, secret_for
+
+    return EncryptedRepository(repo, secret_for(cfg, name))
 
 
 @dataclass(frozen=True)
@@ -118,9 +127,15 @@ class ClusterIdentity:
 
 def read_identity(repo: Repository) -> ClusterIdentity | None:
     try:
-        raw = json.loads(repo.get(IDENTITY_KEY))
+        blob = repo.get(IDENTITY_KEY)
     except ObjectNotFound:
         return None
+    if blob.startswith(ENCRYPTED_MAGIC):
+        raise ConfigError(
+            f"the {repo.name} repository {repo.location()} is encrypted: set [{repo.name}] encryption = "
+            f'"aes-256-gcm" and its encryption_passphrase or encryption_key_file'
+        )
+    raw = json.loads(blob)
     return ClusterIdentity(int(raw["system_identifier"]), int(raw["wal_segment_size"]))
 
 
