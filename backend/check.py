@@ -291,7 +291,7 @@ def _repository(cfg: Config, name: str, info: ServerInfo) -> tuple[CheckResult, 
             ),
             None,
         )
-    where = f"{name} repository {repo.location()}"
+    where = f"{name} repository {repo.location()}" + (f" (encrypted, {repo.encryption})" if repo.encryption else "")
     if identity is None:
         return CheckResult(True, f"{where}: reachable, nothing archived yet"), repo
     if identity.system_identifier != info.system_identifier:

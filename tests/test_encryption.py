@@ -74,6 +74,8 @@ def test_an_encrypted_cluster_stores_only_ciphertext_and_restores(
     )
     assert manifest["encryption"] == "aes-256-gcm" and manifest["name"] == story.backup
     assert cluster_s3.pgdr("verify").returncode == 0
+    checked = cluster_s3.pgdr("check", check=False).stdout  # fails on archive_timeout = 0, the harness's
+    assert "local repository" in checked and checked.count("(encrypted, aes-256-gcm)") == 2, checked
 
     result = restore(cluster_s3, "--timestamp", story.before_drop.isoformat())
     assert "Restore finished" in result.stdout, result.stdout
