@@ -152,6 +152,13 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    #: Also store each audit entry in every configured repository (``audit/``), so the record of
+    #: restores and expiries survives the host; encrypted with the repository when it is.
+    copy_to_repositories: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration. ``source`` is the file it came from (None: environment only)."""
 
@@ -165,6 +172,7 @@ class Config:
     telegram: TelegramConfig = field(default_factory=TelegramConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: Path | None = None
 
     @property
@@ -210,6 +218,7 @@ SECTIONS = (
     "telegram",
     "schedule",
     "daemon",
+    "audit",
 )
 
 #: Values a few keys may take; anything else is a one-line error.
@@ -353,6 +362,10 @@ def _coerce(section: str, key: str, value: Any, cls: type, where: str, *, from_e
             allowed = ", ".join(repr(c) for c in choices)
             raise ConfigError(f"{section}.{key} in {where} must be one of {allowed}{shown}")
         return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{section}.{key} in {where} must be true or false{shown}")
+        return value
     if typing.get_origin(expected) is list or isinstance(expected, types.GenericAlias):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{section}.{key} in {where} must be a list of strings{shown}")
@@ -486,6 +499,11 @@ timezone = "UTC"
 metrics_port = 0                 # Prometheus /metrics over HTTP; 0: off
 metrics_address = "127.0.0.1"
 metrics_textfile = ""            # empty: pgdr.prom in the state dir
+
+[audit]
+# Restores, expiries and config changes go to audit.log in the state dir; also keep a copy of each
+# entry in the repositories (audit/), where it outlives the host:
+copy_to_repositories = false
 """
 
 

@@ -238,10 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands PostgreSQL runs (and their helpers): per WAL segment, they skip the config-change audit.
+ARCHIVE_COMMANDS = frozenset({"wal-push", "wal-fetch", "wal-upload", *BACKGROUND})
+
+
 def load(args: argparse.Namespace) -> Config:
     from backend.config import load_config
 
-    return load_config(args.config)
+    cfg = load_config(args.config)
+    if args.command not in ARCHIVE_COMMANDS:
+        import contextlib
+
+        from backend.audit import note_config
+
+        with contextlib.suppress(OSError):  # an unwritable state dir must not stop a restore at 3 a.m.
+            note_config(cfg)
+    return cfg
 
 
 def cmd_init(args: argparse.Namespace) -> int:
