@@ -121,3 +121,23 @@ def test_wrong_keys_and_tampering_are_refused_with_the_fix(cluster: Cluster) -> 
     report = cluster.pgdr("verify", check=False)
     assert report.returncode != 0 and segment in report.stdout + report.stderr
     assert "fails authentication" in report.stdout and backup in report.stdout
+
+
+def test_logical_dumps_from_an_encrypted_bucket(cluster_s3: Cluster, moto: MotoEndpoint, bucket: str) -> None:
+    s3 = {**s3_settings(moto, bucket), "encryption": "aes-256-gcm", "encryption_passphrase": PASSPHRASE}
+    cluster_s3.write_config(cluster_s3.base_config(s3=s3))
+    cluster_s3.sql("CREATE TABLE loans AS SELECT g AS id FROM generate_series(1, 300) g")
+    name = json.loads(cluster_s3.pgdr("backup", "--logical", "--repo", "s3", "--json").stdout)["name"]
+    cluster_s3.sql("DELETE FROM loans")
+    url = f"s3://{bucket}/pg/main/backups/{name}/postgres.dump"
+    cluster_s3.pgdr("restore", "--from-s3", url, "--yes")
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 300
+
+    copy = cluster_s3.root / "copied.dump"  # taken off the bucket with any S3 client: still ciphertext
+    copy.write_bytes(moto.client().get_object(Bucket=bucket, Key=url.split("/", 3)[3])["Body"].read())
+    refused = cluster_s3.pgdr("restore", str(copy), "--yes", check=False)
+    assert refused.returncode == 2 and "pgdr decrypt --repo local|s3 --file" in refused.stderr, refused.stderr
+    cluster_s3.pgdr("decrypt", "--repo", "s3", "--file", str(copy), "-o", str(cluster_s3.root / "plain.dump"))
+    cluster_s3.sql("DELETE FROM loans")
+    cluster_s3.pgdr("restore", str(cluster_s3.root / "plain.dump"), "--yes")
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 300

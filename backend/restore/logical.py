@@ -25,7 +25,7 @@ from backend.errors import PgdrError
 from backend.jobs import notify_restore
 from backend.manifest import BACKUPS_PREFIX
 from backend.postgres import connect, libpq_env, program, server_info
-from backend.repository import Repository, open_repositories
+from backend.repository import ENCRYPTED_MAGIC, Repository, open_repositories
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,12 @@ def find_dump(
         return _s3_source(cfg, s3_url)
     if name_or_path and Path(name_or_path).is_file():
         path = Path(name_or_path)
+        with path.open("rb") as fh:
+            if fh.read(len(ENCRYPTED_MAGIC)) == ENCRYPTED_MAGIC:
+                raise PgdrError(
+                    f"{path} is encrypted (a copy of a repository object): decrypt it first with "
+                    f"`pgdr decrypt --repo local|s3 --file {path} -o restore.dump`, or name the logical backup"
+                )
         return DumpSource(str(path), path.stat().st_size, path=path)
     repos = open_repositories(cfg)
     catalog = read_catalog(repos)
@@ -110,8 +116,16 @@ def _s3_source(cfg: Config, url: str) -> DumpSource:
     bucket, key = url[5:].split("/", 1)
     from backend.repository.s3 import S3Repository
 
-    repo = S3Repository.from_config(cfg, bucket=bucket, root="")
+    repo: Repository = S3Repository.from_config(cfg, bucket=bucket, root="")
     sizes = [info.size for info in repo.list(key) if info.key == key]
+    if sizes:
+        with repo.open(key) as head:
+            encrypted = head.read(len(ENCRYPTED_MAGIC)) == ENCRYPTED_MAGIC
+        if encrypted:  # a dump in an encrypted pgdr repository: decrypted with the [s3] key
+            from backend.repository.encrypted import EncryptedRepository, secret_for
+
+            repo = EncryptedRepository(repo, secret_for(cfg, "s3"))
+            sizes = [info.size for info in repo.list(key) if info.key == key]
     if not sizes:
         raise PgdrError(f"{url} does not exist (or is not readable with the configured credentials)")
     return DumpSource(url, sizes[0], repository=repo, key=key, s3_url=url)
