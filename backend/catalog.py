@@ -6,17 +6,23 @@ contiguous ranges of segments per timeline, so a gap is visible at a glance.
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
+import math
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
-from backend.archive.walfile import WalObject
-from backend.errors import PgdrError
+from backend.archive.walfile import WAL_PREFIX, WalObject
+from backend.errors import ObjectNotFound, PgdrError
+from backend.listcache import folder_contents
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest
-from backend.repository import Repository, read_identity
-from backend.timeline import History, RecoveryTimeline, SegmentInfo, build_timeline
-from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, wal_kind
+from backend.repository import ObjectInfo, Repository, read_identity
+from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline
+from backend.walnames import DEFAULT_SEGMENT_SIZE, HISTORY_RE, SEGMENT_RE, SegmentName
 
 
 @dataclass
@@ -78,16 +84,50 @@ class WalRange:
         }
 
 
+@dataclass(frozen=True)
+class WalColumns:
+    """One repository's archived segments of one timeline, as parallel columns sorted by number.
+
+    Columns, not an object per segment: a year of WAL is 100,000 segments, and the objects alone
+    would cost more than the rest of ``pgdr list`` (``Catalog.segments`` makes them when asked).
+    """
+
+    repository: str
+    timeline: int
+    names: list[str]
+    numbers: list[int]
+    checksums: list[str]
+    sizes: list[int]
+    #: POSIX seconds.
+    archived_at: list[float]
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+
+
 @dataclass
 class Catalog:
     backups: list[CatalogBackup]
     wal: list[WalRange]
     history_files: dict[str, list[str]]
-    segments: list[ArchivedSegment] = field(default_factory=list)
+    columns: list[WalColumns] = field(default_factory=list)
     histories: dict[int, str] = field(default_factory=dict)
     #: When each timeline's .history file was archived: the promotion that began it, to the second.
     history_times: dict[int, datetime] = field(default_factory=dict)
     segment_size: int = DEFAULT_SEGMENT_SIZE
+
+    @property
+    def segments(self) -> ArchivedSegments:
+        """Every archived segment, per repository in order of timeline and number."""
+        return ArchivedSegments(self.columns)
+
+    def newest_segment(self) -> tuple[str, datetime] | None:
+        """The most recently archived segment (the first of equals, in ``segments`` order) and when."""
+        best: tuple[float, str] | None = None
+        for c in self.columns:
+            if c.archived_at:
+                when = max(c.archived_at)
+                if best is None or when > best[0]:
+                    best = (when, c.names[c.archived_at.index(when)])
+        return (best[1], datetime.fromtimestamp(best[0], UTC)) if best is not None else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,13 +137,66 @@ class Catalog:
         }
 
 
+class ArchivedSegments(Sequence[ArchivedSegment]):
+    """The catalog's segments as a sequence made on demand: counting them costs nothing, and only the
+    ones looked at become objects."""
+
+    def __init__(self, columns: list[WalColumns]) -> None:
+        self._columns = columns
+        self._starts = list(itertools.accumulate((len(c.numbers) for c in columns), initial=0))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    @overload
+    def __getitem__(self, index: int) -> ArchivedSegment: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ArchivedSegment]: ...
+
+    def __getitem__(self, index: int | slice) -> ArchivedSegment | list[ArchivedSegment]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("segment index out of range")
+        which = bisect.bisect_right(self._starts, index) - 1
+        return _archived(self._columns[which], index - self._starts[which])
+
+    def __iter__(self) -> Iterator[ArchivedSegment]:
+        for column in self._columns:
+            for row in range(len(column.numbers)):
+                yield _archived(column, row)
+
+
+def _archived(column: WalColumns, row: int) -> ArchivedSegment:
+    return ArchivedSegment(
+        SegmentName(column.timeline, column.numbers[row], column.segment_size),
+        column.repository,
+        column.sizes[row],
+        datetime.fromtimestamp(column.archived_at[row], UTC),
+        column.checksums[row],
+    )
+
+
+#: Per segment name: indexed, first commit, last commit (POSIX seconds, NaN when unknown).
+CommitTimes = Callable[[list[str]], tuple[list[bool], list[float], list[float]]]
+
+#: What is cached per WAL folder: {timeline: (names, numbers, checksums, sizes, times)} and the
+#: .history files as (file name, key, compression, time).
+_Folder = tuple[
+    dict[int, tuple[list[str], list[int], list[str], list[int], list[float]]], list[tuple[str, str, str, float]]
+]
+
+
 def read_catalog(repos: list[Repository]) -> Catalog:
     backups: dict[str, CatalogBackup] = {}
     ranges: list[WalRange] = []
     history: dict[str, list[str]] = defaultdict(list)
     histories: dict[int, str] = {}
     history_times: dict[int, datetime] = {}
-    every_segment: list[ArchivedSegment] = []
+    columns: list[WalColumns] = []
     segment_size = DEFAULT_SEGMENT_SIZE
     for repo in repos:
         identity = read_identity(repo)
@@ -111,112 +204,194 @@ def read_catalog(repos: list[Repository]) -> Catalog:
         for manifest in _manifests(repo):
             entry = backups.setdefault(manifest.name, CatalogBackup(manifest))
             entry.repositories.append(repo.name)
-        segments = []
-        for info in repo.list("wal/"):
-            obj = WalObject.parse_key(info.key)
-            if obj is None:
-                continue
-            try:
-                # Segments are nearly every object: one regex (in SegmentName.parse) for them, not five.
-                kind = WalKind.SEGMENT if len(obj.filename) == 24 else wal_kind(obj.filename)
-            except ValueError:
-                continue
-            if kind is WalKind.SEGMENT:
-                try:
-                    name = SegmentName.parse(obj.filename, segment_size)
-                except ValueError:
-                    continue  # not a WAL segment name after all: not pgdr's object
-                segments.append(ArchivedSegment(name, repo.name, info.size, info.modified, obj.checksum))
-            elif kind is WalKind.HISTORY:
-                history[repo.name].append(obj.filename)
-                timeline = int(obj.filename[:8], 16)
+        folders = folder_contents(
+            repo, WAL_PREFIX, functools.partial(_wal_folder, segment_size), kind=f"wal:{segment_size}", live=_newest
+        )
+        parts: dict[int, list[tuple[list[str], list[int], list[str], list[int], list[float]]]] = defaultdict(list)
+        for segments, files in folders.values():
+            for tli, part in segments.items():
+                parts[tli].append(part)
+            for filename, key, compression, when in files:
+                history[repo.name].append(filename)
+                timeline = int(filename[:8], 16)
                 if timeline not in histories:
-                    histories[timeline] = _history_text(repo, info.key, obj)
-                history_times[timeline] = min(info.modified, history_times.get(timeline, info.modified))
-        ranges.extend(contiguous_ranges(segments))
-        every_segment.extend(segments)
+                    histories[timeline] = _history_text(repo, key, compression)
+                modified = datetime.fromtimestamp(when, UTC)
+                history_times[timeline] = min(modified, history_times.get(timeline, modified))
+        for tli in sorted(parts):
+            column = _column(repo.name, tli, parts[tli], segment_size)
+            columns.append(column)
+            ranges.extend(contiguous_ranges(column))
     ordered = sorted(backups.values(), key=lambda b: b.manifest.name)
-    return Catalog(ordered, ranges, dict(history), every_segment, histories, history_times, segment_size)
+    return Catalog(ordered, ranges, dict(history), columns, histories, history_times, segment_size)
 
 
-def _history_text(repo: Repository, key: str, obj: WalObject) -> str:
+def _wal_folder(segment_size: int, listing: list[ObjectInfo]) -> _Folder:
+    """What one WAL folder's listing says: its segments (as columns per timeline) and .history files.
+
+    Other objects (.partial, .backup, anything not pgdr's) are not part of the catalog.
+    """
+    per_log = 0x1_0000_0000 // segment_size
+    segments: dict[int, tuple[list[str], list[int], list[str], list[int], list[float]]] = {}
+    files = []
+    for info in listing:
+        obj = WalObject.parse_key(info.key)
+        if obj is None:
+            continue
+        filename = obj.filename
+        if len(filename) == 24 and SEGMENT_RE.match(filename):
+            tli, log, seg = int(filename[:8], 16), int(filename[8:16], 16), int(filename[16:], 16)
+            if seg >= per_log:
+                continue  # not a segment name for this segment size: not pgdr's object
+            names, numbers, checksums, sizes, times = segments.setdefault(tli, ([], [], [], [], []))
+            names.append(filename)
+            numbers.append(log * per_log + seg)
+            checksums.append(obj.checksum)
+            sizes.append(info.size)
+            times.append(info.modified.timestamp())
+        elif HISTORY_RE.match(filename):
+            files.append((filename, info.key, obj.compression, info.modified.timestamp()))
+    return segments, files
+
+
+def _newest(folders: list[str]) -> set[str]:
+    """The newest WAL folder of each timeline: archiving writes there now, so it is always listed."""
+    newest: dict[str, str] = {}
+    for name in folders:
+        newest[name[:8]] = max(name, newest.get(name[:8], name))
+    return set(newest.values())
+
+
+def _column(
+    repository: str,
+    timeline: int,
+    parts: list[tuple[list[str], list[int], list[str], list[int], list[float]]],
+    segment_size: int,
+) -> WalColumns:
+    names: list[str] = []
+    numbers: list[int] = []
+    checksums: list[str] = []
+    sizes: list[int] = []
+    times: list[float] = []
+    for part_names, part_numbers, part_checksums, part_sizes, part_times in parts:
+        names += part_names
+        numbers += part_numbers
+        checksums += part_checksums
+        sizes += part_sizes
+        times += part_times
+    if any(a >= b for a, b in itertools.pairwise(numbers)):
+        # A segment outside its folder, or stored twice: put in order, the first copy winning.
+        rows = sorted(range(len(numbers)), key=numbers.__getitem__)
+        rows = [r for i, r in enumerate(rows) if i == 0 or numbers[r] != numbers[rows[i - 1]]]
+        names, checksums = [names[r] for r in rows], [checksums[r] for r in rows]
+        sizes, times, numbers = [sizes[r] for r in rows], [times[r] for r in rows], [numbers[r] for r in rows]
+    return WalColumns(repository, timeline, names, numbers, checksums, sizes, times, segment_size)
+
+
+def _history_text(repo: Repository, key: str, compression: str) -> str:
     from backend.archive.walfile import decode
 
-    return decode(repo.get(key), obj.compression).decode("utf-8", errors="replace")
+    return decode(repo.get(key), compression).decode("utf-8", errors="replace")
 
 
 def _manifests(repo: Repository) -> list[BackupManifest]:
+    """Every backup's manifest; their bytes are cached by the listing cache with their folder."""
     found = []
-    for info in repo.list(BACKUPS_PREFIX):
-        if info.key.endswith("/" + MANIFEST_NAME) and info.key.count("/") == 2:
-            try:
-                found.append(BackupManifest.from_json(repo.get(info.key), f"{repo.name}:{info.key}"))
-            except PgdrError:
-                continue  # a damaged manifest is not a backup; `pgdr verify` names it
+    for name, raw in folder_contents(
+        repo, BACKUPS_PREFIX, functools.partial(_manifest_bytes, repo), kind="manifest"
+    ).items():
+        if raw is None:
+            continue
+        try:
+            found.append(BackupManifest.from_json(raw, f"{repo.name}:{BACKUPS_PREFIX}{name}/{MANIFEST_NAME}"))
+        except PgdrError:
+            continue  # a damaged manifest is not a backup; `pgdr verify` names it
     return found
 
 
-def contiguous_ranges(segments: list[ArchivedSegment]) -> list[WalRange]:
-    """Group segments (of one repository) into runs without gaps, per timeline."""
-    by_timeline: dict[tuple[str, int], list[ArchivedSegment]] = defaultdict(list)
-    for seg in segments:
-        by_timeline[(seg.repository, seg.segment.timeline)].append(seg)
+def _manifest_bytes(repo: Repository, listing: list[ObjectInfo]) -> bytes | None:
+    for info in listing:
+        if info.key.endswith("/" + MANIFEST_NAME) and info.key.count("/") == 2:
+            try:
+                return repo.get(info.key)
+            except ObjectNotFound:
+                return None  # deleted since the listing (an expire): not a backup
+    return None
+
+
+def contiguous_ranges(column: WalColumns) -> list[WalRange]:
+    """Group one repository's segments of one timeline into runs without gaps."""
     ranges = []
-    for (repo, timeline), segs in sorted(by_timeline.items()):
-        segs.sort(key=lambda s: s.segment.number)
-        run = [segs[0]]
-        for seg in segs[1:]:
-            if seg.segment.number == run[-1].segment.number + 1:
-                run.append(seg)
-            elif seg.segment.number != run[-1].segment.number:
-                ranges.append(_range(repo, timeline, run))
-                run = [seg]
-        ranges.append(_range(repo, timeline, run))
+    numbers = column.numbers
+    begin = 0
+    for i in range(1, len(numbers) + 1):
+        if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
+            ranges.append(_range(column, begin, i))
+            begin = i
     return ranges
 
 
-def _range(repo: str, timeline: int, run: list[ArchivedSegment]) -> WalRange:
+def _range(column: WalColumns, begin: int, end: int) -> WalRange:
+    times = column.archived_at[begin:end]
     return WalRange(
-        repository=repo,
-        timeline=timeline,
-        first=run[0].segment,
-        last=run[-1].segment,
-        segments=len(run),
-        stored_bytes=sum(s.size for s in run),
-        first_archived_at=min(s.archived_at for s in run),
-        last_archived_at=max(s.archived_at for s in run),
+        repository=column.repository,
+        timeline=column.timeline,
+        first=SegmentName(column.timeline, column.numbers[begin], column.segment_size),
+        last=SegmentName(column.timeline, column.numbers[end - 1], column.segment_size),
+        segments=end - begin,
+        stored_bytes=sum(column.sizes[begin:end]),
+        first_archived_at=datetime.fromtimestamp(min(times), UTC),
+        last_archived_at=datetime.fromtimestamp(max(times), UTC),
     )
 
 
-def recovery_timeline(
-    catalog: Catalog, commit_times: dict[str, tuple[datetime | None, datetime | None]] | None = None
-) -> RecoveryTimeline:
+def recovery_timeline(catalog: Catalog, commit_times: CommitTimes | None = None) -> RecoveryTimeline:
     """Merge every repository's WAL into one timeline; ``commit_times`` (from the WAL index) sharpens it.
 
-    A segment counts as archived when any repository holds it; the repositories are listed local
-    first, the order a restore reads from.
+    ``commit_times(segment names)`` says, per segment, whether it is indexed and its first and last
+    commit in POSIX seconds (NaN where it has none). A segment counts as archived when any repository holds
+    it; the repositories are listed local first, the order a restore reads from.
     """
-    merged: dict[tuple[int, int], list[ArchivedSegment]] = defaultdict(list)
-    for seg in catalog.segments:
-        merged[(seg.segment.timeline, seg.segment.number)].append(seg)
-    infos = []
-    times = commit_times or {}
-    for copies in merged.values():
-        first = copies[0]
-        indexed = first.segment.name in times
-        first_commit, last_commit = times.get(first.segment.name, (None, None))
-        infos.append(
-            SegmentInfo(
-                segment=first.segment,
-                repositories=tuple(c.repository for c in copies),
-                stored_bytes=first.size,
-                archived_at=max(c.archived_at for c in copies),
-                first_commit=first_commit,
-                last_commit=last_commit,
-                indexed=indexed,
-            )
-        )
+    by_timeline: dict[int, list[WalColumns]] = defaultdict(list)
+    for column in catalog.columns:
+        by_timeline[column.timeline].append(column)
+    tables = {tli: _table(tli, copies, commit_times) for tli, copies in by_timeline.items()}
     histories = {
         tli: History.parse(tli, text, created=catalog.history_times.get(tli)) for tli, text in catalog.histories.items()
     }
-    return build_timeline((b.manifest for b in catalog.backups), infos, histories, catalog.segment_size)
+    return build_timeline((b.manifest for b in catalog.backups), tables, histories, catalog.segment_size)
+
+
+def _table(timeline: int, copies: list[WalColumns], commit_times: CommitTimes | None) -> SegmentTable:
+    table = SegmentTable(timeline)
+    if len(copies) == 1:
+        only = copies[0]
+        table.numbers, table.stored_bytes, table.archived_at = only.numbers, only.sizes, only.archived_at
+        table.repositories = [(only.repository,)] * len(only.numbers)
+        names = only.names
+    else:
+        merged: dict[int, tuple[str, int, float, tuple[str, ...]]] = {}
+        for column in copies:
+            for name, number, size, when in zip(
+                column.names, column.numbers, column.sizes, column.archived_at, strict=True
+            ):
+                seen = merged.get(number)
+                if seen is None:
+                    merged[number] = (name, size, when, (column.repository,))
+                else:
+                    merged[number] = (seen[0], seen[1], max(seen[2], when), (*seen[3], column.repository))
+        table.numbers = sorted(merged)
+        rows = [merged[n] for n in table.numbers]
+        names = [r[0] for r in rows]
+        table.stored_bytes = [r[1] for r in rows]
+        table.archived_at = [r[2] for r in rows]
+        table.repositories = [r[3] for r in rows]
+    if commit_times is not None:
+        table.indexed, table.first_commit, table.last_commit = commit_times(names)
+    else:
+        table.indexed, table.first_commit, table.last_commit = (
+            [False] * len(names),
+            [math.nan] * len(names),
+            [math.nan] * len(names),
+        )
+    return table

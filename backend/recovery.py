@@ -41,15 +41,17 @@ def load_view(
     catalog = read_catalog(repos)
     holders: dict[str, list[str]] = {}
     checksums: dict[str, str] = {}
-    for seg in catalog.segments:
-        holders.setdefault(seg.segment.name, []).append(seg.repository)
-        checksums[seg.segment.name] = seg.checksum
+    for column in catalog.columns:
+        alone = [column.repository]  # shared: nothing changes a segment's list of holders
+        for name in column.names:
+            held = holders.get(name)
+            holders[name] = alone if held is None else [*held, column.repository]
+        checksums.update(zip(column.names, column.checksums, strict=True))
     indexes = ensure_indexes(
         cfg, repos, holders, catalog.segment_size, checksums=checksums, on_progress=on_progress, persist=persist_index
     )
-    times = {name: (index.first_commit, index.last_commit) for name, index in indexes.items()}
-    timeline = recovery_timeline(catalog, times)
-    events = sorted((event for index in indexes.values() for event in index.events), key=lambda e: e.lsn)
+    timeline = recovery_timeline(catalog, indexes.commit_columns)
+    events = indexes.events()
     timeline.events = events
     return RecoveryView(catalog, timeline, repos, events)
 

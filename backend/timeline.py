@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections import defaultdict
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from backend.manifest import BackupManifest
@@ -111,12 +111,52 @@ class Gap:
 
 
 @dataclass
+class SegmentTable:
+    """Every archived segment of one PostgreSQL timeline, as parallel columns sorted by number.
+
+    A year of WAL is 100,000 segments: one Python object (and two datetimes) each would cost more
+    than everything else a command does, so a ``SegmentInfo`` is made only for the segments asked
+    about (a restore's WAL, a cursor's details). Times are POSIX seconds, NaN where unknown.
+    """
+
+    timeline: int
+    numbers: list[int] = field(default_factory=list)
+    stored_bytes: list[int] = field(default_factory=list)
+    archived_at: list[float] = field(default_factory=list)
+    first_commit: list[float] = field(default_factory=list)
+    last_commit: list[float] = field(default_factory=list)
+    indexed: list[bool] = field(default_factory=list)
+    repositories: list[tuple[str, ...]] = field(default_factory=list)
+
+    def find(self, number: int) -> int | None:
+        """The row of segment ``number``, or None when it is not archived."""
+        i = bisect.bisect_left(self.numbers, number)
+        return i if i < len(self.numbers) and self.numbers[i] == number else None
+
+    def latest_time(self, row: int) -> float:
+        """The newest instant the segment is known to reach: its last commit, else its archive time."""
+        last = self.last_commit[row]
+        return self.archived_at[row] if math.isnan(last) else last  # NaN: no commit in it
+
+    def info(self, row: int, segment_size: int) -> SegmentInfo:
+        return SegmentInfo(
+            segment=SegmentName(self.timeline, self.numbers[row], segment_size),
+            repositories=self.repositories[row],
+            stored_bytes=self.stored_bytes[row],
+            archived_at=_instant(self.archived_at[row]),
+            first_commit=_maybe_instant(self.first_commit[row]),
+            last_commit=_maybe_instant(self.last_commit[row]),
+            indexed=self.indexed[row],
+        )
+
+
+@dataclass
 class RecoveryTimeline:
     windows: list[Window]
     gaps: list[Gap]
     timelines: list[int]
     segment_size: int
-    _segments: dict[tuple[int, int], SegmentInfo] = field(default_factory=dict, repr=False)
+    _tables: dict[int, SegmentTable] = field(default_factory=dict, repr=False)
     _paths: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
     #: WAL index events (restore points, destructive transactions), set by whoever built the index.
     events: list[Any] = field(default_factory=list, repr=False)
@@ -138,7 +178,7 @@ class RecoveryTimeline:
         """The segments replay reads from segment number ``first`` to ``last`` on ``timeline``."""
         out = []
         for number in range(first, last + 1):
-            info = self._segments.get((expected_tli(self._paths[timeline], number), number))
+            info = self.segment_info(timeline, number)
             if info is None:
                 break
             out.append(info)
@@ -146,17 +186,20 @@ class RecoveryTimeline:
 
     def segment_reaching(self, timeline: int, first: int, instant: datetime) -> int | None:
         """The first segment (from ``first``) whose newest known commit is at or after ``instant``."""
+        at = instant.timestamp()
         number = first
         while True:
-            info = self._segments.get((expected_tli(self._paths[timeline], number), number))
-            if info is None:
+            found = _lookup(self._tables, self._paths[timeline], number)
+            if found is None:
                 return None
-            if info.latest_time >= instant:
+            table, row = found
+            if table.latest_time(row) >= at:
                 return number
             number += 1
 
     def segment_info(self, timeline: int, number: int) -> SegmentInfo | None:
-        return self._segments.get((expected_tli(self._paths[timeline], number), number))
+        found = _lookup(self._tables, self._paths[timeline], number)
+        return found[0].info(found[1], self.segment_size) if found is not None else None
 
     def nearest(self, timeline: int, instant: datetime) -> tuple[datetime | None, datetime | None]:
         """The closest reachable instants before and after ``instant`` on ``timeline``."""
@@ -189,21 +232,46 @@ def expected_tli(path: list[tuple[int, int]], number: int) -> int:
     return tli
 
 
+def _lookup(
+    tables: dict[int, SegmentTable], path: list[tuple[int, int]], number: int
+) -> tuple[SegmentTable, int] | None:
+    table = tables.get(expected_tli(path, number))
+    if table is None:
+        return None
+    row = table.find(number)
+    return (table, row) if row is not None else None
+
+
+def _readable(tables: dict[int, SegmentTable], path: list[tuple[int, int]]) -> list[int]:
+    """The segment numbers replay along ``path`` reads, in order.
+
+    ``expected_tli`` is constant between consecutive switch points, so each stretch is one slice of
+    one timeline's table.
+    """
+    bounds = sorted({begin for _, begin in path} | {0})
+    numbers: list[int] = []
+    for lo_number, hi_number in itertools.pairwise([*bounds, None]):
+        assert lo_number is not None
+        table = tables.get(expected_tli(path, lo_number))
+        if table is None:
+            continue
+        lo = bisect.bisect_left(table.numbers, lo_number)
+        hi = len(table.numbers) if hi_number is None else bisect.bisect_left(table.numbers, hi_number)
+        numbers.extend(table.numbers[lo:hi])
+    return numbers
+
+
 def build_timeline(
     backups: Iterable[BackupManifest],
-    segments: Iterable[SegmentInfo],
+    tables: dict[int, SegmentTable],
     histories: dict[int, History],
     segment_size: int,
 ) -> RecoveryTimeline:
-    by_key = {(s.segment.timeline, s.segment.number): s for s in segments}
-    timelines = sorted({tli for tli, _ in by_key} | set(histories) | {1})
+    timelines = sorted({tli for tli, t in tables.items() if t.numbers} | set(histories) | {1})
     paths = {tli: timeline_path(tli, histories, segment_size) for tli in timelines}
 
     # Segment numbers readable on each timeline, as sorted contiguous runs.
-    runs: dict[int, list[tuple[int, int]]] = {}
-    for tli, path in paths.items():
-        numbers = sorted(n for (t, n) in by_key if expected_tli(path, n) == t)
-        runs[tli] = _runs(numbers)
+    runs = {tli: _runs(_readable(tables, path)) for tli, path in paths.items()}
 
     windows = []
     physical = [b for b in backups if b.kind == "physical" and b.wal_start and b.wal_stop and b.timeline]
@@ -217,8 +285,9 @@ def build_timeline(
             run = _run_containing(runs[tli], start)
             if run is None or run[1] < stop:
                 continue  # the WAL this backup needs to become consistent is incomplete on this path
-            last = by_key[(expected_tli(path, run[1]), run[1])]
-            latest = _latest_commit(by_key, path, start, run[1])
+            last = _lookup(tables, path, run[1])
+            assert last is not None
+            latest = _latest_commit(tables, path, start, run[1])
             begin_of_tli = path[-1][1]
             if run[1] < begin_of_tli:
                 continue  # the WAL never reaches this timeline's own segments
@@ -240,17 +309,13 @@ def build_timeline(
                     end_lsn=(run[1] + 1) * segment_size,
                     base_backup=backup.name,
                     first_segment=SegmentName(expected_tli(path, start), start, segment_size),
-                    last_segment=last.segment,
+                    last_segment=SegmentName(last[0].timeline, run[1], segment_size),
                 )
             )
 
     gaps = []
-    own: dict[int, list[int]] = defaultdict(list)
-    for tli, number in by_key:
-        own[tli].append(number)
-    for tli, numbers in sorted(own.items()):
-        tli_runs = _runs(sorted(numbers))
-        for (_, end), (next_start, _) in itertools.pairwise(tli_runs):
+    for tli, table in sorted(tables.items()):
+        for (_, end), (next_start, _) in itertools.pairwise(_runs(table.numbers)):
             gaps.append(
                 Gap(
                     tli,
@@ -259,23 +324,34 @@ def build_timeline(
                     SegmentName(tli, next_start - 1, segment_size),
                 )
             )
-    return RecoveryTimeline(windows, gaps, timelines, segment_size, by_key, paths)
+    return RecoveryTimeline(windows, gaps, timelines, segment_size, tables, paths)
 
 
-def _latest_commit(
-    by_key: dict[tuple[int, int], SegmentInfo], path: list[tuple[int, int]], first: int, last: int
-) -> datetime:
+def _latest_commit(tables: dict[int, SegmentTable], path: list[tuple[int, int]], first: int, last: int) -> datetime:
     """The last commit replay can reach: recovery to a later time would end before its target.
 
     Segments without a WAL index fall back to their archive time, an upper bound.
     """
     for number in range(last, first - 1, -1):
-        info = by_key[(expected_tli(path, number), number)]
-        if not info.indexed:
-            return info.archived_at
-        if info.last_commit is not None:
-            return info.last_commit
-    return by_key[(expected_tli(path, first), first)].archived_at
+        found = _lookup(tables, path, number)
+        assert found is not None
+        table, row = found
+        if not table.indexed[row]:
+            return _instant(table.archived_at[row])
+        commit = table.last_commit[row]
+        if not math.isnan(commit):
+            return _instant(commit)
+    found = _lookup(tables, path, first)
+    assert found is not None
+    return _instant(found[0].archived_at[found[1]])
+
+
+def _instant(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _maybe_instant(seconds: float) -> datetime | None:
+    return None if math.isnan(seconds) else datetime.fromtimestamp(seconds, UTC)
 
 
 def _descends(path: list[tuple[int, int]], backup_tli: int, backup_stop_lsn: int, segment_size: int) -> bool:
@@ -291,12 +367,17 @@ def _descends(path: list[tuple[int, int]], backup_tli: int, backup_stop_lsn: int
 
 
 def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as contiguous ``(first, last)`` runs (duplicates fold into their run)."""
     runs: list[tuple[int, int]] = []
+    if not numbers:
+        return runs
+    first = previous = numbers[0]
     for n in numbers:
-        if runs and n == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], n)
-        elif not runs or n != runs[-1][1]:
-            runs.append((n, n))
+        if n > previous + 1:
+            runs.append((first, previous))
+            first = n
+        previous = n
+    runs.append((first, previous))
     return runs
 
 

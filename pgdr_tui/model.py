@@ -183,9 +183,9 @@ class TimelineModel:
         self.event_times = [_event_time(e) for e in timed]
         self.event_kinds = [Mark.RESTORE_POINT if e.kind == "restore_point" else Mark.DESTRUCTIVE for e in timed]
         self.marks = sorted(set(self.backup_times) | set(self.event_times))
-        newest = max(self.catalog.segments, key=lambda s: s.archived_at, default=None)
-        self.newest_archive: datetime | None = newest.archived_at if newest else None
-        self.newest_segment: str | None = newest.segment.name if newest else None
+        newest = self.catalog.newest_segment()
+        self.newest_archive: datetime | None = newest[1] if newest else None
+        self.newest_segment: str | None = newest[0] if newest else None
         latest = [w for w in self.timeline.windows if w.timeline == self.latest_tli]
         self.earliest_recoverable = min((w.start for w in latest), default=None)
         self.latest_recoverable = max((w.end for w in latest), default=None)

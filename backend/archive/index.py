@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from backend.archive.fetch import fetch
-from backend.archive.indexcache import IndexCache
+from backend.archive.indexcache import CachedRow, IndexCache, row_index
 from backend.archive.walfile import find_archived
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import program
 from backend.progress import Progress, ProgressCallback, no_progress
 from backend.repository import Repository
-from backend.walindex import SegmentIndex, index_segment
+from backend.walindex import SegmentIndex, WalEvent, index_segment
 from backend.walnames import SegmentName, wal_directory
 
 INDEX_PREFIX = "walindex/"
@@ -50,6 +51,73 @@ def read_indexes(repos: Iterable[Repository]) -> dict[str, SegmentIndex]:
     return found
 
 
+class SegmentIndexes(Mapping[str, SegmentIndex]):
+    """Segment name -> its index. Entries the local cache served stay cache rows until looked at:
+    the timeline needs only their commit times, and a year of them as objects would cost seconds."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, CachedRow] = {}
+        self._built: dict[str, SegmentIndex] = {}
+
+    def __getitem__(self, name: str) -> SegmentIndex:
+        built = self._built.get(name)
+        if built is None:
+            built = self._built[name] = row_index(self._rows[name])
+        return built
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._rows
+        yield from (name for name in self._built if name not in self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows) + sum(1 for name in self._built if name not in self._rows)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._rows or name in self._built
+
+    def add(self, name: str, index: SegmentIndex) -> None:
+        self._built[name] = index
+
+    def add_row(self, name: str, row: CachedRow) -> None:
+        self._rows[name] = row
+
+    def commit_columns(self, names: list[str]) -> tuple[list[bool], list[float], list[float]]:
+        """For each segment: whether it is indexed, its first and last commit (POSIX seconds, NaN when
+        it has none or is not indexed), in one pass: the timeline asks for every archived segment."""
+        nan = math.nan
+        rows = self._rows
+        if not self._built:
+            found = [rows.get(name) for name in names]
+            firsts = [nan if r is None or r[2] is None else r[2] for r in found]
+            lasts = [nan if r is None or r[3] is None else r[3] for r in found]
+            return [r is not None for r in found], firsts, lasts
+        indexed, firsts, lasts = [], [], []
+        for name in names:
+            index = self._built.get(name)
+            if index is not None:
+                first, last = index.first_commit, index.last_commit
+                times = (first.timestamp() if first else nan, last.timestamp() if last else nan)
+            elif (row := rows.get(name)) is not None:
+                times = (nan if row[2] is None else row[2], nan if row[3] is None else row[3])
+            else:
+                indexed.append(False)
+                firsts.append(nan)
+                lasts.append(nan)
+                continue
+            indexed.append(True)
+            firsts.append(times[0])
+            lasts.append(times[1])
+        return indexed, firsts, lasts
+
+    def events(self) -> list[WalEvent]:
+        """Every segment's events (restore points, destructive transactions), in LSN order."""
+        found = [event for index in self._built.values() for event in index.events]
+        for name, row in self._rows.items():
+            if row[5] and name not in self._built:
+                found += row_index(row).events
+        return sorted(found, key=lambda e: e.lsn)
+
+
 def ensure_indexes(
     cfg: Config,
     repos: list[Repository],
@@ -59,7 +127,7 @@ def ensure_indexes(
     checksums: dict[str, str] | None = None,
     on_progress: ProgressCallback = no_progress,
     persist: bool = True,
-) -> dict[str, SegmentIndex]:
+) -> SegmentIndexes:
     """Index every archived segment (name -> repositories holding it) that has no complete index yet.
 
     Entries come from the local cache when it knows the segment (same sha256), else from the
@@ -70,16 +138,16 @@ def ensure_indexes(
     cache = _open_cache()
     location = repos[0].location() if repos else ""
     cached = cache.load(location) if cache is not None else {}
-    indexes: dict[str, SegmentIndex] = {}
+    indexes = SegmentIndexes()
     unresolved = []
     for name in segments:
-        entry = cached.get(name)
+        row = cached.get(name)
         if (
-            entry is not None
-            and entry.checksum == sums.get(name, "")
-            and not _needs_index(entry.index, name, segments, segment_size)
+            row is not None
+            and row[1] == sums.get(name, "")
+            and (row[4] or SegmentName.parse(name, segment_size).next().name not in segments)
         ):
-            indexes[name] = entry.index
+            indexes.add_row(name, row)
         else:
             unresolved.append(name)
     if not unresolved:
@@ -93,7 +161,7 @@ def ensure_indexes(
     for name in sorted(unresolved):
         found = stored.get(name)
         if found is not None and not _needs_index(found, name, segments, segment_size):
-            indexes[name] = found
+            indexes.add(name, found)
         elif failed_lately.get(name) != sums.get(name, ""):
             todo.append(name)
     failures: list[tuple[str, str]] = []
@@ -112,7 +180,7 @@ def ensure_indexes(
             body = json.dumps(index.to_json(), sort_keys=True).encode()
             for repo in holders:
                 repo.put(index_key(name), body)
-        indexes[name] = index
+        indexes.add(name, index)
     if cache is not None:
         with contextlib.suppress(sqlite3.Error):
             cache.store(location, [(sums.get(n, ""), indexes[n]) for n in unresolved if n in indexes])
@@ -149,9 +217,7 @@ def _read_some(repos: list[Repository], names: list[str]) -> dict[str, SegmentIn
     return found
 
 
-def _needs_index(index: SegmentIndex | None, name: str, segments: dict[str, list[str]], segment_size: int) -> bool:
-    if index is None:
-        return True
+def _needs_index(index: SegmentIndex, name: str, segments: dict[str, list[str]], segment_size: int) -> bool:
     return not index.tail_complete and SegmentName.parse(name, segment_size).next().name in segments
 
 

@@ -12,17 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.walindex import SegmentIndex, WalEvent
 
-
-@dataclass(frozen=True)
-class CachedIndex:
-    checksum: str
-    index: SegmentIndex
+#: A cached entry as stored: segment, sha256, first and last commit (POSIX seconds), tail complete, events JSON.
+CachedRow = tuple[str, str, float | None, float | None, int, str]
 
 
 def cache_path() -> Path:
@@ -45,23 +41,14 @@ class IndexCache:
             " PRIMARY KEY (location, segment))"
         )
 
-    def load(self, location: str) -> dict[str, CachedIndex]:
+    def load(self, location: str) -> dict[str, CachedRow]:
+        """Every entry of ``location`` as its stored row: a year of segments is 100,000 rows, and making
+        an index object (and two datetimes) of each costs more than the whole timeline, so callers make
+        one only for a segment they look at (``row_index``)."""
         rows = self.db.execute(
             "SELECT segment, checksum, first, last, tail, events FROM walindex WHERE location = ?", (location,)
         )
-        return {
-            segment: CachedIndex(
-                checksum,
-                SegmentIndex(
-                    segment=segment,
-                    first_commit=_time(first),
-                    last_commit=_time(last),
-                    tail_complete=bool(tail),
-                    events=[WalEvent.from_json(e) for e in json.loads(events)] if events else [],
-                ),
-            )
-            for segment, checksum, first, last, tail, events in rows
-        }
+        return {row[0]: row for row in rows}
 
     def store(self, location: str, entries: Iterable[tuple[str, SegmentIndex]]) -> None:
         with self.db:
@@ -99,6 +86,17 @@ class IndexCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def row_index(row: CachedRow) -> SegmentIndex:
+    segment, _checksum, first, last, tail, events = row
+    return SegmentIndex(
+        segment=segment,
+        first_commit=_time(first),
+        last_commit=_time(last),
+        tail_complete=bool(tail),
+        events=[WalEvent.from_json(e) for e in json.loads(events)] if events else [],
+    )
 
 
 def _time(value: float | None) -> datetime | None:

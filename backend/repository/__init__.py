@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from backend.errors import ClusterMismatch, ConfigError, ObjectNotFound
@@ -76,6 +77,11 @@ class Repository(ABC):
 
     def exists(self, key: str) -> bool:
         return any(info.key == key for info in self.list(key))
+
+    def local_root(self) -> Path | None:
+        """The directory the objects are files in, when they are on this host (its folder times let
+        the listing cache skip unchanged folders); None for a remote store."""
+        return None
 
     @abstractmethod
     def cleanup_temporary(self, prefix: str) -> int:

@@ -17,6 +17,7 @@ import hmac
 import io
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from backend.errors import ConfigError, ObjectNotFound, RepositoryError
@@ -61,6 +62,9 @@ class EncryptedRepository(Repository):
 
     def location(self) -> str:
         return self.inner.location()
+
+    def local_root(self) -> Path | None:
+        return self.inner.local_root()
 
     def _where(self, key: str) -> str:
         return f"{key} in the {self.name} repository"

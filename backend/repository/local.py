@@ -43,6 +43,9 @@ class LocalRepository(Repository):
     def location(self) -> str:
         return str(self.root)
 
+    def local_root(self) -> Path:
+        return self.root
+
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):
             raise RepositoryError(f"invalid object key {key!r}")
