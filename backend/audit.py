@@ -46,7 +46,7 @@ def record(action: str, cluster: str, result: str, **details: Any) -> None:
         os.close(fd)
 
 
-def note_config(cfg: Config) -> None:
+def note_config(cfg: Config, **details: Any) -> None:
     """Append a "config change" entry when the effective configuration differs from the last one seen.
 
     Configs are edited by hand, so a change is noticed by the next command that loads it: the entry
@@ -74,7 +74,7 @@ def note_config(cfg: Config) -> None:
             now[f"{section}.{key}"] = shown
     if seen is not None and before == now:
         return
-    details: dict[str, Any] = {"source": cfg.where()}
+    details["source"] = cfg.where()
     if cfg.source is not None:
         with contextlib.suppress(OSError):
             details["file_modified"] = datetime.fromtimestamp(cfg.source.stat().st_mtime, UTC).isoformat()

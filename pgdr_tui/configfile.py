@@ -39,6 +39,11 @@ def coerce(section: str, key: str, text: str) -> Any:
         if not value.lstrip("-").isdigit():
             raise ConfigError(f"{section}.{key} must be an integer, not {text!r}")
         return int(value)
+    if expected is bool:
+        word = text.strip().lower()
+        if word not in {"true", "false"}:
+            raise ConfigError(f"{section}.{key} must be true or false, not {text!r}")
+        return word == "true"
     if typing.get_origin(expected) is list:
         return [part.strip() for part in text.split(",") if part.strip()]
     return text
@@ -97,12 +102,5 @@ def write_config(path: Path, edits: dict[Key, Any], *, now: datetime | None = No
     cfg = dataclasses.replace(cfg, source=path)
     from backend import audit
 
-    audit.record(
-        "config",
-        cfg.cluster.name,
-        "written",
-        path=str(path),
-        keys=sorted(f"{s}.{k}" for s, k in edits),
-        kept=str(kept) if kept else None,
-    )
+    audit.note_config(cfg, written_by="the console", kept=str(kept) if kept else None)
     return cfg, kept

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
+from backend.audit import audit_path
 from backend.config import load_config
 from pgdr_tui import configfile
 from pgdr_tui.app import PgdrApp
@@ -253,3 +255,9 @@ def test_settings_write_never_writes_a_masked_secret(tmp_path: Path) -> None:
     assert load_config(path).postgres.password == "s3cret"
     with pytest.raises(Exception, match="must be an integer"):
         configfile.coerce("postgres", "port", "many")
+    entry = json.loads(audit_path().read_text().splitlines()[-1])
+    assert entry["action"] in {"config change", "config first seen"} and entry["written_by"] == "the console"
+    assert entry["kept"] == str(kept) and "s3cret" not in audit_path().read_text()
+    assert configfile.coerce("audit", "copy_to_repositories", "True") is True
+    with pytest.raises(Exception, match="true or false"):
+        configfile.coerce("audit", "copy_to_repositories", "yes")
