@@ -94,18 +94,18 @@ def perform_restore(
         "data_dir": str(plan.data_dir),
         "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
     }
-    audit.record("restore", cfg.cluster.name, "started", **details)
+    audit.record(cfg, "restore", "started", **details)
     try:
         with job_lock(cfg, "restore"):
             report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
     except BaseException as exc:
-        audit.record("restore", cfg.cluster.name, "failed", error=str(exc), **details)
+        audit.record(cfg, "restore", "failed", error=str(exc), **details)
         notify_restore(cfg, f"{plan.target.describe()} from {plan.backup.name}: {exc}", ok=False)
         raise
     notify_restore(cfg, report.render(), ok=report.reached_target)
     audit.record(
+        cfg,
         "restore",
-        cfg.cluster.name,
         "reached target" if report.reached_target else "stopped short",
         report=report.to_json(),
         **details,

@@ -433,15 +433,15 @@ def expire(
         _raise_failures(report)
         return report
 
-    audit.record("expire", cfg.cluster.name, "started", now=moment.isoformat())
+    audit.record(cfg, "expire", "started", now=moment.isoformat())
     try:
         with job_lock(cfg, "expire"):
             for repo in targets:
                 report.repositories.append(_expire_one(repo, retention_days(cfg, repo.name), moment, dry_run=False))
     except BaseException as exc:
-        audit.record("expire", cfg.cluster.name, "failed", error=str(exc), report=report.to_json())
+        audit.record(cfg, "expire", "failed", error=str(exc), report=report.to_json())
         raise
-    audit.record("expire", cfg.cluster.name, "ok" if report.ok else "failed", report=report.to_json())
+    audit.record(cfg, "expire", "ok" if report.ok else "failed", report=report.to_json())
     _raise_failures(report)
     return report
 

@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clean", action="store_true", help="stop and remove the demo sandbox")
     p.add_argument("--no-tui", action="store_true", help="build the sandbox and print its config path only")
 
+    p = command("audit", cmd_audit, "the audit log: restores, expiries and config changes (who, when, result)")
+    p.add_argument("--repo", choices=["local", "s3"], help="the copies kept in this repository ([audit] setting)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, as stored")
+
     p = command("decrypt", cmd_decrypt, "decrypt one object of an encrypted repository (by key, or a copied file)")
     p.add_argument("key", nargs="?", help="the object's key, e.g. backups/NAME/base.tar.zst")
     p.add_argument("--file", metavar="PATH", help="decrypt this copy of an object instead of reading the repository")
@@ -580,6 +584,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pgdr_tui.app import run_app
 
     return run_app(cfg, demo=True)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from backend.audit import read_entries
+
+    for entry in read_entries(load(args), args.repo):
+        if args.json:
+            print(json.dumps(entry))
+        else:
+            print(f"{entry['time'][:19]}  {entry['user']}@{entry['host']}  {entry['action']}: {entry['result']}")
+    return 0
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:

@@ -61,3 +61,34 @@ def test_the_audit_switch_must_be_a_boolean(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"pgdr: error: audit.copy_to_repositories in {config} must be true or false (got 'yes')"
     )
+
+
+def test_entries_are_copied_to_the_repositories_and_read_back(tmp_path: Path) -> None:
+    config, state = tmp_path / "pgdr.toml", tmp_path / "state"
+    key_file = tmp_path / "local.key"
+    key_file.write_text(os.urandom(32).hex())
+    key_file.chmod(0o600)
+    config.write_text(
+        f'[cluster]\nname = "main"\n\n[local]\npath = "{tmp_path}/repo"\nencryption = "aes-256-gcm"\n'
+        f'encryption_key_file = "{key_file}"\n\n[audit]\ncopy_to_repositories = true\n'
+    )
+    (tmp_path / "repo").mkdir()
+    env = {**os.environ, "PGDR_STATE_DIR": str(state)}
+
+    def pgdr(*args: str) -> str:
+        return subprocess.run(
+            [str(pgdr_executable()), "--config", str(config), *args],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    pgdr("expire")
+    stored = sorted((tmp_path / "repo" / "main" / "audit").iterdir())
+    assert stored[-2].name.endswith("-expire-started.json") and stored[-1].name.endswith("-expire-ok.json")
+    assert all(p.read_bytes().startswith(b"PGDRENC") for p in stored), "encrypted like every other object"
+    copies = [json.loads(line) for line in pgdr("audit", "--repo", "local", "--json").splitlines()]
+    here = [json.loads(line) for line in pgdr("audit", "--json").splitlines()]
+    assert copies == here[-len(copies) :] and [c["action"] for c in copies][-2:] == ["expire", "expire"]
+    assert "expire: ok" in pgdr("audit").splitlines()[-1]

@@ -171,7 +171,7 @@ def _pg_restore_list(cfg: Config, path: Path) -> int:
 def restore_logical(cfg: Config, plan: LogicalPlan) -> None:
     """Safety dump, then pg_restore in one transaction; audited either way."""
     details = {"dump": plan.source.description, "database": plan.database, "safety_dump": str(plan.safety_dump)}
-    audit.record("logical restore", cfg.cluster.name, "started", **details)
+    audit.record(cfg, "logical restore", "started", **details)
     try:
         with connect(cfg, dbname=plan.database) as conn:
             version = server_info(conn).version_num
@@ -201,10 +201,10 @@ def restore_logical(cfg: Config, plan: LogicalPlan) -> None:
                 "pg_restore",
             )
     except BaseException as exc:
-        audit.record("logical restore", cfg.cluster.name, "failed", error=str(exc), **details)
+        audit.record(cfg, "logical restore", "failed", error=str(exc), **details)
         notify_restore(cfg, f"logical restore of {plan.source.description} into {plan.database}: {exc}", ok=False)
         raise
-    audit.record("logical restore", cfg.cluster.name, "done", **details)
+    audit.record(cfg, "logical restore", "done", **details)
     notify_restore(cfg, f"logical restore of {plan.source.description} into {plan.database} done", ok=True)
 
 
