@@ -14,12 +14,13 @@ from pgdr_tui.cli import main
 from tests.harness.cluster import Cluster, give_to_server_user
 
 COMMANDS = ["init", "wal-push", "wal-fetch", "wal-upload", "backup", "list", "check", "timeline", "restore",
-            "verify", "expire", "s3-lifecycle", "status", "config"]
+            "verify", "expire", "s3-lifecycle", "status", "config", "audit", "decrypt"]
 WORDS = ["--json", "--repo", "local", "s3", "ftp", "--latest", "--timestamp", "2024-13-45 25:61", "--xid", "-5",
          "--lsn", "zz/zz", "--name", "", "--backup", "19700101T000000Z", "--dry-run", "--deep", "--tz", "Nowhere/X",
          "--target-timeline", "banana", "--target-action", "explode", "--port", "99999999", "--target-dir",
          "/proc/nope", "000000010000000000000001", "../../etc/passwd", "\u00fcml\u00e4ut", "x" * 300, "%p", "--logical",
-         "--from-s3", "s3://", "--events", "--timeout", "-1", "--print", "--force", "--cluster", "a/b"]
+         "--from-s3", "s3://", "--events", "--timeout", "-1", "--print", "--force", "--cluster", "a/b",
+         "--file", "-o", "-"]
 
 
 def run(args: list[str]) -> tuple[int, str]:
