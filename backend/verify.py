@@ -10,10 +10,12 @@ Levels:
 
 * checksums (default): every object of every backup, in every repository that holds it, is streamed
   (1 MiB at a time, never a whole object in memory) and its size and sha256 compared with the
-  manifest; compressed objects are also decompressed on the fly and the original bytes' sha256
-  compared, which catches a stream that hashes right but cannot be unpacked. A ``.dump`` must pass
-  ``pg_restore --list``. The WAL each physical backup needs to become consistent is decoded and
-  checked against the sha256 in its name, and the archive of every repository is checked for holes.
+  manifest; compressed objects are also decompressed on the fly, which catches a stream that hashes
+  right but cannot be unpacked, and the original bytes' sha256 compared where the manifest records it
+  (a tar PostgreSQL compressed itself has none: ``pg_verifybackup`` checks its files, in deep). A
+  ``.dump`` must pass ``pg_restore --list``. The WAL each physical backup needs to become consistent
+  is decoded and checked against the sha256 in its name, and the archive of every repository is
+  checked for holes.
 * deep: also every archived WAL object's content, and a restore rehearsal: the newest physical backup
   (or the named one) is restored into a scratch directory, checked with ``pg_verifybackup``, started
   as a real server that replays to its consistency point through the real ``restore_command``, and
@@ -650,7 +652,9 @@ def _compare(repository: str, obj: StoredObject, readout: _Readout) -> list[Back
         ]
     if readout.decode_error:
         return [BackupProblem(repository, obj.key, "undecodable", readout.decode_error)]
-    if readout.raw_size != obj.raw_size or readout.raw_sha256 != obj.raw_sha256:
+    # raw_sha256 "" is a tar PostgreSQL compressed: no sha256 of its original bytes was recorded, and
+    # raw_size then counts its files' bytes, not the tar's (pg_verifybackup checks those files).
+    if obj.raw_sha256 and (readout.raw_size != obj.raw_size or readout.raw_sha256 != obj.raw_sha256):
         return [
             BackupProblem(
                 repository,

@@ -9,7 +9,9 @@ import subprocess
 import tarfile
 import threading
 from pathlib import Path
+from typing import Any
 
+import pytest
 import zstandard
 
 from backend.config import load_config
@@ -43,15 +45,18 @@ class Workload:
         self.thread.join()
 
 
-def extract_backup(cluster: Cluster, repo_name: str, name: str, target: Path) -> dict[str, object]:
-    """Unpack a stored base backup by hand: zstd + tar, then the WAL it needs via wal-fetch."""
+def extract_backup(cluster: Cluster, repo_name: str, name: str, target: Path) -> dict[str, Any]:
+    """Unpack a stored base backup by hand, as one made by ``pg_basebackup -Ft``: zstd + tar, PostgreSQL's
+    backup_manifest beside it, then the WAL it needs via wal-fetch."""
     repo = open_repository(load_config(cluster.config_path), repo_name)
-    manifest = json.loads(repo.get(f"backups/{name}/manifest.json"))
+    manifest: dict[str, Any] = json.loads(repo.get(f"backups/{name}/manifest.json"))
     target.mkdir(mode=0o700)
     with repo.open(f"backups/{name}/base.tar.zst") as raw:
         stream = zstandard.ZstdDecompressor().stream_reader(raw)
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             tar.extractall(target)
+    if not (target / "backup_manifest").exists():
+        (target / "backup_manifest").write_bytes(repo.get(f"backups/{name}/backup_manifest"))
     wal_dir = target / "pg_wal"
     wal_dir.mkdir(exist_ok=True)
     seg = SegmentName.parse(manifest["wal_start"], manifest["wal_segment_size"])
@@ -77,17 +82,26 @@ def chown_tree(path: Path) -> None:
         give_to_server_user(p)
 
 
-def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "repos",
+    [
+        ["local", "s3"],  # PostgreSQL compresses into the local repository; S3 gets its copy from there
+        ["s3"],  # S3 alone: pg_basebackup's tar streamed through pgdr
+    ],
+)
+def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: list[str]) -> None:
+    only = ["--repo", "s3"] if repos == ["s3"] else []
     with Workload(cluster_s3) as load:
-        result = cluster_s3.pgdr("backup", "--json")
+        result = cluster_s3.pgdr("backup", "--json", *only)
     assert load.committed > 0
     backup = json.loads(result.stdout)
     listing = json.loads(cluster_s3.pgdr("list", "--json").stdout)
     (entry,) = [b for b in listing["backups"] if b["name"] == backup["name"]]
-    assert entry["kind"] == "physical" and entry["repositories"] == ["local", "s3"]
+    assert entry["kind"] == "physical" and entry["repositories"] == repos
     assert entry["timeline"] == 1 and entry["start_lsn"] and entry["stop_lsn"] and entry["size_bytes"] > 10_000_000
+    assert not list((cluster_s3.local_repo / "main" / "backups").glob(".*")), "a staging folder was left"
 
-    for repo_name in ("local", "s3"):
+    for repo_name in repos:
         restored = cluster_s3.root / f"restored-{repo_name}"
         manifest = extract_backup(cluster_s3, repo_name, backup["name"], restored)
         assert manifest["file_count"] > 100
@@ -97,8 +111,8 @@ def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, tmp_path: 
         assert verify.returncode == 0, verify.stderr
         assert "successfully verified" in verify.stdout
 
-    # And the local copy starts as a server that answers a query with the rows committed before the backup.
-    restored = cluster_s3.root / "restored-local"
+    # And a copy starts as a server that answers a query with the rows committed before the backup.
+    restored = cluster_s3.root / f"restored-{repos[0]}"
     (restored / "recovery.signal").touch()
     sock = cluster_s3.root / "sock2"
     sock.mkdir()

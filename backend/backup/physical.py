@@ -1,9 +1,13 @@
 """``pgdr backup``: a physical base backup for point-in-time recovery.
 
-pg_basebackup streams a tar of the cluster to stdout (with PostgreSQL's own ``backup_manifest``
-injected); pgdr compresses it with zstd on both cores and writes it into every repository at once:
-no temporary full copy on disk. pg_basebackup runs with ``-X none`` and returns only once the WAL the
-backup needs is archived, so a listed backup is always restorable from the repositories.
+Two paths, one result. With a local repository that stores objects as given and PostgreSQL 15 or
+later, the server compresses with zstd on every core and pg_basebackup writes into the local
+repository (``backend.backup.staged``); the other repositories get their copy from it. Otherwise
+(S3 only, an encrypted local repository, an older server) pg_basebackup streams a tar to stdout
+(with PostgreSQL's own ``backup_manifest`` injected), and pgdr compresses it with zstd on both cores
+and writes it into every repository at once. Neither keeps a temporary full copy. pg_basebackup runs
+with ``-X none`` and returns only once the WAL the backup needs is archived, so a listed backup is
+always restorable from the repositories.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import IO, cast
 
 from backend import __version__, faults
+from backend.backup import pgbasebackup, staged
 from backend.backup.common import (
     backup_name,
     check_repositories,
@@ -28,18 +33,17 @@ from backend.backup.common import (
     object_record,
 )
 from backend.backup.fanout import fan_out
+from backend.backup.pgbasebackup import MANIFEST, TAR_OBJECT
 from backend.backup.tarscan import TarScanner
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.manifest import BACKUPS_PREFIX, BackupManifest
-from backend.postgres import ServerInfo, connect, libpq_env, program, server_info
+from backend.manifest import BACKUPS_PREFIX, BackupManifest, StoredObject
+from backend.postgres import ServerInfo, connect, libpq_env, server_info
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.walnames import SegmentName, parse_lsn
 
 CHUNK = 1 << 20
-TAR_OBJECT = "base.tar.zst"
-PG_MANIFEST_OBJECT = "backup_manifest"
 
 
 def take_base_backup(
@@ -55,56 +59,66 @@ def take_base_backup(
         estimate = int(row[0]) if row and row[0] else None
     check_repositories(cfg, repos, info)
     clean_debris(repos)
+    staged.clean_staging(repos)
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
+    local = staged.staging_repository(repos, info)
     with discard_on_failure(repos, name):
-        manifest = _take(
-            cfg=cfg,
-            repos=repos,
-            info=info,
-            name=name,
-            started=started,
-            estimate=estimate,
-            on_progress=on_progress,
-            cancel=cancel,
-        )
+        try:
+            if local is not None:
+                tar_record, pg_manifest = staged.take(
+                    cfg=cfg,
+                    local=local,
+                    repos=repos,
+                    info=info,
+                    name=name,
+                    estimate=estimate,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                )
+            else:
+                tar_record, pg_manifest = _stream(
+                    cfg=cfg,
+                    repos=repos,
+                    info=info,
+                    name=name,
+                    estimate=estimate,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                )
+        except KeyboardInterrupt:
+            raise Cancelled(f"backup {name} interrupted: nothing was listed, partial objects were removed") from None
+        for repo in repos:
+            repo.put(f"{BACKUPS_PREFIX}{name}/{MANIFEST}", pg_manifest)
+        pg_record = object_record(MANIFEST, None, len(pg_manifest), None, "none", data=pg_manifest)
+        manifest = _manifest(cfg, info, name, started, objects=[tar_record, pg_record], pg_manifest=pg_manifest)
+        faults.point("backup-before-manifest")
+        commit_manifest(repos, manifest)
     on_progress(Progress("backup", manifest.size_bytes, manifest.size_bytes, f"{name}: done"))
     return manifest
 
 
-def _take(
+def _stream(
     *,
     cfg: Config,
     repos: list[Repository],
     info: ServerInfo,
     name: str,
-    started: datetime,
     estimate: int | None,
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
-) -> BackupManifest:
+) -> tuple[StoredObject, bytes]:
+    """pg_basebackup's tar on stdout, compressed here into every repository: the tar's record and backup_manifest."""
     import zstandard
 
-    argv = [
-        program(cfg, "pg_basebackup", info.version_num),
-        "--pgdata=-",
-        "--format=tar",
-        "--wal-method=none",
-        f"--checkpoint={cfg.backup.checkpoint}",
-        f"--label=pgdr {name}",
-        "--manifest-checksums=CRC32C",
-        "--no-password",
-    ]
+    argv = [*pgbasebackup.base_argv(cfg, info, name), "--pgdata=-"]
     on_progress(Progress("backup", 0, estimate, f"starting {name}"))
-    scanner = TarScanner({PG_MANIFEST_OBJECT})
+    scanner = TarScanner({MANIFEST})
     raw_hash = hashlib.sha256()
     raw_size = 0
     key = f"{BACKUPS_PREFIX}{name}/{TAR_OBJECT}"
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=libpq_env(cfg))
-    assert proc.stdout is not None and proc.stderr is not None
-    stderr_lines: list[bytes] = []
-    drain = threading.Thread(target=_collect, args=(proc.stderr, stderr_lines), daemon=True)
-    drain.start()
+    proc, stderr = pgbasebackup.start(argv, libpq_env(cfg), stdout=subprocess.PIPE)
+    assert proc.stdout is not None
     try:
         compressor = zstandard.ZstdCompressor(level=cfg.backup.compression_level, threads=-1, write_checksum=True)
         with fan_out(repos, key) as sink:
@@ -123,33 +137,26 @@ def _take(
                         on_progress(Progress("backup", raw_size, estimate, f"{name}: streaming"))
                         last_report = now
             proc.wait()
-            drain.join()
             if proc.returncode != 0:
-                err = b"".join(stderr_lines).decode(errors="replace").strip().splitlines()
-                reason = next((line for line in reversed(err) if "error" in line.lower()), err[-1] if err else "")
-                raise PgdrError(
-                    f"pg_basebackup failed (exit {proc.returncode}): {reason.removeprefix('pg_basebackup: ')}"
-                )
-            pg_manifest = scanner.found.get(PG_MANIFEST_OBJECT)
+                raise stderr.failure(proc.returncode)
+            pg_manifest = scanner.found.get(MANIFEST)
             if pg_manifest is None:
                 raise PgdrError("pg_basebackup's stream carried no backup_manifest: the backup is incomplete")
-            tar_record = object_record(TAR_OBJECT, sink, raw_size, raw_hash.hexdigest(), "zstd")
-    except BaseException as exc:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if isinstance(exc, KeyboardInterrupt):
-            raise Cancelled(f"backup {name} interrupted: nothing was listed, partial objects were removed") from None
+            return object_record(TAR_OBJECT, sink, raw_size, raw_hash.hexdigest(), "zstd"), pg_manifest
+    except BaseException:
+        pgbasebackup.stop(proc)
         raise
-    for repo in repos:
-        repo.put(f"{BACKUPS_PREFIX}{name}/{PG_MANIFEST_OBJECT}", pg_manifest)
-    pg_record = object_record(PG_MANIFEST_OBJECT, None, len(pg_manifest), None, "none", data=pg_manifest)
 
+
+def _manifest(
+    cfg: Config, info: ServerInfo, name: str, started: datetime, *, objects: list[StoredObject], pg_manifest: bytes
+) -> BackupManifest:
+    """pgdr's record of the backup, with the WAL range PostgreSQL's manifest gives."""
     parsed = json.loads(pg_manifest)
     wal = parsed["WAL-Ranges"][0]
     timeline = int(wal["Timeline"])
     start_lsn, stop_lsn = wal["Start-LSN"], wal["End-LSN"]
-    manifest = BackupManifest(
+    return BackupManifest(
         name=name,
         kind="physical",
         cluster=cfg.cluster.name,
@@ -157,7 +164,7 @@ def _take(
         pg_version=info.version,
         start_time=started,
         stop_time=datetime.now(UTC),
-        objects=[tar_record, pg_record],
+        objects=objects,
         timeline=timeline,
         start_lsn=start_lsn,
         stop_lsn=stop_lsn,
@@ -171,11 +178,3 @@ def _take(
             "data_directory": str(Path(cfg.postgres.data_dir)) if cfg.postgres.data_dir else "",
         },
     )
-    faults.point("backup-before-manifest")
-    commit_manifest(repos, manifest)
-    return manifest
-
-
-def _collect(stream: IO[bytes], into: list[bytes]) -> None:
-    """Read a child's stderr in the background so a chatty child never blocks on a full pipe."""
-    into.extend(stream)

@@ -24,6 +24,7 @@ from typing import IO, Any, cast
 
 from backend import faults, server
 from backend.archive import prefetch
+from backend.backup.pgbasebackup import MANIFEST, TAR_OBJECT
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
@@ -33,7 +34,6 @@ from backend.repository import Repository
 from backend.restore.plan import RestorePlan
 from backend.walnames import parse_lsn
 
-TAR_OBJECT = "base.tar.zst"
 RECOVERY_MARK = "# added by pgdr restore"
 
 
@@ -183,18 +183,22 @@ def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
 
 
 class _HashingReader:
-    """A read-through wrapper that hashes what passes, so verification costs no second read."""
+    """A read-through wrapper that counts (and, with ``hashing``, hashes) what passes: no second read."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], *, hashing: bool = True) -> None:
         self.raw = raw
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if hashing else None
         self.size = 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         self.size += len(data)
         return data
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest() if self.hash is not None else ""
 
     def readable(self) -> bool:
         return True
@@ -208,12 +212,18 @@ def restore_base_backup(
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> str:
-    """Unpack the base backup into ``target`` from the first repository whose copy verifies."""
+    """Unpack the base backup into ``target`` from the first repository whose copy verifies.
+
+    The files are not fsynced one by one here: PostgreSQL syncs the whole data directory when it
+    starts on a base backup (its pg_control says it was not shut down cleanly) before it replays
+    anything, and every restore starts the server before it reports.
+    """
     tar_object = next(o for o in manifest.objects if o.key == TAR_OBJECT)
     problems = []
     for repo in repos:
         try:
             _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
+            _place_pg_manifest(manifest, repo, target)
             return repo.name
         except _CorruptCopy as exc:
             problems.append(f"{repo.name}: {exc}")
@@ -247,8 +257,11 @@ def _unpack(
     key = manifest.object_key(obj)
     with repo.open(key) as stored:
         hashed = _HashingReader(stored)
+        # A backup PostgreSQL compressed records no sha256 of its tar (raw_sha256 ""): its stored bytes
+        # are checked here, every file's checksum by pg_verifybackup (pgdr verify --deep).
         decompressed = _HashingReader(
-            cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed)))
+            cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed))),
+            hashing=bool(obj.raw_sha256),
         )
         try:
             with tarfile.open(fileobj=cast(IO[bytes], decompressed), mode="r|") as tar:
@@ -266,10 +279,25 @@ def _unpack(
                 pass
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
             raise _CorruptCopy(f"the stored copy is damaged ({exc})") from None
-    if hashed.size != obj.size or hashed.hash.hexdigest() != obj.sha256:
+    if hashed.size != obj.size or hashed.hexdigest() != obj.sha256:
         raise _CorruptCopy(f"{key} fails its sha256 check")
-    if decompressed.hash.hexdigest() != obj.raw_sha256:
+    if decompressed.hexdigest() != obj.raw_sha256:
         raise _CorruptCopy(f"{key} unpacks to different bytes than were backed up")
+
+
+def _place_pg_manifest(manifest: BackupManifest, repo: Repository, target: Path) -> None:
+    """Put backup_manifest in the data directory, as a plain-format pg_basebackup leaves it.
+
+    A tar the server compressed does not carry it (pg_basebackup stores it beside the tar), and
+    pg_verifybackup looks for it there.
+    """
+    obj = next((o for o in manifest.objects if o.key == MANIFEST), None)
+    if obj is None or (target / MANIFEST).exists():
+        return
+    data = repo.get(manifest.object_key(obj))
+    if len(data) != obj.size or hashlib.sha256(data).hexdigest() != obj.sha256:
+        raise _CorruptCopy(f"{manifest.object_key(obj)} fails its sha256 check")
+    (target / MANIFEST).write_bytes(data)
 
 
 def _empty(folder: Path) -> None:

@@ -1,6 +1,8 @@
 """Operations 4 and 5: full backup and full restore, on the pgbench database and on random bytes.
 
-Backup, per round and in turn: ``pgdr backup``; ``pgbackrest backup --type=full`` (process-max 2, zst,
+Backup, per round and in turn: ``pgdr backup`` (into a local repository: the server compresses with
+zstd on every core and pg_basebackup writes into the repository, as the anchor below does, plus
+pgdr's checksums and manifest); ``pgbackrest backup --type=full`` (process-max 2, zst,
 start-fast); ``pg_basebackup -Ft -X none --checkpoint=fast --compress=server-zstd:workers=2`` into a
 fresh directory. All three wait for the backup's last WAL segment to be archived (the archive_command
 pushes to both pgdr's and pgBackRest's repository), so they do the same work on the server side.

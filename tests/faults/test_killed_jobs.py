@@ -49,16 +49,42 @@ def debris(cluster: Cluster) -> list[str]:
             client = repo.client  # type: ignore[attr-defined]
             uploads = client.list_multipart_uploads(Bucket=cfg.s3.bucket).get("Uploads", [])
             found += [f"s3 upload:{u['Key']}" for u in uploads]
-    temp = [str(p) for p in (cluster.local_repo / "main").rglob(".tmp.*")]
+    temp = [str(p) for p in (cluster.local_repo / "main").rglob(".tmp.*")]  # temp files, staging folders
     return found + temp
 
 
-@pytest.mark.parametrize("point", ["backup-mid-upload", "backup-before-manifest"])
-def test_backup_killed_lists_nothing_and_the_next_one_cleans_up(cluster_s3: Cluster, point: str) -> None:
+def basebackups_running(cluster: Cluster) -> list[str]:
+    """pg_basebackup processes writing into this cluster's repository."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"pg_basebackup") for arg in argv) and str(cluster.local_repo).encode() in b" ".join(argv):
+            found.append(cmdline.parent.name)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("point", "repo"),
+    [
+        # PostgreSQL compresses, pg_basebackup writes into the local repository's staging folder.
+        ("backup-during-pg-basebackup", []),
+        ("backup-mid-upload", []),
+        ("backup-before-manifest", []),
+        # S3 alone: pg_basebackup's tar streamed through pgdr.
+        ("backup-before-manifest", ["--repo", "s3"]),
+    ],
+)
+def test_backup_killed_lists_nothing_and_the_next_one_cleans_up(
+    cluster_s3: Cluster, point: str, repo: list[str]
+) -> None:
     cluster_s3.sql("CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g")
-    proc = start_frozen(cluster_s3, point, "backup")
+    proc = start_frozen(cluster_s3, point, "backup", *repo)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    wait_for(lambda: not basebackups_running(cluster_s3), 10, "pg_basebackup to die with pgdr")
     assert json.loads(cluster_s3.pgdr("list", "--json").stdout)["backups"] == []
     leftovers = debris(cluster_s3)
     assert leftovers, "the kill should leave something for the next backup to clean"
