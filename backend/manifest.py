@@ -21,7 +21,12 @@ BACKUPS_PREFIX = "backups/"
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One object of a backup: ``sha256``/``size`` of the stored bytes, ``raw_*`` of the original."""
+    """One object of a backup: ``sha256``/``size`` of the stored bytes, ``raw_*`` of the original.
+
+    ``raw_sha256`` is "" when the original bytes never passed through pgdr (the server compressed
+    them): ``raw_size`` is then the data bytes PostgreSQL's ``backup_manifest`` lists, and every file
+    is checked against that manifest instead.
+    """
 
     key: str
     size: int

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import json
 import logging
 import os
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -133,6 +130,11 @@ def endpoint(tg: TelegramConfig, *, masked: bool = False) -> str:
 
 def send_message(tg: TelegramConfig, text: str, policy: RetryPolicy = DEFAULT_POLICY) -> bool:
     """POST sendMessage with retries; True once Telegram answered ok. Logs, never raises."""
+    # http.client and urllib (with email) cost ~25 ms to import: only a process that sends pays it.
+    import http.client
+    import urllib.error
+    import urllib.request
+
     if len(text) > MAX_TEXT:
         text = text[: MAX_TEXT - 1] + "…"
     body = json.dumps({"chat_id": tg.chat_id, "text": text, "disable_web_page_preview": True}).encode()
