@@ -8,7 +8,6 @@ secret values never appear in an error, a log line or ``--json`` output.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import tomllib
 import types
@@ -374,6 +373,8 @@ def _coerce(section: str, key: str, value: Any, cls: type, where: str, *, from_e
 
 
 def _hint(word: str, options: Any) -> str:
+    import difflib  # only for a mistake: not on wal-push's path
+
     close = difflib.get_close_matches(word, list(options), n=1)
     return f": did you mean {close[0]!r}?" if close else f": known are {', '.join(options)}"
 

@@ -22,7 +22,7 @@ def _ms(value: float | None) -> str:
 
 def derive(results: Results) -> list[str]:
     out: list[str] = []
-    for fn in (_wal_local, _indexer, _s3, _drain, _backup, _restore, _catalog):
+    for fn in (_wal_local, _indexer, _s3, _drain, _backup, _restore, _replay, _catalog):
         try:
             out.extend(fn(results, results.details))
         except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError):
@@ -163,6 +163,21 @@ def _restore(results: Results, d: dict[str, Any]) -> list[str]:
             f"start-to-promoted took {_ms(start)}."
         )
     return out
+
+
+def _replay(results: Results, d: dict[str, Any]) -> list[str]:
+    row = _row(results, "replay_s3_vs_local")
+    if row is None or row.ratio is None:
+        return []
+    r = d["replay"]
+    segments = r["segments"] or 0
+    s3, local = row.pgdr.figure or 0.0, row.anchor.figure if row.anchor else 0.0
+    return [
+        f"PITR replay of {segments} segments: WAL from S3 {row.pgdr.show()} vs already local "
+        f"{row.anchor.show() if row.anchor else ''} (ratio {row.ratio:.2f}, target 1.5): S3 costs "
+        f"{_ms((s3 - (local or 0.0)) / max(segments, 1))} more per segment replayed, with wal-fetch taking the "
+        "segments its background prefetcher already downloaded and verified."
+    ]
 
 
 def _catalog(results: Results, d: dict[str, Any]) -> list[str]:

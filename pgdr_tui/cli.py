@@ -7,21 +7,23 @@ repository it must reach.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 from backend import __version__
 from backend.errors import PgdrError
 
 if TYPE_CHECKING:
+    import argparse
+
     from backend.config import Config
     from backend.progress import Progress
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[["argparse.Namespace"], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,19 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _hot_path(words: list[str]) -> argparse.Namespace | None:
     """``wal-push %p`` / ``wal-fetch %f %p`` exactly as PostgreSQL runs them, without building the
-    whole parser: they run once per WAL segment, and argparse for every command costs ~10 ms."""
+    whole parser (or importing argparse): they run once per WAL segment, and argparse for every
+    command costs ~10 ms. A SimpleNamespace carries the same attributes as argparse's Namespace."""
     config = None
     if len(words) >= 2 and words[0] == "--config":
         config, words = words[1], words[2:]
     if any(w.startswith("-") for w in words[1:]):
         return None
     if len(words) == 2 and words[0] == "wal-push":
-        return argparse.Namespace(config=config, command="wal-push", handler=cmd_wal_push, path=words[1])
-    if len(words) == 3 and words[0] == "wal-fetch":
-        return argparse.Namespace(
+        args = SimpleNamespace(config=config, command="wal-push", handler=cmd_wal_push, path=words[1])
+    elif len(words) == 3 and words[0] == "wal-fetch":
+        args = SimpleNamespace(
             config=config, command="wal-fetch", handler=cmd_wal_fetch, filename=words[1], destination=words[2]
         )
-    return None
+    else:
+        return None
+    return cast("argparse.Namespace", args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -105,6 +110,8 @@ def _in_background(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="pgdr",
         description="Backup and disaster recovery for PostgreSQL: WAL archiving, base backups, point-in-time restore.",
@@ -326,7 +333,7 @@ def cmd_wal_upload(args: argparse.Namespace) -> int:
     if not args.repo and cfg.local.path:
         targets.append(INDEX_TARGET)
     for target in targets:
-        done = queue.drain(cfg, target)
+        done = queue.drain(cfg, target, linger=queue.LINGER if args.background else 0.0)
         if not args.quiet:
             verb = "indexed" if target == INDEX_TARGET else "uploaded"
             print(f"{target}: {verb} {len(done)} WAL file(s)")

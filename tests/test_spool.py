@@ -7,7 +7,9 @@ import subprocess
 import threading
 from pathlib import Path
 
-from backend.archive.spool import NOTE
+import pytest
+
+from backend.archive.spool import NOTE, user_state_dir
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
@@ -105,3 +107,26 @@ def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
     listing = json.loads(cluster.pgdr("list", "--json").stdout)
     (run,) = [r for r in listing["wal"] if r["timeline"] == 1]
     assert run["last_segment"] >= last
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"XDG_STATE_HOME": "/srv/state", "HOME": "/var/lib/postgresql"},
+        {"XDG_STATE_HOME": "relative/state", "HOME": "/var/lib/postgresql"},
+        {"XDG_STATE_HOME": "", "HOME": "/var/lib/postgresql/"},
+        {"HOME": "/"},
+        {"HOME": "relative-home"},
+        {},
+    ],
+)
+def test_the_spool_is_where_platformdirs_puts_the_state_dir(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    import platformdirs
+
+    for var in ("XDG_STATE_HOME", "HOME"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert user_state_dir() == platformdirs.user_state_dir("pgdr")

@@ -9,46 +9,58 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from backend.archive.walfile import checksum, decode, find_archived
+from backend.archive.walfile import WalObject, checksum, decode, find_archived
 from backend.config import Config
 from backend.errors import ObjectNotFound, PgdrError, RepositoryError
-from backend.repository import open_repositories
+from backend.repository import Repository, open_repositories
 from backend.walnames import wal_kind
 
 
 def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, prefetch: bool = True) -> str:
     """Write ``filename`` to ``destination``; returns where it came from (a repository, or "prefetch").
 
-    With ``prefetch`` (restore_command), a segment the background prefetcher already fetched and
-    verified is taken from there, and the prefetcher is started for the segments after it.
+    With ``prefetch`` (restore_command), a segment the background prefetcher fetched and verified is
+    taken from there (waiting for it when a running prefetcher has it in hand), and the prefetcher is
+    started when none runs, so the next segments are downloaded while PostgreSQL replays this one.
     """
     try:
         wal_kind(filename)
     except ValueError as exc:
         raise PgdrError(str(exc)) from None
+    target = Path(destination)
     if prefetch and cfg.restore.prefetch > 0:
         from backend.archive import prefetch as ahead
 
-        target = Path(destination)
-        source = "prefetch" if ahead.take(filename, target) else _fetch(cfg, filename, target)
-        with contextlib.suppress(OSError):
-            ahead.kick(cfg, filename, target)  # never let the optimisation fail the fetch
-        return source
-    return _fetch(cfg, filename, Path(destination))
+        running = False
+        with contextlib.suppress(OSError):  # never let the optimisation fail the fetch
+            running = ahead.request(cfg, filename, target)
+        if ahead.take(filename, target, wait=running):
+            return "prefetch"
+    return fetch_from(open_repositories(cfg), filename, target)
 
 
-def _fetch(cfg: Config, filename: str, destination: Path) -> str:
+def fetch_from(
+    repos: list[Repository],
+    filename: str,
+    destination: Path,
+    find: Callable[[Repository, str], list[WalObject]] = find_archived,
+) -> str:
+    """Write the first intact copy in ``repos`` to ``destination``; returns the repository's name.
+
+    ``find`` lists a file's stored versions (the prefetcher passes one that lists a folder once).
+    """
     problems: list[str] = []
-    for repo in open_repositories(cfg):
+    for repo in repos:
         try:
-            for obj in find_archived(repo, filename):
+            for obj in find(repo, filename):
                 data = decode(repo.get(obj.key), obj.compression)
                 if checksum(data) != obj.checksum:
                     problems.append(f"{repo.name} copy fails its sha256 check")
                     continue
-                _write_atomically(Path(destination), data)
+                _write_atomically(destination, data)
                 return repo.name
         except ValueError as exc:
             problems.append(f"{repo.name} copy is corrupt ({exc})")

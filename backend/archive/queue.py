@@ -2,8 +2,13 @@
 
 An entry is an empty file ``queue/<repository>/<wal file name>`` in the local repository, written
 durably before ``wal-push`` acknowledges, so a crash of the uploader loses nothing: the next one
-finds the entry and copies the file from a repository that has it. One uploader runs per target,
-held by an flock; ``wal-push`` starts one when none holds the lock.
+finds the entry and copies the file from a repository that has it. The WAL indexer's entries
+(``queue/index/``) are not obligations (a segment without an index entry is indexed when a command
+next needs the timeline), so they are written without the fsyncs.
+
+One uploader runs per target, held by an flock; ``wal-push`` starts one when none holds the lock.
+Started that way, it stays ``LINGER`` seconds after the queue empties, so a stream of pushes finds
+it still running rather than starting a process (and an S3 client) per segment.
 """
 
 from __future__ import annotations
@@ -11,18 +16,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 
 from backend.archive.push import INDEX_TARGET, store
 from backend.archive.walfile import find_archived
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.repository import open_repository, read_identity
+from backend.repository import Repository, open_repositories, open_repository, read_identity
 from backend.repository.local import LocalRepository
 from backend.spawn import spawn_pgdr
 from backend.walnames import DEFAULT_SEGMENT_SIZE
 
 QUEUE_PREFIX = "queue/"
+#: Seconds a background uploader waits for more entries once its queue is empty.
+LINGER = 2.0
+_POLL = 0.1
 
 
 def _local(cfg: Config) -> LocalRepository:
@@ -34,7 +43,11 @@ def _local(cfg: Config) -> LocalRepository:
 
 
 def enqueue(cfg: Config, target: str, filename: str) -> None:
-    _local(cfg).put(f"{QUEUE_PREFIX}{target}/{filename}", b"")
+    local, key = _local(cfg), f"{QUEUE_PREFIX}{target}/{filename}"
+    if target == INDEX_TARGET:
+        os.close(local.lock_file(key))  # an empty file, without put()'s two fsyncs
+    else:
+        local.put(key, b"")
 
 
 def pending(cfg: Config, target: str) -> list[str]:
@@ -66,46 +79,70 @@ def ensure_uploader(cfg: Config, targets: list[str]) -> None:
         spawn_pgdr(cfg, "wal-upload", "--repo", target, "--quiet", "--background")
 
 
-def drain(cfg: Config, target: str, *, wait: bool = True) -> list[str]:
+def drain(cfg: Config, target: str, *, wait: bool = True, linger: float = 0.0) -> list[str]:
     """Copy every queued file to ``target``; returns what was uploaded.
 
-    After letting go of the lock it looks once more, so an entry written by a ``wal-push`` that saw
-    the lock still held is never left behind.
+    With ``linger``, keep the lock and look for new entries that many seconds after the queue
+    empties. After letting go of the lock it looks once more, so an entry written by a ``wal-push``
+    that saw the lock still held is never left behind.
     """
     uploaded: list[str] = []
+    uploader = _Uploader(cfg, target)
     while True:
         with uploader_lock(cfg, target, wait=wait) as held:
             if not held:
                 return uploaded
-            while batch := pending(cfg, target):
+            idle_since = time.monotonic()
+            while True:
+                batch = pending(cfg, target)
                 for filename in batch:
-                    _upload_one(cfg, target, filename)
+                    uploader.upload(filename)
                     uploaded.append(filename)
+                if batch:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= linger:
+                    break
+                else:
+                    time.sleep(_POLL)
         if not pending(cfg, target):
             return uploaded
 
 
-def _upload_one(cfg: Config, target: str, filename: str) -> None:
-    local = open_repository(cfg, "local")
-    if target == INDEX_TARGET:
-        from backend.archive.index import index_one
-        from backend.repository import open_repositories
+class _Uploader:
+    """Copies queued files to one target; the repositories are opened once per drain, not per file
+    (building an S3 client costs about 100 ms of CPU)."""
 
-        repos = open_repositories(cfg)
-        identity = read_identity(local)
-        # A failure leaves it unindexed: the next timeline read indexes it (and verify names a bad segment).
-        with contextlib.suppress(PgdrError):
-            index_one(cfg, repos, filename, identity.segment_size if identity else DEFAULT_SEGMENT_SIZE)
-        local.delete([f"{QUEUE_PREFIX}{target}/{filename}"])
-        return
-    dest = open_repository(cfg, target) if target != "local" else local
-    sources = [open_repository(cfg, name) for name in cfg.repository_names if name != target]
-    for source in sources:
-        found = find_archived(source, filename)
-        if not found:
-            continue
-        store(dest, found[0], source.get(found[0].key), read_identity(source), cfg.cluster.name)
-        break
-    else:
-        raise PgdrError(f"{filename} is queued for the {target} repository but no other repository holds it")
-    local.delete([f"{QUEUE_PREFIX}{target}/{filename}"])
+    def __init__(self, cfg: Config, target: str) -> None:
+        self.cfg = cfg
+        self.target = target
+        self._repos: list[Repository] = []
+
+    def repos(self) -> list[Repository]:
+        if not self._repos:
+            self._repos = open_repositories(self.cfg)
+        return self._repos
+
+    def upload(self, filename: str) -> None:
+        repos = self.repos()
+        local = next(r for r in repos if r.name == "local")  # a queue needs one (see _local)
+        if self.target == INDEX_TARGET:
+            from backend.archive.index import index_one
+
+            identity = read_identity(local)
+            # A failure leaves it unindexed: the next timeline read indexes it (and verify names a bad segment).
+            with contextlib.suppress(PgdrError):
+                index_one(self.cfg, repos, filename, identity.segment_size if identity else DEFAULT_SEGMENT_SIZE)
+        else:
+            self._copy(repos, filename)
+        local.delete([f"{QUEUE_PREFIX}{self.target}/{filename}"])
+
+    def _copy(self, repos: list[Repository], filename: str) -> None:
+        dest = next((r for r in repos if r.name == self.target), None) or open_repository(self.cfg, self.target)
+        for source in repos:
+            if source is dest:
+                continue
+            found = find_archived(source, filename)
+            if found:
+                store(dest, found[0], source.get(found[0].key), read_identity(source), self.cfg.cluster.name)
+                return
+        raise PgdrError(f"{filename} is queued for the {self.target} repository but no other repository holds it")

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 from backend.config import Config
@@ -33,10 +34,23 @@ NOTE = ".ok"
 def spool_dir(cfg: Config) -> Path:
     if cfg.archive.spool_path:
         return Path(cfg.archive.spool_path) / cfg.cluster.name
-    import platformdirs  # not backend.audit: wal-push has no use for what that imports
-
-    base = os.environ.get("PGDR_STATE_DIR") or platformdirs.user_state_dir("pgdr")
+    base = os.environ.get("PGDR_STATE_DIR") or user_state_dir()  # not backend.audit: wal-push needs none of it
     return Path(base) / "spool" / cfg.cluster.name
+
+
+def user_state_dir() -> str:
+    """``platformdirs.user_state_dir("pgdr")``, worked out directly in the usual Linux case
+    ($XDG_STATE_HOME when absolute, else ~/.local/state): importing platformdirs would cost every push
+    a few ms. Anything else (another OS, no absolute $HOME) is left to platformdirs."""
+    if sys.platform == "linux":
+        xdg = os.environ.get("XDG_STATE_HOME", "")
+        if os.path.isabs(xdg):
+            return os.path.join(xdg, "pgdr")
+        if os.path.isabs(os.environ.get("HOME", "")):
+            return os.path.join(os.path.expanduser("~/.local/state"), "pgdr")
+    import platformdirs
+
+    return platformdirs.user_state_dir("pgdr")
 
 
 def _system_identifier(path: Path) -> int | None:

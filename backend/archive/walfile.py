@@ -48,12 +48,16 @@ class WalObject:
 
 def find_archived(repo: Repository, filename: str) -> list[WalObject]:
     """Every stored version of ``filename`` in ``repo`` (normally zero or one)."""
-    prefix = f"{WAL_PREFIX}{wal_directory(filename)}/{filename}."
-    found = []
+    return archived_under(repo, f"{WAL_PREFIX}{wal_directory(filename)}/{filename}.").get(filename, [])
+
+
+def archived_under(repo: Repository, prefix: str) -> dict[str, list[WalObject]]:
+    """The WAL objects whose keys start with ``prefix``, by file name: one listing for many files."""
+    found: dict[str, list[WalObject]] = {}
     for info in repo.list(prefix):
         obj = WalObject.parse_key(info.key)
-        if obj is not None and obj.filename == filename:
-            found.append(obj)
+        if obj is not None:
+            found.setdefault(obj.filename, []).append(obj)
     return found
 
 
