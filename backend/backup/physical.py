@@ -63,6 +63,13 @@ def take_base_backup(
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
     local = staged.staging_repository(repos, info)
+    reached = 0  # pg_basebackup counts tar bytes, a little more than the files: "done" never goes back
+
+    def report(p: Progress) -> None:
+        nonlocal reached
+        reached = max(reached, p.done) if p.step == "backup" else reached
+        on_progress(p)
+
     with discard_on_failure(repos, name):
         try:
             if local is not None:
@@ -73,7 +80,7 @@ def take_base_backup(
                     info=info,
                     name=name,
                     estimate=estimate,
-                    on_progress=on_progress,
+                    on_progress=report,
                     cancel=cancel,
                 )
             else:
@@ -83,7 +90,7 @@ def take_base_backup(
                     info=info,
                     name=name,
                     estimate=estimate,
-                    on_progress=on_progress,
+                    on_progress=report,
                     cancel=cancel,
                 )
         except KeyboardInterrupt:
@@ -94,7 +101,8 @@ def take_base_backup(
         manifest = _manifest(cfg, info, name, started, objects=[tar_record, pg_record], pg_manifest=pg_manifest)
         faults.point("backup-before-manifest")
         commit_manifest(repos, manifest)
-    on_progress(Progress("backup", manifest.size_bytes, manifest.size_bytes, f"{name}: done"))
+    final = max(reached, manifest.size_bytes)
+    on_progress(Progress("backup", final, final, f"{name}: done"))
     return manifest
 
 

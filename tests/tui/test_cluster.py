@@ -53,8 +53,12 @@ async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) 
         await wait_until(pilot, lambda: any(isinstance(m, JobFinished) for m in messages), 120, "the backup")
         finished = next(m for m in messages if isinstance(m, JobFinished))
         assert finished.error is None, finished.error
-        done = [m.progress.done for m in messages if isinstance(m, JobProgress)]
-        assert len(done) >= 2 and done == sorted(done) and done[-1] > 0
+        steps: dict[str, list[int]] = {}  # each step (backup, then the upload from the local copy) moves forward
+        for m in messages:
+            if isinstance(m, JobProgress):
+                steps.setdefault(m.progress.step, []).append(m.progress.done)
+        done = steps["backup"]
+        assert len(done) >= 2 and all(d == sorted(d) for d in steps.values()) and done[-1] > 0
         bar = screen.query_one(ProgressBar)
         assert bar.total is not None and bar.progress == bar.total
         assert "complete" in str(screen.query_one("#backup-state").render())
