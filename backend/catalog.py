@@ -184,10 +184,8 @@ def _archived(column: WalColumns, row: int) -> ArchivedSegment:
 CommitTimes = Callable[[list[str]], tuple[list[bool], list[float], list[float]]]
 
 #: What is cached per WAL folder: {timeline: (names, numbers, checksums, sizes, times)} and the
-#: .history files as (file name, key, compression, time).
-_Folder = tuple[
-    dict[int, tuple[list[str], list[int], list[str], list[int], list[float]]], list[tuple[str, str, str, float]]
-]
+#: .history files as (file name, text, time).
+_Folder = tuple[dict[int, tuple[list[str], list[int], list[str], list[int], list[float]]], list[tuple[str, str, float]]]
 
 
 def read_catalog(repos: list[Repository]) -> Catalog:
@@ -205,17 +203,20 @@ def read_catalog(repos: list[Repository]) -> Catalog:
             entry = backups.setdefault(manifest.name, CatalogBackup(manifest))
             entry.repositories.append(repo.name)
         folders = folder_contents(
-            repo, WAL_PREFIX, functools.partial(_wal_folder, segment_size), kind=f"wal:{segment_size}", live=_newest
+            repo,
+            WAL_PREFIX,
+            functools.partial(_wal_folder, repo, segment_size),
+            kind=f"wal+history:{segment_size}",
+            live=_unsettled,
         )
         parts: dict[int, list[tuple[list[str], list[int], list[str], list[int], list[float]]]] = defaultdict(list)
         for segments, files in folders.values():
             for tli, part in segments.items():
                 parts[tli].append(part)
-            for filename, key, compression, when in files:
+            for filename, text, when in files:
                 history[repo.name].append(filename)
                 timeline = int(filename[:8], 16)
-                if timeline not in histories:
-                    histories[timeline] = _history_text(repo, key, compression)
+                histories.setdefault(timeline, text)
                 modified = datetime.fromtimestamp(when, UTC)
                 history_times[timeline] = min(modified, history_times.get(timeline, modified))
         for tli in sorted(parts):
@@ -226,8 +227,9 @@ def read_catalog(repos: list[Repository]) -> Catalog:
     return Catalog(ordered, ranges, dict(history), columns, histories, history_times, segment_size)
 
 
-def _wal_folder(segment_size: int, listing: list[ObjectInfo]) -> _Folder:
-    """What one WAL folder's listing says: its segments (as columns per timeline) and .history files.
+def _wal_folder(repo: Repository, segment_size: int, listing: list[ObjectInfo]) -> _Folder:
+    """What one WAL folder's listing says: its segments (as columns per timeline) and .history files
+    (read here, so a cached folder costs no request for them).
 
     Other objects (.partial, .backup, anything not pgdr's) are not part of the catalog.
     """
@@ -250,16 +252,17 @@ def _wal_folder(segment_size: int, listing: list[ObjectInfo]) -> _Folder:
             sizes.append(info.size)
             times.append(info.modified.timestamp())
         elif HISTORY_RE.match(filename):
-            files.append((filename, info.key, obj.compression, info.modified.timestamp()))
+            files.append((filename, _history_text(repo, info.key, obj.compression), info.modified.timestamp()))
     return segments, files
 
 
-def _newest(folders: list[str]) -> set[str]:
-    """The newest WAL folder of each timeline: archiving writes there now, so it is always listed."""
-    newest: dict[str, str] = {}
+def _unsettled(folders: list[str]) -> set[str]:
+    """The newest two WAL folders of each timeline (and the .history folder): archiving writes into
+    the newest now, and parallel uploads can still complete a segment just before its boundary."""
+    by_timeline: dict[str, list[str]] = defaultdict(list)
     for name in folders:
-        newest[name[:8]] = max(name, newest.get(name[:8], name))
-    return set(newest.values())
+        by_timeline[name[:8]].append(name)
+    return {name for names in by_timeline.values() for name in sorted(names)[-2:]}
 
 
 def _column(
@@ -298,7 +301,7 @@ def _manifests(repo: Repository) -> list[BackupManifest]:
     """Every backup's manifest; their bytes are cached by the listing cache with their folder."""
     found = []
     for name, raw in folder_contents(
-        repo, BACKUPS_PREFIX, functools.partial(_manifest_bytes, repo), kind="manifest"
+        repo, BACKUPS_PREFIX, functools.partial(_manifest_bytes, repo), kind="manifest", live=_newest_backup
     ).items():
         if raw is None:
             continue
@@ -307,6 +310,12 @@ def _manifests(repo: Repository) -> list[BackupManifest]:
         except PgdrError:
             continue  # a damaged manifest is not a backup; `pgdr verify` names it
     return found
+
+
+def _newest_backup(folders: list[str]) -> set[str]:
+    """The newest backup's folder: one may be being written there (backups run one at a time), and
+    its manifest, written last, is what makes it a backup."""
+    return set(folders[-1:])
 
 
 def _manifest_bytes(repo: Repository, listing: list[ObjectInfo]) -> bytes | None:

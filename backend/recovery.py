@@ -9,8 +9,10 @@ from backend import audit
 from backend.archive.index import ensure_indexes
 from backend.catalog import Catalog, read_catalog, recovery_timeline
 from backend.config import Config
+from backend.errors import PgdrError
 from backend.jobs import notify_restore
 from backend.locks import job_lock
+from backend.manifest import BACKUPS_PREFIX, BackupManifest
 from backend.progress import ProgressCallback, no_progress
 from backend.repository import Repository, open_repositories
 from backend.restore.plan import RestorePlan, make_plan
@@ -39,16 +41,8 @@ def load_view(
     """
     repos = open_repositories(cfg, only)
     catalog = read_catalog(repos)
-    holders: dict[str, list[str]] = {}
-    checksums: dict[str, str] = {}
-    for column in catalog.columns:
-        alone = [column.repository]  # shared: nothing changes a segment's list of holders
-        for name in column.names:
-            held = holders.get(name)
-            holders[name] = alone if held is None else [*held, column.repository]
-        checksums.update(zip(column.names, column.checksums, strict=True))
     indexes = ensure_indexes(
-        cfg, repos, holders, catalog.segment_size, checksums=checksums, on_progress=on_progress, persist=persist_index
+        cfg, repos, catalog.columns, catalog.segment_size, on_progress=on_progress, persist=persist_index
     )
     timeline = recovery_timeline(catalog, indexes.commit_columns)
     events = indexes.events()
@@ -97,6 +91,7 @@ def perform_restore(
     audit.record(cfg, "restore", "started", **details)
     try:
         with job_lock(cfg, "restore"):
+            _check_backup_present(view.repositories, plan.backup)
             report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
     except BaseException as exc:
         audit.record(cfg, "restore", "failed", error=str(exc), **details)
@@ -111,3 +106,26 @@ def perform_restore(
         **details,
     )
     return report
+
+
+def _check_backup_present(repos: list[Repository], manifest: BackupManifest) -> None:
+    """Refuse, before anything is stopped or moved, a plan whose backup is no longer whole anywhere.
+
+    The catalog behind the plan may be older than the repository: an expire on another host removes
+    backups, and the listing cache trusts an S3 listing for up to ``listcache.RELIST_S``. Checked
+    under the restore lock (so no expire from this host runs in between); when the backup is gone,
+    the cache is told, so planning again lists the repositories afresh.
+    """
+    from backend import listcache
+
+    wanted = {manifest.key, *(manifest.object_key(o) for o in manifest.objects)}
+    for repo in repos:
+        if wanted <= {info.key for info in repo.list(f"{BACKUPS_PREFIX}{manifest.name}/")}:
+            return
+    for repo in repos:
+        listcache.invalidate(repo.location())
+    raise PgdrError(
+        f"backup {manifest.name} is no longer complete in any repository (removed since the catalog was read, "
+        "e.g. by `pgdr expire` on another host): nothing was changed; plan the restore again, it will list "
+        "the repositories afresh"
+    )

@@ -119,6 +119,9 @@ class PgdrApp(App[int]):
 
         view = self.source.load_view(progress)
         model = TimelineModel(view)
+        # The timeline first, with the verify results known so far: reading them is a request per
+        # backup on S3, and only the header's "last verify" and the backups screen show them.
+        self.post_message(ModelLoaded(model, self.verified))
         verified = self.source.last_verified([b.manifest.name for b in view.catalog.backups])
         self.post_message(ModelLoaded(model, verified))
 

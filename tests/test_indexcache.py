@@ -1,42 +1,97 @@
-"""The local WAL-index cache: used when it knows the very segment, ignored when the segment differs."""
+"""The local WAL-index cache: used when it knows the very segment, ignored when the segment differs,
+and read again when an entry was waiting for the segment after it."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from backend.archive.index import ensure_indexes, index_key
 from backend.archive.indexcache import IndexCache
+from backend.catalog import WalColumns
 from backend.config import ClusterConfig, Config, LocalConfig
 from backend.repository.local import LocalRepository
-from backend.walindex import SegmentIndex
+from backend.walindex import SegmentIndex, WalEvent
 
-NAMES = ["000000010000000000000001", "000000010000000000000002", "000000010000000000000003"]
+SIZE = 16 << 20
+# Two WAL folders: the cache keeps one row per folder.
+NAMES = ["000000010000000000000001", "000000010000000000000002", "000000010000000100000000"]
+NUMBERS = [1, 2, 256]
+START = datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+def columns(sums: dict[str, str]) -> list[WalColumns]:
+    names = sorted(sums)
+    numbers = [NUMBERS[NAMES.index(n)] for n in names]
+    return [WalColumns("local", 1, names, numbers, [sums[n] for n in names], [1] * len(names), [0.0] * len(names))]
+
+
+def store_entry(repo: LocalRepository, name: str, *, tail: bool = True, events: list[WalEvent] | None = None) -> None:
+    when = START + timedelta(minutes=NAMES.index(name))
+    index = SegmentIndex(
+        segment=name, first_commit=when, last_commit=when, commits=1, tail_complete=tail, events=events or []
+    )
+    repo.put(index_key(name), json.dumps(index.to_json()).encode())
+
+
+def setup(tmp_path: Path) -> tuple[Config, LocalRepository, dict[str, str]]:
+    cfg = Config(cluster=ClusterConfig(name="main"), local=LocalConfig(path=str(tmp_path)))
+    return cfg, LocalRepository(tmp_path, "main"), {name: f"{i:064x}" for i, name in enumerate(NAMES)}
 
 
 def test_cached_entries_serve_the_same_segment_only(tmp_path: Path) -> None:
-    cfg = Config(cluster=ClusterConfig(name="main"), local=LocalConfig(path=str(tmp_path)))
-    repo = LocalRepository(tmp_path, "main")
-    for i, name in enumerate(NAMES):
-        when = datetime(2026, 11, 25, 12, i, tzinfo=UTC)
-        index = SegmentIndex(segment=name, first_commit=when, last_commit=when, commits=1, tail_complete=True)
-        repo.put(index_key(name), json.dumps(index.to_json()).encode())
-    holders = {name: ["local"] for name in NAMES}
-    sums = {name: f"{i:064x}" for i, name in enumerate(NAMES)}
+    cfg, repo, sums = setup(tmp_path)
+    point = WalEvent("restore_point", lsn=0x1000100, time=START, name="before")
+    for name in NAMES:
+        store_entry(repo, name, events=[point] if name == NAMES[1] else None)
 
-    first = ensure_indexes(cfg, [repo], holders, 16 << 20, checksums=sums)
+    first = ensure_indexes(cfg, [repo], columns(sums), SIZE)
     assert sorted(first) == NAMES
     shutil.rmtree(tmp_path / "main" / "walindex")  # from now on only the cache knows them
 
-    again = ensure_indexes(cfg, [repo], holders, 16 << 20, checksums=sums)
+    again = ensure_indexes(cfg, [repo], columns(sums), SIZE)
     assert {n: i.last_commit for n, i in again.items()} == {n: i.last_commit for n, i in first.items()}
+    assert again.commit_columns(NAMES) == first.commit_columns(NAMES)
+    assert [e.name for e in again.events()] == ["before"]
 
     other = {**sums, NAMES[1]: "f" * 64}  # another segment under the same name: not from the cache
-    third = ensure_indexes(cfg, [repo], holders, 16 << 20, checksums=other)
+    third = ensure_indexes(cfg, [repo], columns(other), SIZE)
     assert NAMES[1] not in third and NAMES[0] in third
+    indexed, firsts, _ = third.commit_columns(NAMES)
+    assert indexed == [True, False, True] and math.isnan(firsts[1])
     # It could not be indexed (no such WAL object): remembered, so the next command does not retry it.
-    cache = IndexCache()
+    cache = IndexCache.open()
+    assert cache is not None
     assert cache.recently_failed(repo.location(), within=60) == {NAMES[1]: "f" * 64}
+    cache.close()
+
+
+def test_an_entry_waiting_for_the_next_segment_is_read_again_when_it_arrives(tmp_path: Path) -> None:
+    cfg, repo, sums = setup(tmp_path)
+    store_entry(repo, NAMES[0], tail=False)  # its last record runs into a segment not yet archived
+    only_first = {NAMES[0]: sums[NAMES[0]]}
+    assert not ensure_indexes(cfg, [repo], columns(only_first), SIZE)[NAMES[0]].tail_complete
+
+    store_entry(repo, NAMES[0])  # the background indexer completed it once the next one came
+    store_entry(repo, NAMES[1])
+    both = {name: sums[name] for name in NAMES[:2]}
+    assert ensure_indexes(cfg, [repo], columns(both), SIZE)[NAMES[0]].tail_complete
+
+
+def test_segments_gone_from_a_folder_are_gone_from_its_entries(tmp_path: Path) -> None:
+    cfg, repo, sums = setup(tmp_path)
+    for name in NAMES:
+        store_entry(repo, name)
+    ensure_indexes(cfg, [repo], columns(sums), SIZE)
+    expired = {name: sums[name] for name in NAMES[1:]}
+    assert sorted(ensure_indexes(cfg, [repo], columns(expired), SIZE)) == NAMES[1:]
+    cache = IndexCache.open()
+    assert cache is not None
+    assert {folder: entries[0] for folder, entries in cache.load(repo.location()).items()} == {
+        NAMES[1][:16]: [NAMES[1]],
+        NAMES[2][:16]: [NAMES[2]],
+    }
     cache.close()

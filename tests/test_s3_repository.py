@@ -15,6 +15,7 @@ import backend.repository.s3 as s3_module
 from backend.config import ClusterConfig, Config, S3Config
 from backend.errors import ConfigError, ObjectNotFound, RepositoryError
 from backend.repository import open_repository
+from backend.repository.local import LocalRepository
 from backend.repository.s3 import S3Repository
 from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoEndpoint, free_port
 
@@ -265,3 +266,17 @@ def test_invalid_key_is_refused(repo: S3Repository) -> None:
     for key in ("", "/abs", "a/../b"):
         with pytest.raises(RepositoryError, match="invalid object key"):
             repo.put(key, b"x")
+
+
+def test_resumed_listings_and_folders_agree_with_the_local_repository(repo: S3Repository, tmp_path: Path) -> None:
+    """``list(start_after=...)`` and ``folders`` in S3's key order, the same on both stores."""
+    local = LocalRepository(tmp_path, "main")
+    keys = ["a", "w/1-x/a", "w/1/a", "w/1/b", "w/10/a", "w/2/a", "w/2/b/c", "w/3"]
+    for key in keys:
+        repo.put(key, b"1")
+        local.put(key, b"1")
+    for store in (repo, local):
+        assert store.folders("w/") == ("1-x", "1", "10", "2")
+        assert [i.key for i in store.list("w/")] == keys[1:]
+        for after in ("w/1/", "w/1/a", "w/10", "w/2/b", "w/3", "x"):
+            assert [i.key for i in store.list("w/", start_after=after)] == [k for k in keys[1:] if k > after]

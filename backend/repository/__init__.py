@@ -68,8 +68,23 @@ class Repository(ABC):
         """A streaming reader; raises ObjectNotFound."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every complete object whose key starts with ``prefix``, in key order."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every complete object whose key starts with ``prefix``, in key order; with ``start_after``,
+        only the keys after it (S3's ``StartAfter``: a listing that resumes mid-prefix costs no
+        requests for what comes before). Stop iterating early and no further pages are fetched."""
+
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        """The names of the folders directly below ``prefix`` (which ends in "/"), in key order.
+
+        What the listing cache asks a store without folder times: on S3 one request per 1,000
+        folders, against one per 1,000 objects for the objects themselves.
+        """
+        names: dict[str, None] = {}
+        for info in self.list(prefix):
+            folder, slash, _ = info.key[len(prefix) :].partition("/")
+            if slash:
+                names[folder] = None
+        return tuple(names)
 
     @abstractmethod
     def delete(self, keys: Iterable[str]) -> None:

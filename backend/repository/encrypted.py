@@ -145,14 +145,17 @@ class EncryptedRepository(Repository):
             with io.BufferedReader(Decryptor(self._keys, stored, self._where(key)), 1 << CHUNK_EXPONENT) as plain:
                 yield plain
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        for info in self.inner.list(prefix):
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        for info in self.inner.list(prefix, start_after=start_after):
             if info.key == ENCRYPTION_KEY:
                 continue
             if _plain(info.key):
                 yield info
             else:
                 yield ObjectInfo(info.key, plaintext_size(info.size), info.modified)
+
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        return self.inner.folders(prefix)
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)

@@ -124,13 +124,24 @@ class LocalRepository(Repository):
         with fh:
             yield fh
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Walk only the folders that can hold keys with ``prefix``, in key order."""
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Walk only the folders that can hold keys with ``prefix`` (after ``start_after``), in key order."""
         folder, _, _ = prefix.rpartition("/")
         start = self.root / folder if folder else self.root
-        yield from self._walk(start, f"{folder}/" if folder else "", prefix)
+        yield from self._walk(start, f"{folder}/" if folder else "", prefix, start_after)
 
-    def _walk(self, folder: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        try:
+            entries = list(os.scandir(self._path(prefix.rstrip("/")) if prefix else self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return ()
+        except OSError as exc:
+            raise RepositoryError(f"cannot list {self.root / prefix}: {exc.strerror}") from exc
+        # In key order: a folder's keys sort as "name/...".
+        names = (e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+        return tuple(sorted(names, key=lambda n: n + "/"))
+
+    def _walk(self, folder: Path, rel: str, prefix: str, after: str) -> Iterator[ObjectInfo]:
         try:
             # A folder sorts as "name/": its keys come after "name-x" and "name.x", as in S3's key order.
             entries = sorted(
@@ -145,9 +156,12 @@ class LocalRepository(Repository):
                 continue
             key = rel + entry.name
             if entry.is_dir(follow_symlinks=False):
-                if prefix.startswith(key + "/") or key.startswith(prefix) or (key + "/").startswith(prefix):
-                    yield from self._walk(Path(entry.path), key + "/", prefix)
-            elif key.startswith(prefix):
+                inside = key + "/"
+                if after > inside and not after.startswith(inside):
+                    continue  # every key in it sorts before ``after``
+                if prefix.startswith(inside) or key.startswith(prefix) or inside.startswith(prefix):
+                    yield from self._walk(Path(entry.path), inside, prefix, after)
+            elif key.startswith(prefix) and key > after:
                 st = entry.stat(follow_symlinks=False)
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 

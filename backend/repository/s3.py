@@ -256,23 +256,38 @@ class S3Repository(Repository):
             with contextlib.closing(body):
                 yield cast(BinaryIO, body)
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         start = len(self.root)
+        resume: dict[str, Any] = {"StartAfter": self.root + start_after} if start_after else {}
         with self._s3_errors("list", prefix or None):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + prefix, **resume):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(obj["Key"][start:], obj["Size"], obj["LastModified"].astimezone(UTC))
 
+    def folders(self, prefix: str) -> tuple[str, ...]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        start = len(self.root + prefix)
+        with self._s3_errors("list", prefix or None):
+            return tuple(
+                common["Prefix"][start:].rstrip("/")
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + prefix, Delimiter="/")
+                for common in page.get("CommonPrefixes", [])
+            )
+
     def delete(self, keys: Iterable[str]) -> None:
-        batch: list[str] = []
-        for key in keys:
-            batch.append(self._key(key))
-            if len(batch) == DELETE_BATCH:
-                self._delete_batch(batch)
-                batch = []
-        if batch:
-            self._delete_batch(batch)
+        """Delete in batches; then this host's listing cache lists the repository afresh, so what was
+        deleted here is never shown again (the cache sees removed folders anyway, not removed objects)."""
+        from backend import listcache
+
+        full = [self._key(key) for key in keys]
+        if not full:
+            return
+        try:
+            for start in range(0, len(full), DELETE_BATCH):
+                self._delete_batch(full[start : start + DELETE_BATCH])
+        finally:
+            listcache.invalidate(self.location())
 
     def _delete_batch(self, keys: Sequence[str]) -> None:
         with self._s3_errors("delete objects in", None):
