@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backend.config import load_config
-from backend.errors import ConfigError, PgdrError, RepositoryError
+from backend.errors import ConfigError, ObjectNotFound, PgdrError, RepositoryError
 from backend.repository import read_identity
 from backend.repository.crypt import (
     CHUNK_EXPONENT,
@@ -279,3 +279,20 @@ def test_damaged_manifest_errors_stay_one_line(keys: Keys) -> None:
 
     with pytest.raises(PgdrError, match="is encrypted: set that repository's encryption"):
         BackupManifest.from_json(encrypt(keys, SALT, b"{}"), "backups/x/manifest.json in the s3 repository")
+
+
+def test_two_first_writers_racing_both_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uploader and a backup may both write first to an empty repository: neither is refused."""
+    secret = Secret("s3", passphrase=PASSPHRASE)
+    first, second = open_encrypted(tmp_path, secret), open_encrypted(tmp_path, secret)
+    real_get = second.inner.get
+
+    def get_while_the_other_writes(key: str) -> bytes:
+        if key == ENCRYPTION_KEY and not (tmp_path / "main" / "repo.json").exists():
+            first.put("repo.json", b'{"first": true}')  # it creates the repository between our look and our listing
+            raise ObjectNotFound(key)
+        return real_get(key)
+
+    monkeypatch.setattr(second.inner, "get", get_while_the_other_writes)
+    second.put("wal/a", b"second")
+    assert first.get("wal/a") == b"second" and second.get("repo.json") == b'{"first": true}'

@@ -72,29 +72,40 @@ class EncryptedRepository(Repository):
     def _repository_salt(self) -> bytes:
         """The salt new objects use; the first write to an empty repository creates it."""
         if self._salt is None:
-            try:
-                record = json.loads(self.inner.get(ENCRYPTION_KEY))
-                salt, check = bytes.fromhex(record["salt"]), bytes.fromhex(record["key_check"])
-                kdf = KDF_KEY_FILE if record["kdf"] == "key-file" else KDF_SCRYPT
-            except ObjectNotFound:
-                salt = self._create()
-            except (ValueError, KeyError, TypeError) as exc:
-                raise RepositoryError(
-                    f"{self._where(ENCRYPTION_KEY)} is damaged ({exc}): restore it from a copy of the repository"
-                ) from None
-            else:
-                if not hmac.compare_digest(key_check(self._keys.master(kdf, salt)), check):
-                    raise KeyMismatch(
-                        f"the encryption key for the {self.name} repository {self.location()} is wrong "
-                        f"(its key check does not match): set [{self.name}] encryption_passphrase or "
-                        "encryption_key_file to the one the repository was created with"
-                    )
+            record = self._record()
+            if record is None:
+                self._create()
+                record = self._record()  # ours, or that of a first writer racing us
+            if record is None:
+                raise RepositoryError(f"{self._where(ENCRYPTION_KEY)} vanished as it was written: retry")
+            kdf, salt, check = record
+            if not hmac.compare_digest(key_check(self._keys.master(kdf, salt)), check):
+                raise KeyMismatch(
+                    f"the encryption key for the {self.name} repository {self.location()} is wrong "
+                    f"(its key check does not match): set [{self.name}] encryption_passphrase or "
+                    "encryption_key_file to the one the repository was created with"
+                )
             self._salt = salt
         return self._salt
 
-    def _create(self) -> bytes:
+    def _record(self) -> tuple[int, bytes, bytes] | None:
+        """The repository's key derivation, salt and key check; None before its first object."""
+        try:
+            record = json.loads(self.inner.get(ENCRYPTION_KEY))
+            kdf = KDF_KEY_FILE if record["kdf"] == "key-file" else KDF_SCRYPT
+            return kdf, bytes.fromhex(record["salt"]), bytes.fromhex(record["key_check"])
+        except ObjectNotFound:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RepositoryError(
+                f"{self._where(ENCRYPTION_KEY)} is damaged ({exc}): restore it from a copy of the repository"
+            ) from None
+
+    def _create(self) -> None:
         held = next((info.key for info in self.inner.list() if not _plain(info.key)), None)
         if held is not None:
+            if self.inner.exists(ENCRYPTION_KEY):
+                return  # another first writer created it between our look and our listing
             raise RepositoryError(
                 f"the {self.name} repository {self.location()} already holds unencrypted objects ({held}): "
                 f"encryption applies to a new repository; point [{self.name}] at an empty location "
@@ -111,7 +122,6 @@ class EncryptedRepository(Repository):
             "key_check": key_check(self._keys.master(kdf, salt)).hex(),
         }
         self.inner.put(ENCRYPTION_KEY, json.dumps(record, indent=2).encode() + b"\n")
-        return salt
 
     def put(self, key: str, data: bytes) -> None:
         if _plain(key):
