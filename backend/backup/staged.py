@@ -42,7 +42,7 @@ from backend.manifest import BACKUPS_PREFIX, StoredObject
 from backend.postgres import ServerInfo, libpq_env
 from backend.progress import Progress, ProgressCallback, check_cancel
 from backend.repository import Repository
-from backend.repository.local import TEMP_PREFIX, LocalRepository, _fsync_dir
+from backend.repository.local import TEMP_PREFIX, LocalRepository, fsync_dir
 
 STAGING_PREFIX = f"{TEMP_PREFIX}staging."
 #: How often pgdr looks at pg_basebackup and at the growing file (seconds).
@@ -98,7 +98,7 @@ def take(
         local.makedirs(folder)
         os.rename(staging / pgbasebackup.TAR_OBJECT, folder / pgbasebackup.TAR_OBJECT)
         local.chown(folder / pgbasebackup.TAR_OBJECT)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         faults.point("backup-mid-upload")
     finally:
         shutil.rmtree(staging, ignore_errors=True)

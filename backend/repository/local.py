@@ -74,7 +74,7 @@ class LocalRepository(Repository):
             except OSError as exc:
                 raise RepositoryError(f"cannot create {new} in the local repository: {exc.strerror}") from exc
             self.chown(new)
-            _fsync_dir(new.parent)
+            fsync_dir(new.parent)
 
     def chown(self, path: Path) -> None:
         if self._owner is not None:
@@ -100,7 +100,7 @@ class LocalRepository(Repository):
                 os.fsync(out.fileno())
             self.chown(temp)
             os.rename(temp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
@@ -186,7 +186,7 @@ class LocalRepository(Repository):
                 path.unlink()
                 folders[path.parent] = key.split("/", 1)[0] in PRUNABLE
         for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-            _fsync_dir(folder)
+            fsync_dir(folder)
             if folders[folder]:
                 self._prune(folder)
 
@@ -197,11 +197,11 @@ class LocalRepository(Repository):
                 folder.rmdir()
             except OSError:
                 return  # not empty (or busy): it still holds objects
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
             folder = folder.parent
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
