@@ -333,7 +333,7 @@ def cmd_wal_upload(args: argparse.Namespace) -> int:
     if not args.repo and cfg.local.path:
         targets.append(INDEX_TARGET)
     for target in targets:
-        done = queue.drain(cfg, target, linger=queue.LINGER if args.background else 0.0)
+        done = queue.drain_in_background(cfg, target) if args.background else queue.drain(cfg, target)
         if not args.quiet:
             verb = "indexed" if target == INDEX_TARGET else "uploaded"
             print(f"{target}: {verb} {len(done)} WAL file(s)")

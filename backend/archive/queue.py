@@ -108,6 +108,19 @@ def drain(cfg: Config, target: str, *, wait: bool = True, linger: float = 0.0) -
             return uploaded
 
 
+def drain_in_background(cfg: Config, target: str) -> list[str]:
+    """The detached uploader ``wal-push`` starts: it lingers for the next entries, and the WAL
+    indexer gives way.
+
+    Indexing (pg_waldump decoding every record of every segment) is the least urgent work on the
+    host: at the lowest CPU priority it runs on what the server and the archiver leave idle, instead
+    of slowing both during a bulk load. Its queue entries wait durably meanwhile.
+    """
+    if target == INDEX_TARGET:
+        os.nice(19)  # clamped at the lowest priority; inherited by pg_waldump
+    return drain(cfg, target, linger=LINGER)
+
+
 class _Uploader:
     """Copies queued files to one target; the repositories are opened once per drain, not per file
     (building an S3 client costs about 100 ms of CPU)."""
