@@ -192,3 +192,47 @@ def test_background_helpers_index_and_upload_on_their_own(cluster_s3: Cluster) -
     wait_for(lambda: archived_in(cluster_s3, "s3", names[-1]), 60, "the background uploader")
     queue = cluster_s3.local_repo / "main" / "queue"
     wait_for(lambda: not [p for p in queue.rglob("0*")], 60, "the queue to drain")
+
+
+def test_history_backup_and_partial_files_round_trip(cluster: Cluster, tmp_path: Path) -> None:
+    """The other files PostgreSQL archives come back byte for byte, under their own names."""
+    (segment,) = write_wal(cluster, 1)
+    cluster.wait_archived(segment)
+    segment_copy = tmp_path / segment
+    assert fetch(cluster, segment, segment_copy).returncode == 0
+    files = {
+        "00000002.history": b"1\t0/3000000\tbefore 2026-12-05 12:00:00+00\n",
+        f"{segment}.00000028.backup": b"START WAL LOCATION: 0/2000028 (file " + segment.encode() + b")\n",
+        f"{segment}.partial": segment_copy.read_bytes(),
+    }
+    for name, data in files.items():
+        source = tmp_path / "push" / name
+        source.parent.mkdir(exist_ok=True)
+        source.write_bytes(data)
+        pushed = cluster.pgdr("wal-push", str(source), check=False)
+        assert pushed.returncode == 0, pushed.stderr
+        back = tmp_path / "fetched" / name
+        back.parent.mkdir(exist_ok=True)
+        fetched = fetch(cluster, name, back)
+        assert fetched.returncode == 0, fetched.stderr
+        assert back.read_bytes() == data, name
+
+
+def test_backup_into_another_clusters_repository_is_refused(cluster: Cluster) -> None:
+    """A repository that records another system identifier takes no backup of this cluster."""
+    (segment,) = write_wal(cluster, 1)
+    cluster.wait_archived(segment)
+    record = cluster.local_repo / "main" / "repo.json"
+    identity = json.loads(record.read_text())
+    identity["system_identifier"] = "7000000000000000001"
+    record.write_text(json.dumps(identity))
+
+    def stored() -> list[str]:  # what the repository holds, beside the job lock the backup took
+        return sorted(str(p) for p in (cluster.local_repo / "main").rglob("*") if "locks" not in p.parts)
+
+    before = stored()
+    result = cluster.pgdr("backup", check=False)
+    assert result.returncode not in (0, 1)
+    assert "7000000000000000001" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert stored() == before
+    assert json.loads(cluster.pgdr("list", "--json").stdout)["backups"] == []

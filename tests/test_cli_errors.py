@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 from pathlib import Path
 
@@ -100,6 +101,23 @@ def test_unreachable_server(cluster: Cluster, tmp_path: Path) -> None:
     config.write_text(cluster.base_config().replace(f"port = {cluster.port}", "port = 1") + f"\n# {SECRET}\n")
     line = one_line_error(pgdr(config, "backup"))
     assert "cannot connect" in line and "port 1" in line
+
+
+def test_help_and_version() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(pgdr_executable()), *args], capture_output=True, text=True, env=clean_env(), check=False
+        )
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"pgdr {importlib.metadata.version('pgdr')}"
+    usage = run("--help")
+    assert usage.returncode == 0
+    for command in ("wal-push", "wal-fetch", "backup", "list", "timeline", "restore", "verify", "expire", "check"):
+        assert command in usage.stdout
+    # without a terminal, plain `pgdr` prints the same help instead of opening the console
+    bare = run()
+    assert bare.returncode == 0 and bare.stdout == usage.stdout
 
 
 def test_garbage_arguments_are_refused(tmp_path: Path) -> None:

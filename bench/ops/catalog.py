@@ -31,7 +31,7 @@ from backend.archive.walfile import WalObject
 from backend.manifest import BackupManifest, StoredObject
 from backend.repository import ClusterIdentity, ensure_identity
 from backend.repository.local import LocalRepository
-from backend.walindex import SegmentIndex
+from backend.walindex import SegmentIndex, WalEvent
 from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, format_lsn
 from bench.context import Context
 from bench.proc import VENV_BIN, chown_to_server, run
@@ -110,8 +110,14 @@ def build(ctx: Context, root: Path) -> LocalRepository:
     return repo
 
 
+#: Events in the synthetic year: a named restore point every RESTORE_POINT_EVERY segments (a daily
+#: job's), a dropped table every DROP_EVERY: about 4,700 in 105,120 segments, issue 5's "thousands".
+RESTORE_POINT_EVERY = 35
+DROP_EVERY = 60
+
+
 def add_index_entries(ctx: Context, repo: LocalRepository) -> float:
-    """An index entry for every segment, as the background indexer would have left them."""
+    """An index entry for every segment, as the background indexer would have left them, with events."""
     s = ctx.settings
     start = datetime(2025, 1, 1, tzinfo=UTC)
     seg_every = timedelta(days=365) / s.catalog_segments
@@ -130,6 +136,7 @@ def add_index_entries(ctx: Context, repo: LocalRepository) -> float:
             records=40_000,
             last_record_lsn=seg.start_lsn + DEFAULT_SEGMENT_SIZE - 0x80,
             tail_complete=True,
+            events=synthetic_events(i, seg.start_lsn, begin + seg_every / 2),
         )
         path = repo.root / index_key(seg.name)
         if path.parent not in made:
@@ -137,6 +144,29 @@ def add_index_entries(ctx: Context, repo: LocalRepository) -> float:
             made.add(path.parent)
         path.write_bytes(json.dumps(index.to_json(), sort_keys=True).encode())
     return time.monotonic() - t0
+
+
+def synthetic_events(i: int, lsn: int, when: datetime) -> list[WalEvent]:
+    events = []
+    if i % RESTORE_POINT_EVERY == 0:
+        events.append(
+            WalEvent(
+                "restore_point", lsn + 0x1000, when, name=f"daily_{i // RESTORE_POINT_EVERY}", time_source="record"
+            )
+        )
+    if i % DROP_EVERY == 0:
+        events.append(
+            WalEvent(
+                "drop",
+                lsn + 0x2000,
+                when,
+                xid=1000 + i,
+                relations=[f"base/5/{16384 + i}"],
+                oids=[16384 + i],
+                time_source="commit",
+            )
+        )
+    return events
 
 
 def timed(ctx: Context, conf: Path, *args: str) -> dict[str, object]:

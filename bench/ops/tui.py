@@ -34,21 +34,25 @@ def op_tui(ctx: Context) -> None:
     cold, warm = runs[0], runs[1:]
     ctx.results.details["tui"] = {"cold": cold, "warm": warm}
     scale = f"{s.catalog_backups} backups, {s.catalog_segments} segments"
-    ctx.results.add(Row(
-        key="tui_open",
-        operation=f"5. console opens to a drawn timeline, warm ({scale})",
-        pgdr=Measure("pgdr", [w["open_s"] for w in warm], extra={"cold_s": cold["open_s"]}),
-        anchor=Measure("issue 5 target", value=OPEN_TARGET_S),
-        target=1.0,
-        target_text="< 1 s",
-        note=f"cold open (WAL-index cache empty) {cold['open_s']:.2f} s; headless (Textual run_test), 120x40",
-    ))
-    ctx.results.add(Row(
-        key="tui_scrub",
-        operation="5b. console scrub step (key press until redrawn, CPU time), median",
-        pgdr=Measure("pgdr", [w["scrub_median_ms"] / 1000 for w in warm]),
-        anchor=Measure("issue 5 target", value=SCRUB_TARGET_MS / 1000),
-        target=1.0,
-        target_text="< 30 ms",
-        note=f"p95 {max(w['scrub_p95_ms'] for w in warm):.1f} ms over {len(warm)} runs of 40 steps",
-    ))
+    ctx.results.add(
+        Row(
+            key="tui_open",
+            operation=f"5. console opens to a drawn timeline, warm ({scale})",
+            pgdr=Measure("pgdr", [w["open_s"] for w in warm], extra={"cold_s": cold["open_s"]}),
+            anchor=Measure("issue 5 target", value=OPEN_TARGET_S),
+            target=1.0,
+            target_text="< 1 s",
+            note=f"cold open (WAL-index cache empty) {cold['open_s']:.2f} s; headless (Textual run_test), 120x40",
+        )
+    )
+    ctx.results.add(
+        Row(
+            key="tui_scrub",
+            operation="5b. console scrub step (key press until redrawn, CPU time), median",
+            pgdr=Measure("pgdr", [w["scrub_median_ms"] / 1000 for w in warm]),
+            anchor=Measure("issue 5 target", value=SCRUB_TARGET_MS / 1000),
+            target=1.0,
+            target_text="< 30 ms",
+            note=f"p95 {max(w['scrub_p95_ms'] for w in warm):.1f} ms over {len(warm)} runs of 40 steps",
+        )
+    )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 
@@ -24,6 +26,22 @@ def readme_policy(bucket: str) -> str:
     return policy.group(1).replace("your-backup-bucket", bucket)
 
 
+def enforceable_by_moto(policy: str) -> tuple[str, list[str]]:
+    """The policy without its ``s3:prefix`` conditions, and the prefix patterns they allowed.
+
+    moto enforces actions and resources but gives conditions no request context, so it cannot judge an
+    ``s3:prefix`` condition (it lets it pass or denies everything, by version). The test enforces
+    that condition itself, on the listings the endpoint served.
+    """
+    document = json.loads(policy)
+    patterns: list[str] = []
+    for statement in document["Statement"]:
+        condition = statement.pop("Condition", None)
+        if condition is not None:
+            patterns += condition["StringLike"]["s3:prefix"]
+    return json.dumps(document), patterns
+
+
 def iam_user(moto: MotoEndpoint, policy: str) -> tuple[str, str]:
     iam = boto3.client("iam", endpoint_url=moto.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
                        aws_secret_access_key=SECRET_KEY)
@@ -41,11 +59,13 @@ def s3_config(cluster: Cluster, moto: MotoEndpoint, bucket: str, keys: tuple[str
 
 
 def test_every_command_works_with_the_readme_policy(cluster: Cluster, moto: MotoEndpoint, bucket: str) -> None:
-    keys = iam_user(moto, readme_policy(bucket))
+    policy, prefixes = enforceable_by_moto(readme_policy(bucket))
+    assert prefixes == [f"{PREFIX}/*"]
+    keys = iam_user(moto, policy)
     s3_config(cluster, moto, bucket, keys)
     cluster.sql("ALTER SYSTEM SET archive_timeout = 60")
     cluster.sql("SELECT pg_reload_conf()")
-    with moto.require_auth():
+    with moto.require_auth(), moto.requests_seen() as seen:
         cluster.sql("CREATE TABLE t AS SELECT g, md5(g::text) FROM generate_series(1, 100000) g")
         cluster.wait_archived(cluster.switch_wal())
         cluster.pgdr("check", "--timeout", "60")
@@ -57,10 +77,14 @@ def test_every_command_works_with_the_readme_policy(cluster: Cluster, moto: Moto
         cluster.pgdr("restore", "--latest", "--dry-run")
         cluster.pgdr("expire")
         cluster.pgdr("restore", "--latest", "--yes", "--target-dir", str(cluster.root / "beside"), "--port", "5443")
+    listings = [parse_qs(urlsplit(target).query) for target in seen if "list-type=2" in target]
+    assert listings, "pgdr listed the bucket"
+    outside = [q for q in listings if not any(fnmatch.fnmatchcase(q.get("prefix", [""])[0], p) for p in prefixes)]
+    assert outside == [], "listings the README's s3:prefix condition would deny"
 
 
 def test_a_missing_permission_is_named(cluster: Cluster, moto: MotoEndpoint, bucket: str) -> None:
-    policy = json.loads(readme_policy(bucket))
+    policy = json.loads(enforceable_by_moto(readme_policy(bucket))[0])
     policy["Statement"][-1]["Action"].remove("s3:PutObject")
     keys = iam_user(moto, json.dumps(policy))
     s3_config(cluster, moto, bucket, keys)

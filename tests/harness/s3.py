@@ -13,6 +13,8 @@ InvalidAccessKeyId as AWS would.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import socket
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -91,3 +93,27 @@ class MotoEndpoint:
             yield
         finally:
             requests.post(f"{self.url}/moto-api/reset-auth", data=previous.encode(), timeout=10)
+
+    @contextlib.contextmanager
+    def requests_seen(self) -> Iterator[list[str]]:
+        """The request targets (path and query) the endpoint serves during the block, from its access log."""
+        seen: list[str] = []
+        line = re.compile(r'"[A-Z]+ (\S+) HTTP/')
+
+        class Recorder(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                found = line.search(record.getMessage())
+                if found:
+                    seen.append(found.group(1))
+
+        log = logging.getLogger("werkzeug")
+        recorder, level, propagate = Recorder(), log.level, log.propagate
+        log.addHandler(recorder)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # the access lines go to the recorder only
+        try:
+            yield seen
+        finally:
+            log.removeHandler(recorder)
+            log.setLevel(level)
+            log.propagate = propagate
