@@ -29,6 +29,28 @@ from backend.walnames import DEFAULT_SEGMENT_SIZE, HISTORY_RE, SEGMENT_RE, Segme
 class CatalogBackup:
     manifest: BackupManifest
     repositories: list[str] = field(default_factory=list)
+    #: The newest stored ``pgdr verify`` result (``backend.verify.last_verified``'s record), filled in
+    #: by ``read_verified`` only: reading the records costs requests most readers of the catalog
+    #: (restore planning, the RPO check every minute) do not need.
+    verified: dict[str, Any] | None = None
+
+    def last_verified(self) -> dict[str, Any] | None:
+        """When the backup was last verified, how ("checksums" or "deep"), and whether it was sound.
+
+        ``last_deep`` says when it was last rehearsed (a quicker run since does not hide that), so an
+        operator can tell a backup proven restorable from one only read back.
+        """
+        v = self.verified
+        if v is None:
+            return None
+        deep = v.get("last_deep")
+        return {
+            "time": v["time"],
+            "level": str(v.get("level", "checksums")),
+            "ok": v["ok"],
+            "repository": v.get("repository"),
+            "last_deep": {"time": deep.get("time"), "ok": deep.get("ok")} if isinstance(deep, dict) else None,
+        }
 
     def to_json(self) -> dict[str, Any]:
         m = self.manifest
@@ -46,6 +68,7 @@ class CatalogBackup:
             "wal_start": m.wal_start,
             "wal_stop": m.wal_stop,
             "database": m.database,
+            "last_verified": self.last_verified(),
         }
 
 
@@ -225,6 +248,44 @@ def read_catalog(repos: list[Repository]) -> Catalog:
             ranges.extend(contiguous_ranges(column))
     ordered = sorted(backups.values(), key=lambda b: b.manifest.name)
     return Catalog(ordered, ranges, dict(history), columns, histories, history_times, segment_size)
+
+
+#: Verify records read at once by ``read_verified``: a long S3 history costs a request per backup, and
+#: one after another they would be most of ``pgdr list``'s time.
+VERIFIED_READERS = 8
+
+
+def read_verified(catalog: Catalog, repos: list[Repository]) -> None:
+    """Fill in each listed backup's newest verify result, for ``pgdr list``.
+
+    One listing of ``verify/`` per repository, then one read per verified backup (its most recently
+    written record; an older copy only when that one cannot be read), several at once: never one
+    request per backup and repository, nor one after another. A repository that cannot be listed is
+    skipped: the list of backups must not fail because a verify record is out of reach.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend.verify import VERIFY_PREFIX, read_record
+
+    wanted = {b.manifest.name: b for b in catalog.backups}
+    written: dict[str, list[tuple[datetime, Repository]]] = defaultdict(list)
+    for repo in repos:
+        try:
+            for info in repo.list(VERIFY_PREFIX):
+                name = info.key.removeprefix(VERIFY_PREFIX).removesuffix(".json")
+                if name in wanted and info.key.endswith(".json"):
+                    written[name].append((info.modified, repo))
+        except PgdrError:
+            continue
+
+    def newest(name: str) -> dict[str, Any] | None:
+        copies = sorted(written[name], key=lambda c: c[0], reverse=True)
+        return next((r for r in (read_record(repo, name) for _, repo in copies) if r is not None), None)
+
+    names = sorted(written)
+    with ThreadPoolExecutor(max_workers=max(1, min(VERIFIED_READERS, len(names)))) as pool:
+        for name, record in zip(names, pool.map(newest, names), strict=True):
+            wanted[name].verified = record
 
 
 def _wal_folder(repo: Repository, segment_size: int, listing: list[ObjectInfo]) -> _Folder:

@@ -151,28 +151,20 @@ def verify_job(
 ) -> Any:
     """Verify every backup and the WAL archive (``deep``: a restore rehearsal too); returns the report.
 
-    A report that is not ok is returned (and notified), not raised; an error is notified and raised.
+    A report that is not ok is returned, not raised; an error is raised. ``backend.verify.verify``
+    notifies Telegram itself (so a manual ``pgdr verify`` alerts as the daemon's does); here a lock
+    held by another job only becomes ``LockBusy``, so the daemon skips the run instead of failing it.
     """
     from backend.verify import verify
 
-    kind = "verify_deep" if deep else "verify"
-    what = "deep verify" if deep else "verify"
-    started = time.monotonic()
     try:
-        report = verify(cfg, None, deep=deep, **_accepts(verify, on_progress=on_progress, cancel=cancel))
+        return verify(cfg, None, deep=deep, **_accepts(verify, on_progress=on_progress, cancel=cancel))
     except Cancelled:
         raise
     except Exception as exc:
         if _is_lock_busy(exc):
             raise LockBusy(str(exc)) from None
-        tg.notify(cfg, kind, tg.failed_text(what, cfg.cluster.name, exc, time.monotonic() - started), ok=False)
         raise
-    if report.ok:
-        text = f"✅ pgdr: {what} of cluster {cfg.cluster.name} passed again"
-        tg.notify(cfg, kind, text, ok=True, only_on_change=True)
-    else:
-        tg.notify(cfg, kind, tg.verify_failed_text(cfg.cluster.name, deep, report.render()), ok=False)
-    return report
 
 
 def expire_job(cfg: Config) -> Any:

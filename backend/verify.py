@@ -30,6 +30,9 @@ archive: point-in-time recovery cannot cross it).
 
 Each result is recorded as ``verify/<backup name>.json`` in every repository holding the backup, so
 the catalog and the console can say when each backup was last verified and how (``last_verified``).
+
+A verify that finds problems (or fails) is sent to Telegram by ``verify`` itself, so the CLI, the
+console and the daemon all alert alike; a full run that passes after a failure says so once.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, cast
 
+from backend import notify as tg
 from backend.archive import queue
 from backend.archive.walfile import WalObject, decode
 from backend.audit import state_dir
@@ -62,7 +66,7 @@ from backend.config import Config
 from backend.errors import ObjectNotFound, PgdrError, RepositoryError
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
 from backend.postgres import owner_of, program, run_server_program
-from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
+from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
 from backend.timeline import History, estimate_restore_seconds, timeline_path
 from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, wal_kind
@@ -365,19 +369,29 @@ def last_verified(repos: Repository | Iterable[Repository], name: str) -> dict[s
     """
     candidates = [repos] if isinstance(repos, Repository) else list(repos)
     best: dict[str, Any] | None = None
-    best_time: datetime | None = None
     for repo in candidates:
-        try:
-            record = json.loads(repo.get(record_key(name)))
-            when = datetime.fromisoformat(record["time"])
-        except (RepositoryError, ValueError, KeyError, TypeError):
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
-            continue
-        record.setdefault("repository", repo.name)
-        if best_time is None or when > best_time:
-            best, best_time = record, when
+        record = read_record(repo, name)
+        if record is not None and (best is None or record_time(record) > record_time(best)):
+            best = record
     return best
+
+
+def read_record(repo: Repository, name: str) -> dict[str, Any] | None:
+    """One repository's stored verify result of backup ``name``; None when absent, unreadable or damaged."""
+    try:
+        record = json.loads(repo.get(record_key(name)))
+        datetime.fromisoformat(record["time"])
+    except (RepositoryError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("ok"), bool):
+        return None
+    record.setdefault("repository", repo.name)
+    return record
+
+
+def record_time(record: dict[str, Any]) -> datetime:
+    """When a record's verify ran (records from ``read_record`` always have a valid ``time``)."""
+    return datetime.fromisoformat(record["time"])
 
 
 def _store_results(report: VerifyReport, repos: dict[str, Repository], when: datetime) -> None:
@@ -1227,6 +1241,10 @@ def _query_rehearsal(
 # --- the command ---------------------------------------------------------------------------------
 
 
+class NoSuchBackup(PgdrError):
+    """``pgdr verify NAME`` named a backup no selected repository holds: a typo, not a verify failure."""
+
+
 def verify(
     cfg: Config,
     name: str | None = None,
@@ -1241,7 +1259,42 @@ def verify(
 
     ``only`` limits the check to one repository (the others are still listed, so a hole there can
     be told apart from a segment another repository holds). ``now`` is for tests of the grace periods.
+
+    Telegram hears of a verify that found problems or failed, whoever started it (``pgdr verify``,
+    the console, the daemon): damage found by hand at 3 a.m. is as urgent as damage the daemon found,
+    and the console or the CLI may be the only verify an installation runs. The notification never
+    raises, so it never changes the report nor what ``pgdr verify`` exits with.
     """
+    kind, what = ("verify_deep", "deep verify") if deep else ("verify", "verify")
+    started = time.monotonic()
+    try:
+        report = _verify(cfg, name, deep=deep, only=only, on_progress=on_progress, cancel=cancel, now=now)
+    except (Cancelled, NoSuchBackup):
+        raise  # asked for by the operator (or the daemon's shutdown), or a typo: nothing is wrong
+    except Exception as exc:
+        tg.notify(cfg, kind, tg.failed_text(what, cfg.cluster.name, exc, time.monotonic() - started), ok=False)
+        raise
+    if not report.ok:
+        tg.notify(cfg, kind, tg.verify_failed_text(cfg.cluster.name, deep, report.render()), ok=False)
+    elif name is None and only is None:
+        # Only a run over everything may say the archive is sound again: one good backup (or one good
+        # repository) verified by hand does not end an episode another backup's damage started.
+        text = f"✅ pgdr: {what} of cluster {cfg.cluster.name} passed again"
+        tg.notify(cfg, kind, text, ok=True, only_on_change=True)
+    return report
+
+
+def _verify(
+    cfg: Config,
+    name: str | None,
+    *,
+    deep: bool,
+    only: str | None,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+    now: datetime | None,
+) -> VerifyReport:
+    """The checks themselves, without notifications (see ``verify``)."""
     began = datetime.now(UTC)
     now = now or began
     report = VerifyReport(cfg.cluster.name, "deep" if deep else "checksums", began, began)
@@ -1277,7 +1330,7 @@ def verify(
     folders = sorted({f for s in verified_scans for f in s.folders})
     if name is not None and name not in folders:
         close = difflib.get_close_matches(name, folders, n=3, cutoff=0.0)
-        raise PgdrError(
+        raise NoSuchBackup(
             f"there is no backup named {name!r} in {', '.join(selected_names)} "
             f"(closest: {', '.join(close) if close else 'none, no backups yet'})"
         )

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from backend import __version__
 from backend.errors import PgdrError
@@ -359,18 +359,20 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from backend.catalog import read_catalog
+    from backend.catalog import read_catalog, read_verified
     from backend.repository import open_repositories
 
     cfg = load(args)
-    catalog = read_catalog(open_repositories(cfg, args.repo))
+    repos = open_repositories(cfg, args.repo)
+    catalog = read_catalog(repos)
+    read_verified(catalog, repos)
     if args.json:
         print(json.dumps({"cluster": cfg.cluster.name, **catalog.to_json()}, indent=2))
         return 0
     import humanize
 
     print(f"Backups of cluster {cfg.cluster.name}:")
-    rows = [["NAME", "KIND", "STARTED (UTC)", "SIZE", "STORED", "TL", "REPOSITORIES"]]
+    rows = [["NAME", "KIND", "STARTED (UTC)", "SIZE", "STORED", "TL", "REPOSITORIES", "LAST VERIFIED (UTC)"]]
     for b in catalog.backups:
         m = b.manifest
         rows.append(
@@ -382,6 +384,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 humanize.naturalsize(m.stored_bytes),
                 str(m.timeline or ""),
                 ", ".join(b.repositories),
+                _verified_cell(b.last_verified()),
             ]
         )
     _print_table(rows) if len(rows) > 1 else print("  none yet: run `pgdr backup`")
@@ -401,6 +404,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
     _print_table(rows) if len(rows) > 1 else print("  none yet: set archive_command = 'pgdr wal-push %p'")
     return 0
+
+
+def _verified_cell(last: dict[str, Any] | None) -> str:
+    """The LAST VERIFIED cell: when, how and the verdict, so a never-checked backup stands out in the list.
+
+    E.g. "2024-05-01 12:00 checksums ok", with ", deep 2024-04-28" when an earlier run rehearsed it.
+    """
+    if last is None:
+        return "never"
+    from datetime import UTC, datetime
+
+    when = datetime.fromisoformat(str(last["time"])).astimezone(UTC)
+    cell = f"{when:%Y-%m-%d %H:%M} {last['level']} {'ok' if last['ok'] else 'FAILED'}"
+    deep = last.get("last_deep")
+    if last["level"] != "deep" and isinstance(deep, dict) and deep.get("time"):
+        cell += f", deep {datetime.fromisoformat(str(deep['time'])).astimezone(UTC):%Y-%m-%d}"
+    return cell
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -132,6 +132,10 @@ def status(cluster: Cluster, env: dict[str, str]) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+#: Once a year: in the test below these jobs run only because the status file says they were missed.
+YEARLY = "0 0 1 1 *"
+
+
 def test_daemon_backs_up_expires_notifies_and_reports(
     cluster_s3: Cluster, moto: MotoEndpoint, bucket: str, tmp_path: Path
 ) -> None:
@@ -145,28 +149,37 @@ def test_daemon_backs_up_expires_notifies_and_reports(
                 bucket,
                 telegram=telegram,
                 extra=(
-                    '\n[schedule]\nbase_backup = "*/3 * * * * *"\nlogical_dump = ""\nverify = ""\nverify_deep = ""\n'
-                    'expire = "0 0 1 1 *"\nrpo_check = "*/2 * * * * *"\nrpo_alarm_minutes = 10\n'
+                    f'\n[schedule]\nbase_backup = "*/3 * * * * *"\nlogical_dump = "{YEARLY}"\nverify = "{YEARLY}"\n'
+                    f'verify_deep = ""\nexpire = "{YEARLY}"\nrpo_check = "*/2 * * * * *"\nrpo_alarm_minutes = 10\n'
                     f"\n[daemon]\nmetrics_port = {port}\n"
                 ),
             )
         )
         env = clean_env(PGDR_STATE_DIR=str(tmp_path / "state"))
+        # The daemon was down over the yearly dump and verify: its status file says they last ran in 2000, so
+        # each runs once at start ("a missed run"); expire, with no record, is not missed.
+        long_ago = {"completed_start": "2000-01-01T00:00:00+00:00", "result": "ok", "schedule": YEARLY}
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "daemon-main.json").write_text(
+            json.dumps({"cluster": "main", "pid": 0, "jobs": {"logical_dump": long_ago, "verify": long_ago}})
+        )
         # Some archived WAL up front, so the RPO check is green from its first run.
         cluster.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
         cluster.wait_archived(cluster.switch_wal())
 
         with running_daemon(cluster, env, tmp_path / "daemon.log") as daemon:
             texts = telegram.wait_for(
-                lambda ts: sum(t.startswith("✅ pgdr: base backup ") for t in ts) >= 3, 40, "three backup messages"
+                lambda ts: sum(t.startswith("✅ pgdr: base backup ") for t in ts) >= 3, 60, "three backup messages"
             )
             made = [t.split()[4] for t in texts if t.startswith("✅ pgdr: base backup ")]
             assert all(" of cluster main: " in t for t in texts if t.startswith("✅ pgdr: base backup "))
+            (dumped,) = [t.split()[4] for t in texts if t.startswith("✅ pgdr: logical dump ")]
 
-            # Retention (0 days here) runs after every scheduled backup: only the newest survives.
+            # Retention (0 days here) runs after every scheduled backup: only the newest base backup survives
+            # (and the newest dump of each database, whatever its age).
             def expired() -> bool:
-                listed = listed_backups(cluster, env)
-                return bool(listed) and set(listed) <= set(made) and len(listed) < len(made)
+                listed = set(listed_backups(cluster, env)) - {dumped}
+                return bool(listed) and listed <= set(made) and len(listed) < len(made)
 
             wait_for(expired, 20, "old backups to be expired")
             wait_for(lambda: daemon.saw("expire", "expire finished"), 10, "an expire run in the log")
@@ -179,7 +192,18 @@ def test_daemon_backs_up_expires_notifies_and_reports(
             assert backup["last_start"] <= backup["last_end"] < backup["next_run"]
             assert report["jobs"]["expire"]["trigger"] == "after base_backup"
             assert report["jobs"]["rpo_check"]["result"] == "ok"
-            assert report["jobs"]["verify"]["schedule"] == ""
+            assert report["jobs"]["verify_deep"]["schedule"] == ""
+
+            # The missed dump and verify each ran once, at start, and succeeded.
+            dump, check = report["jobs"]["logical_dump"], report["jobs"]["verify"]
+            assert (dump["result"], dump["trigger"], dump["error"]) == ("ok", "missed run", None), dump
+            assert dump["detail"].startswith(f"{dumped}: ") and report["backups"]["logical"]["name"] == dumped
+            assert dumped in listed_backups(cluster, env)
+            assert (check["result"], check["trigger"], check["error"]) == ("ok", "missed run", None), check
+            assert check["detail"].startswith("Verify of cluster main (checksums)") and check["detail"].endswith(": OK")
+            assert dump["next_run"] > dump["last_end"][:4] + "-12-31" and check["next_run"] == dump["next_run"]
+            assert dump["last_end"] <= check["last_start"]  # due together: in the daemon's job order
+            assert not [t for t in telegram.texts() if t.startswith("❌")]
 
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
                 scraped = response.read().decode()
@@ -195,6 +219,16 @@ def test_daemon_backs_up_expires_notifies_and_reports(
         assert all({"time", "level", "job", "message", "fields"} <= set(e) for e in events), events[:3]
         started = [e for e in events if e["job"] == "base_backup" and e["message"].startswith("base_backup finished")]
         assert started and started[0]["fields"]["backup"] in made
+        (boot,) = [e for e in events if e["message"].startswith("pgdr daemon started")]
+        assert boot["fields"]["missed"] == ["logical_dump", "verify"]
+        for job in ("logical_dump", "verify", "expire"):
+            runs = [e["fields"]["trigger"] for e in events if e["message"] == f"{job} started"]
+            if job == "expire":
+                assert "missed run" not in runs and "schedule" not in runs, runs
+            else:
+                assert runs == ["missed run"], f"{job} ran {runs}"
+        (verified,) = [e for e in events if e["message"].startswith("verify finished")]
+        assert f"ok     backup {dumped} (logical) in local, s3" in verified["fields"]["report"]
         assert any("SIGTERM received" in e["message"] for e in events)
         assert telegram.token not in (tmp_path / "daemon.log").read_text()
 

@@ -4,6 +4,7 @@ broken notifier never fails a backup nor leaks the bot token."""
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from backend import notify
-from backend.config import MASK, ClusterConfig, Config, TelegramConfig
+from backend.config import MASK, ClusterConfig, Config, TelegramConfig, load_config
 from backend.jobs import notify_restore
 from backend.manifest import BackupManifest, StoredObject
 from tests.harness.cluster import Cluster, clean_env
@@ -226,13 +227,22 @@ def test_backup_succeeds_when_telegram_fails_and_the_token_stays_secret(
     assert "telegram: message not delivered" in result.stderr and "HTTP 500" in result.stderr
     assert all(r.status == 500 for r in telegram.requests) and len(telegram.requests) >= 2
 
+    # Rate limited for good (429 on every try): retried after retry_after, then given up; the backup stands.
+    telegram.reset()
+    telegram.set_mode("429", retry_after=1)
+    result = cluster.pgdr("backup", env=env)
+    assert "complete" in result.stdout
+    assert "telegram: message not delivered" in result.stderr and "HTTP 429 Too Many Requests" in result.stderr
+    assert [r.status for r in telegram.requests] == [429] * len(telegram.requests) and len(telegram.requests) >= 2
+    assert telegram.texts() == []
+
     telegram.stop()
     result = cluster.pgdr("backup", env=env)
     assert "telegram: message not delivered" in result.stderr and "Connection refused" in result.stderr
     for output in (result.stdout, result.stderr):
         assert telegram.token not in output
     listed = cluster.pgdr("list", "--json", env=env)
-    assert listed.stdout.count('"kind": "physical"') == 2
+    assert listed.stdout.count('"kind": "physical"') == 3
 
 
 def test_backup_messages_and_failures_rate_limited_across_processes(
@@ -258,3 +268,53 @@ def test_backup_messages_and_failures_rate_limited_across_processes(
     cluster.pgdr("backup", env=env)
     last = telegram.texts()[-1]
     assert last.startswith("✅ pgdr: base backup ") and "(after 2 failures since " in last
+
+
+def test_a_failing_pgdr_verify_notifies_and_a_passing_one_does_not(
+    cluster: Cluster, telegram: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manual verify alerts like the daemon's does, and a dead Telegram never changes its exit code."""
+    cluster.write_config(cluster.base_config(extra=telegram_toml(telegram)))
+    env = clean_env(PGDR_STATE_DIR=str(tmp_path / "state"))
+    cluster.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n")
+    name = json.loads(cluster.pgdr("backup", "--json", env=env).stdout)["name"]
+    telegram.reset()  # the backup's own message
+
+    assert cluster.pgdr("verify", env=env).returncode == 0
+    assert telegram.requests == [], "a passing verify is no news"
+
+    tar = cluster.local_repo / "main" / "backups" / name / "base.tar.zst"
+    good = tar.read_bytes()
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0x01
+    tar.write_bytes(bytes(flipped))
+
+    # Telegram down: the failure is logged, and verify still says "problems found" (1), not an error (2).
+    telegram.set_mode("500")
+    down = cluster.pgdr("verify", env=env, check=False)
+    assert down.returncode == 1, down.stderr
+    assert "PROBLEMS FOUND" in down.stdout
+    assert "telegram: message not delivered" in down.stderr and telegram.token not in down.stderr
+    assert telegram.texts() == []
+
+    telegram.set_mode("ok")
+    failed = cluster.pgdr("verify", name, env=env, check=False)
+    assert failed.returncode == 1
+    (text,) = telegram.texts()
+    assert text.startswith("❌ pgdr: verify of cluster main found problems:\n")
+    assert f"BAD    backup {name}" in text and "local: base.tar.zst: checksum" in text
+    assert "(repeated 1 time since " in text  # the undelivered alert is not lost, only late
+
+    # The console's Verify screen runs the same backend call, so it alerts too (a fresh rate-limit
+    # state, or this failure would rightly be held back as a repeat of the one just sent).
+    from pgdr_tui.source import Source
+
+    monkeypatch.setenv("PGDR_STATE_DIR", str(tmp_path / "console-state"))
+    console = Source(load_config(cluster.config_path), probe_server=False)
+    assert not console.verify(None, deep=False, on_progress=lambda _: None, cancel=None).ok
+    assert len(telegram.texts()) == 2 and telegram.texts()[-1].startswith("❌ pgdr: verify of cluster main found")
+
+    tar.write_bytes(good)
+    assert cluster.pgdr("verify", env=env).returncode == 0
+    assert telegram.texts()[-1].startswith("✅ pgdr: verify of cluster main passed again (after 2 failures since ")
+    assert len(telegram.texts()) == 3

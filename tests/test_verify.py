@@ -45,6 +45,21 @@ def wal_of(report: dict[str, Any], repo: str) -> dict[str, Any]:
     return found[0]
 
 
+def listed(cluster: Cluster) -> list[dict[str, Any]]:
+    """The backups ``pgdr list --json`` shows."""
+    backups: list[dict[str, Any]] = json.loads(cluster.pgdr("list", "--json").stdout)["backups"]
+    return backups
+
+
+def list_rows(cluster: Cluster, *names: str) -> list[str]:
+    """The rows of ``pgdr list``'s backup table naming these backups (the header says LAST VERIFIED)."""
+    text = cluster.pgdr("list").stdout
+    assert "LAST VERIFIED (UTC)" in text
+    rows = [line.rstrip() for line in text.splitlines() if any(line.strip().startswith(n) for n in names)]
+    assert len(rows) == len(names), text
+    return rows
+
+
 def config(cluster: Cluster) -> Config:
     return load_config(cluster.config_path)
 
@@ -68,6 +83,8 @@ def test_good_backups_pass_and_the_result_is_stored(cluster_s3: Cluster) -> None
     physical = backup(cluster_s3)
     logical = backup(cluster_s3, "--logical")
     archive_segments(cluster_s3, 2)
+    assert {b["name"]: b["last_verified"] for b in listed(cluster_s3)} == {physical: None, logical: None}
+    assert all(line.rstrip().endswith(" never") for line in list_rows(cluster_s3, physical, logical))
 
     result = cluster_s3.pgdr("verify")
     assert result.returncode == 0
@@ -93,6 +110,22 @@ def test_good_backups_pass_and_the_result_is_stored(cluster_s3: Cluster) -> None
     assert s3_record is not None and s3_record["repository"] == "s3" and s3_record["copy_ok"] is True
     assert last_verified(repos, "19990101T000000Z") is None
 
+    # `pgdr list` says when and how each backup was last verified, and the verdict.
+    shown = {b["name"]: b["last_verified"] for b in listed(cluster_s3)}
+    for name in (physical, logical):
+        record = last_verified(repos, name)
+        assert record is not None
+        assert shown[name] == {
+            "time": record["time"],
+            "level": "checksums",
+            "ok": True,
+            "repository": record["repository"],
+            "last_deep": None,
+        }
+    verified_at = datetime.fromisoformat(shown[physical]["time"])
+    for row in list_rows(cluster_s3, physical, logical):
+        assert row.endswith(f"{verified_at:%Y-%m-%d %H:%M} checksums ok"), row
+
 
 def test_bad_copies_are_named_and_the_good_copy_is_not(cluster_s3: Cluster) -> None:
     name = backup(cluster_s3)
@@ -115,6 +148,10 @@ def test_bad_copies_are_named_and_the_good_copy_is_not(cluster_s3: Cluster) -> N
     local_record, s3_record = last_verified(repos[0], name), last_verified(repos[1], name)
     assert local_record is not None and local_record["ok"] is False and local_record["copy_ok"] is False
     assert s3_record is not None and s3_record["copy_ok"] is True
+    (listed_backup,) = listed(cluster_s3)
+    assert (listed_backup["last_verified"]["level"], listed_backup["last_verified"]["ok"]) == ("checksums", False)
+    (row,) = list_rows(cluster_s3, name)
+    assert row.endswith(" checksums FAILED"), row
 
     # Now cut the S3 copy of the other object short as well: both copies are named, each for its own fault.
     s3 = repos[1]
@@ -235,6 +272,11 @@ def test_deep_rehearsal_restores_starts_and_cleans_up(cluster: Cluster) -> None:
     quick = last_verified(open_repositories(config(cluster)), name)
     assert quick is not None and quick["level"] == "checksums"
     assert quick["last_deep"] == {"time": record["time"], "ok": True}
+    (listed_backup,) = listed(cluster)
+    assert listed_backup["last_verified"]["level"] == "checksums"
+    assert listed_backup["last_verified"]["last_deep"] == {"time": record["time"], "ok": True}
+    (row,) = list_rows(cluster, name)
+    assert row.endswith(f" checksums ok, deep {datetime.fromisoformat(record['time']):%Y-%m-%d}"), row
 
 
 def test_wal_continuity_rules() -> None:
