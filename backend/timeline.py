@@ -201,12 +201,12 @@ class RecoveryTimeline:
         found = _lookup(self._tables, self._paths[timeline], number)
         return found[0].info(found[1], self.segment_size) if found is not None else None
 
-    def nearest(self, timeline: int, instant: datetime) -> tuple[datetime | None, datetime | None]:
-        """The closest reachable instants before and after ``instant`` on ``timeline``."""
-        windows = self.windows_on(timeline)
-        before = max((w.end for w in windows if w.end < instant), default=None)
-        after = min((w.start for w in windows if w.start > instant), default=None)
-        return before, after
+    def gap_after(self, window: Window) -> Gap | None:
+        """The gap that ends ``window``, when its WAL stops because a segment is missing (not at the archive's end)."""
+        last = window.last_segment
+        return next(
+            (g for g in self.gaps if g.timeline == last.timeline and g.after_segment.number == last.number), None
+        )
 
 
 def timeline_path(timeline: int, histories: dict[int, History], segment_size: int) -> list[tuple[int, int]]:

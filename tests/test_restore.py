@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
+from backend.timeline import estimate_restore_seconds
 from tests.conftest import s3_settings
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, clean_env, pgdr_executable, wait_for
 from tests.harness.s3 import MotoEndpoint
@@ -144,6 +148,7 @@ def test_wal_gap_shows_and_blocks_targets_past_it(cluster: Cluster) -> None:
     story = Story(cluster)
     cluster.sql("INSERT INTO audit_trail (note) SELECT 'more' FROM generate_series(1, 10)")
     after_gap = cluster.switch_wal()
+    in_gap: datetime = cluster.sql("SELECT clock_timestamp()")[0][0]  # its commit is in the lost segment
     cluster.sql("INSERT INTO audit_trail (note) VALUES ('last')")
     later = cluster.switch_wal()
     cluster.wait_archived(later)
@@ -162,6 +167,32 @@ def test_wal_gap_shows_and_blocks_targets_past_it(cluster: Cluster) -> None:
     assert plan["wal_last"] < after_gap
     future = restore(cluster, "--timestamp", "2099-01-01 00:00:00", check=False)
     assert future.returncode == 2 and "not reachable" in future.stderr
+
+    # Between the gap and the last archived commit: refused, naming the missing segment and the
+    # last reachable instant before it (nothing after it can be reached: no backup follows the gap).
+    reachable_before = f"{datetime.fromisoformat(window['end']) - timedelta(microseconds=1):%Y-%m-%d %H:%M:%S.%f} UTC"
+    stranded = restore(cluster, "--timestamp", in_gap.isoformat(), "--dry-run", check=False)
+    assert stranded.returncode == 2, stranded.stdout + stranded.stderr
+    assert f"the archived WAL has a gap: {after_gap} is missing" in stranded.stderr
+    assert f"latest reachable before it: {reachable_before}" in stranded.stderr
+    assert "nothing is reachable after it" in stranded.stderr
+
+    # A base backup after the gap opens a second window: the refusal names its start too, and both
+    # instants it names, pasted back as --timestamp, are planned from the right backup.
+    newer = json.loads(cluster.pgdr("backup", "--json").stdout)["name"]
+    cluster.sql("INSERT INTO audit_trail (note) VALUES ('after the new backup')")
+    cluster.wait_archived(cluster.switch_wal())
+    second = next(
+        w for w in json.loads(cluster.pgdr("timeline", "--json").stdout)["windows"] if w["base_backup"] == newer
+    )
+    reachable_after = f"{datetime.fromisoformat(second['start']):%Y-%m-%d %H:%M:%S.%f} UTC"
+    both = restore(cluster, "--timestamp", in_gap.isoformat(), "--dry-run", check=False)
+    assert both.returncode == 2 and f"{after_gap} is missing" in both.stderr, both.stderr
+    assert f"latest reachable before it: {reachable_before} (backup {story.backup})" in both.stderr
+    assert f"earliest reachable after it: {reachable_after} (backup {newer})" in both.stderr
+    for pasted, backup in ((reachable_before, story.backup), (reachable_after, newer)):
+        planned = json.loads(restore(cluster, "--timestamp", pasted, "--dry-run", "--json").stdout)
+        assert planned["base_backup"] == backup
     assert not safety_copies(cluster)
 
 
@@ -181,6 +212,84 @@ def test_corrupt_segment_is_not_replayed(cluster: Cluster) -> None:
     assert f"{story.last_segment}: no intact copy" in log
     assert f"{story.last_segment}: no intact copy" in result.stdout  # the report names the refused segment
     assert safety_copies(cluster), "the pre-restore data directory is kept"
+
+
+def test_the_newest_backup_stopped_at_or_before_the_target_is_chosen(cluster: Cluster) -> None:
+    """Without --backup: never a backup that stopped after the target, and no older one than needed."""
+    cluster.sql("CREATE TABLE ticks (at timestamptz DEFAULT clock_timestamp())")
+    first = json.loads(cluster.pgdr("backup", "--json").stdout)["name"]
+    cluster.sql("INSERT INTO ticks DEFAULT VALUES")
+    between: datetime = cluster.sql("SELECT clock_timestamp()")[0][0]
+    second = json.loads(cluster.pgdr("backup", "--json").stdout)["name"]
+    cluster.sql("INSERT INTO ticks DEFAULT VALUES")
+    cluster.wait_archived(cluster.switch_wal())
+    stopped = {
+        b["name"]: datetime.fromisoformat(b["stop_time"])
+        for b in json.loads(cluster.pgdr("list", "--json").stdout)["backups"]
+    }
+
+    def chosen(instant: datetime) -> str:
+        plan = json.loads(restore(cluster, "--timestamp", instant.isoformat(), "--dry-run", "--json").stdout)
+        assert datetime.fromisoformat(plan["target_instant"]) == instant
+        return str(plan["base_backup"])
+
+    assert chosen(between) == first  # the later backup stopped after the target: never used
+    assert chosen(stopped[second] - timedelta(microseconds=1)) == first
+    assert chosen(stopped[second]) == second  # at its stop point, the newer backup wins: less WAL to replay
+    text = restore(cluster, "--timestamp", stopped[second].isoformat(), "--dry-run").stdout
+    assert f"base backup:     {second} (stopped" in text and first not in text
+
+    # Before the first backup stopped, no backup can serve: refused, never a silent later backup.
+    early = restore(cluster, "--timestamp", (stopped[first] - timedelta(microseconds=1)).isoformat(), check=False)
+    assert early.returncode == 2 and "no base backup finished before it" in early.stderr, early.stderr
+    assert f"earliest reachable after it: {stopped[first]:%Y-%m-%d %H:%M:%S.%f} UTC (backup {first})" in early.stderr
+    assert not safety_copies(cluster)
+
+
+def test_the_plan_reads_the_time_zone_and_shows_space_safety_copy_and_time(cluster: Cluster) -> None:
+    cluster.sql("CREATE TABLE notes (x int)")
+    backup = json.loads(cluster.pgdr("backup", "--json").stdout)["name"]
+    cluster.sql("INSERT INTO notes VALUES (1)")
+    target: datetime = cluster.sql("SELECT clock_timestamp()")[0][0]
+    cluster.sql("INSERT INTO notes VALUES (2)")
+    cluster.wait_archived(cluster.switch_wal())
+    # The wall clock in Kolkata (UTC+05:30 all year), typed without an offset.
+    typed = f"{target.astimezone(ZoneInfo('Asia/Kolkata')):%Y-%m-%d %H:%M:%S.%f}"
+    utc = f"{target.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}"
+
+    def dry_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return restore(cluster, "--timestamp", typed, *args, "--dry-run", check=False)
+
+    plan = json.loads(dry_run("--tz", "Asia/Kolkata", "--json").stdout)
+    assert datetime.fromisoformat(plan["target_instant"]) == target
+    assert plan["target"]["settings"]["recovery_target_time"] == f"{utc}+00"
+    text = dry_run("--tz", "Asia/Kolkata").stdout
+    assert f"time {utc[:-3]} UTC (typed {typed!r}, read in Asia/Kolkata" in text
+    # Read in UTC (the default, or --tz over the config), the same clock reading is 5½ hours later.
+    assert "not reachable" in dry_run().stderr
+    cluster.write_config(cluster.base_config(extra='\n[restore]\ntimezone = "Asia/Kolkata"\n'))
+    assert json.loads(dry_run("--json").stdout)["target_instant"] == plan["target_instant"]
+    assert "not reachable" in dry_run("--tz", "UTC").stderr
+
+    # Disk space: the base backup plus the WAL to replay, against the free space where the data directory is.
+    (size,) = [b["size_bytes"] for b in json.loads(cluster.pgdr("list", "--json").stdout)["backups"]]
+    assert plan["base_backup"] == backup and plan["wal_segments"] >= 1
+    assert plan["space_needed"] == size + plan["wal_segments"] * 16 * 1024 * 1024
+    assert abs(plan["space_free"] - shutil.disk_usage(cluster.data_dir).free) < 1 << 30
+    assert re.search(r"disk space: +needs [\d.]+ [kMG]?B, [\d.]+ [kMGT]?B free\n", text), text
+    # The safety copy: the data directory moved aside beside itself; a dry run does not make it.
+    safety = Path(plan["safety_copy"])
+    assert safety.parent == cluster.data_dir.parent and re.fullmatch(r"data\.pgdr-safety-\d{8}T\d{6}Z", safety.name)
+    moved_aside = rf"safety copy: +{re.escape(str(cluster.data_dir))}\.pgdr-safety-\d{{8}}T\d{{6}}Z \(the current data"
+    assert re.search(moved_aside + r" directory, moved aside, never deleted\)", text), text
+    assert not safety_copies(cluster)
+    # The estimate: an upper bound from the bytes to unpack and replay, printed in seconds.
+    assert plan["estimated_seconds"] == round(estimate_restore_seconds(size, plan["wal_bytes"]), 1)
+    assert re.search(r"estimated time: +about \d+ seconds?\n", text), text
+
+    beside = json.loads(dry_run("--target-dir", str(cluster.root / "beside"), "--json").stdout)
+    assert beside["safety_copy"] is None and beside["in_place"] is False
+    assert not (cluster.root / "beside").exists()
 
 
 @pytest.mark.parametrize(
@@ -273,19 +382,44 @@ def test_dry_run_changes_nothing_anywhere(cluster: Cluster) -> None:
     story = Story(cluster)
     cluster.pgdr("wal-upload")  # let the background indexer finish, then forget its work
     shutil.rmtree(cluster.local_repo / "main" / "walindex")
+    state = Path(os.environ["XDG_STATE_HOME"]) / "pgdr"  # the CLI's state dir (the server's is under root)
+    cache = state / "cache"
+    started = cluster.sql("SELECT pg_postmaster_start_time()")[0][0]
+    conf = (cluster.data_dir / "postgresql.auto.conf").read_bytes()
 
-    def snapshot() -> list[tuple[str, int, float]]:
-        return sorted(
-            (str(p), p.stat().st_size, p.stat().st_mtime)
-            for p in cluster.root.rglob("*")
-            if p.is_file() and "pg_stat_tmp" not in str(p) and "server.log" not in p.name and "/data/" not in str(p)
-        )
+    def snapshot(*, data: bool) -> list[tuple[str, int, float]]:
+        """Every file and folder (a folder's mtime moves when anything is created or removed in it).
 
-    before = snapshot()
-    plan = restore(cluster, "--timestamp", story.before_drop.isoformat(), "--dry-run").stdout
-    assert "Dry run: nothing was changed" in plan
-    assert snapshot() == before
+        Except pgdr's caches (``cache/`` in the state dir): they only remember listings and WAL index
+        entries already read, deleting them loses nothing, and every read-only command keeps them.
+        """
+        paths = [p for top in (cluster.root, state) for p in top.rglob("*") if p != cache and cache not in p.parents]
+        if not data:  # a running server writes its own files under data/ and its log all the time
+            paths = [p for p in paths if cluster.data_dir not in p.parents and p != cluster.log_path]
+        return sorted((str(p), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime) for p in paths)
+
+    def dry_run() -> None:
+        plan = restore(cluster, "--timestamp", story.before_drop.isoformat(), "--dry-run").stdout
+        assert "Dry run: nothing was changed" in plan
+
+    # While the server runs: it is not stopped or restarted, its data directory is not moved aside or
+    # given recovery settings, and nothing else (repository, configs, state dir) changes.
+    before = snapshot(data=False)
+    names = sorted(p.name for p in cluster.data_dir.iterdir())
+    dry_run()
+    assert snapshot(data=False) == before
+    assert cluster.sql("SELECT pg_postmaster_start_time()")[0][0] == started
+    assert sorted(p.name for p in cluster.data_dir.iterdir()) == names
+    assert (cluster.data_dir / "postgresql.auto.conf").read_bytes() == conf
     assert not (cluster.local_repo / "main" / "walindex").exists()
+
+    # With the server stopped nothing else writes there: the data directory too, byte for byte.
+    cluster.stop()
+    before = snapshot(data=True)
+    contents = {p: p.read_bytes() for p in cluster.data_dir.rglob("*") if p.is_file()}
+    dry_run()
+    assert snapshot(data=True) == before
+    assert {p: p.read_bytes() for p in cluster.data_dir.rglob("*") if p.is_file()} == contents
 
 
 def test_a_restore_is_announced_on_telegram(cluster: Cluster) -> None:

@@ -45,13 +45,43 @@ def test_logical_restore_brings_the_table_back_after_a_safety_dump(cluster_s3: C
     assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 300
 
 
+def test_from_dump_takes_an_s3_url_or_a_logical_backup_name(cluster_s3: Cluster) -> None:
+    """`--from-dump` (and the positional dump) accept what the issue promises: a name or s3://bucket/key."""
+    cluster_s3.sql("CREATE TABLE loans (id int PRIMARY KEY)")
+    cluster_s3.sql("INSERT INTO loans SELECT generate_series(1, 50)")
+    name = json.loads(cluster_s3.pgdr("backup", "--logical", "--json").stdout)["name"]
+    cfg = load_config(cluster_s3.config_path)
+    url = f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}/main/backups/{name}/postgres.dump"
+
+    cluster_s3.sql("DELETE FROM loans")
+    plan = cluster_s3.pgdr("restore", url, "--dry-run").stdout  # positional, as the seed's postgres-restore
+    assert f"dump:            {url} (" in plan and "Dry run" in plan
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 0
+    out = cluster_s3.pgdr("restore", "--from-dump", url, "--yes").stdout
+    assert f"restored {url} into postgres" in out
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 50
+
+    cluster_s3.sql("DELETE FROM loans WHERE id > 10")
+    out = cluster_s3.pgdr("restore", "--from-dump", name, "--yes").stdout
+    assert f"restored {name}/postgres.dump from the local repository into postgres" in out
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 50
+
+    missing = cluster_s3.pgdr("restore", "--from-dump", url + ".gone", "--yes", check=False)
+    assert missing.returncode == 2 and f"{url}.gone does not exist" in missing.stderr, missing.stderr
+    assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 50
+
+
 def test_bad_dumps_change_nothing(cluster: Cluster, tmp_path: Path) -> None:
     cluster.sql("CREATE TABLE keep (x int)")
     cluster.sql("INSERT INTO keep VALUES (1)")
     junk = tmp_path / "junk.dump"
     junk.write_bytes(b"not a dump" * 100)
-    for args in (["restore", str(junk), "--yes"], ["restore", "--from-dump", "nope", "--yes"],
-                 ["restore", "--logical", "--latest", "--yes"], ["restore", "--from-s3", "http://x", "--yes"]):
+    for args in (
+        ["restore", str(junk), "--yes"],
+        ["restore", "--from-dump", "nope", "--yes"],
+        ["restore", "--logical", "--latest", "--yes"],
+        ["restore", "--from-s3", "http://x", "--yes"],
+    ):
         result = cluster.pgdr(*args, check=False)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert cluster.sql("SELECT count(*) FROM keep")[0][0] == 1

@@ -27,6 +27,8 @@ from backend.manifest import BACKUPS_PREFIX
 from backend.postgres import connect, libpq_env, program, server_info
 from backend.repository import ENCRYPTED_MAGIC, Repository, open_repositories
 
+S3_SCHEME = "s3://"
+
 
 @dataclass(frozen=True)
 class DumpSource:
@@ -73,9 +75,16 @@ class LogicalPlan:
 def find_dump(
     cfg: Config, *, name_or_path: str | None = None, s3_url: str | None = None, latest: bool = False
 ) -> DumpSource:
-    """Resolve the seed's ways of naming a dump: a file, an s3:// URL, a backup name, or the latest."""
+    """Resolve the seed's ways of naming a dump: a file, an s3:// URL, a backup name, or the latest.
+
+    An ``s3://`` URL is accepted wherever a dump is named (``--from-s3``, ``--from-dump``, the
+    positional argument): the issue promises ``--from-dump s3://...``, and an operator pasting a URL
+    should not be told it is an unknown backup name.
+    """
     if s3_url:
         return _s3_source(cfg, s3_url)
+    if name_or_path and name_or_path.startswith(S3_SCHEME):
+        return _s3_source(cfg, name_or_path)
     if name_or_path and Path(name_or_path).is_file():
         path = Path(name_or_path)
         with path.open("rb") as fh:
@@ -111,9 +120,9 @@ def find_dump(
 
 
 def _s3_source(cfg: Config, url: str) -> DumpSource:
-    if not url.startswith("s3://") or "/" not in url[5:]:
-        raise PgdrError(f"--from-s3 needs s3://bucket/key, not {url!r}")
-    bucket, key = url[5:].split("/", 1)
+    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
+    if not url.startswith(S3_SCHEME) or not bucket or not key:
+        raise PgdrError(f"a dump in S3 is named s3://bucket/key, not {url!r}")
     from backend.repository.s3 import S3Repository
 
     repo: Repository = S3Repository.from_config(cfg, bucket=bucket, root="")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from backend.walindex import WalEvent
 from backend.walnames import SegmentName, format_lsn
 
 SAFETY_SUFFIX = ".pgdr-safety-"
+#: PostgreSQL's commit timestamps are microseconds: the latest instant before a window's end.
+_TICK = timedelta(microseconds=1)
 
 
 @dataclass
@@ -169,6 +171,11 @@ def make_plan(
 
     located = locate(target, events)
     window, instant = _choose(timeline, windows, target, backup_name, tli, located=located)
+    if target.timeline == "current":
+        # PostgreSQL reads 'current' as the base backup's own timeline, but the window chosen may be an
+        # older timeline's backup carried over into ``tli``: name the planned timeline so the recovery
+        # follows the WAL the plan counted, not the backup's abandoned timeline.
+        target = replace(target, timeline=str(tli))
     chosen = backups[window.base_backup]
     first = SegmentName.parse(chosen.manifest.wal_start or "", timeline.segment_size).number
     wal, complete = _wal_for(timeline, tli, window, target, first=first, instant=instant, located=located)
@@ -298,30 +305,57 @@ def _newest(window: Window) -> tuple[datetime, str]:
 def _unreachable(
     timeline: RecoveryTimeline, tli: int, instant: datetime, backup_name: str | None, usable: list[Window]
 ) -> PgdrError:
-    before, after = timeline.nearest(tli, instant)
-    if backup_name is not None:
-        before = max((w.end for w in usable if w.end < instant), default=None)
-        after = min((w.start for w in usable if w.start > instant), default=None)
+    """Why ``instant`` cannot be reached, and the nearest instants that can, on both sides.
+
+    The operator acts on this at the worst moment: the instants are exact (microseconds, UTC) so
+    either can be pasted back as ``--timestamp``, and a window cut short by a missing segment says
+    which segment, because the fix (putting that segment back) is not "pick another time".
+    """
+    reachable = [w for w in usable if w.end > w.start]  # a window without a commit after its start holds no instant
+    before = max((w for w in reachable if w.end <= instant), key=lambda w: w.end, default=None)
+    after = min((w for w in reachable if w.start > instant), key=lambda w: w.start, default=None)
     first = min((w.start for w in usable), default=None)
-    why = (
-        "no base backup finished before it"
-        if first is not None and instant < first
-        else "the archived WAL does not reach it"
-    )
-    if backup_name is not None and first is not None and instant < first:
-        why = f"backup {backup_name} finished after it; pick an older backup"
-    near = (
-        ", ".join(
-            part
-            for part in (
-                f"latest reachable before it: {before:%Y-%m-%d %H:%M:%S} UTC" if before else "",
-                f"earliest reachable after it: {after:%Y-%m-%d %H:%M:%S} UTC" if after else "",
-            )
-            if part
+    gap = timeline.gap_after(before) if before is not None else None
+    if first is None:
+        why = "no base backup can reach any instant on it"
+    elif instant < first:
+        why = (
+            f"backup {backup_name} finished after it; pick an older backup"
+            if backup_name is not None
+            else "no base backup finished before it"
         )
-        or "nothing is reachable"
+    elif gap is not None:
+        missing = gap.missing_from.name
+        if gap.missing_to != gap.missing_from:
+            missing = f"{missing} .. {gap.missing_to.name}"
+        why = (
+            f"the archived WAL has a gap: {missing} is missing after {gap.after_segment.name}, so replay "
+            "stops there; put it back into the archive if a copy exists, or pick one of these instants"
+        )
+    elif not reachable:
+        why = (
+            "no commit was archived after the base backup stopped, and recovery to a time stops at the first "
+            "commit after it; use --latest or --immediate"
+        )
+    else:
+        why = "the archived WAL does not reach it"
+    # Recovery to a time stops at the first commit after it, so a window's end itself is not reachable.
+    near = "; ".join(
+        (
+            f"latest reachable before it: {_when(before.end - _TICK)} (backup {before.base_backup})"
+            if before is not None
+            else "nothing is reachable before it",
+            f"earliest reachable after it: {_when(after.start)} (backup {after.base_backup})"
+            if after is not None
+            else "nothing is reachable after it",
+        )
     )
-    return PgdrError(f"{instant:%Y-%m-%d %H:%M:%S} UTC is not reachable on timeline {tli} ({why}); {near}")
+    return PgdrError(f"{_when(instant)} is not reachable on timeline {tli} ({why}); {near}")
+
+
+def _when(instant: datetime) -> str:
+    """An instant as ``--timestamp`` reads it back: UTC, to the microsecond PostgreSQL records."""
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f} UTC"
 
 
 def _wal_for(

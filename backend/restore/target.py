@@ -70,8 +70,10 @@ class RecoveryTarget:
 def parse_timestamp(text: str, zone: str = "UTC") -> datetime:
     """'2024-01-15 14:30:00' (in ``zone``), or with an offset / 'Z'; fractions of a second allowed."""
     tz = timezone(zone)
-    cleaned = text.strip().replace("T", " ")
-    cleaned = re.sub(r"\s*(UTC|Z)$", "+00:00", cleaned)
+    # Only the ISO date/time separator is a 'T': replacing every T would break the 'UTC' suffix the
+    # plan and the refusals print, and an operator pastes those back.
+    cleaned = re.sub(r"^(\d{4}-\d{2}-\d{2})[Tt]", r"\1 ", text.strip())
+    cleaned = re.sub(r"\s*(UTC|Z)$", "+00:00", cleaned, flags=re.IGNORECASE)
     cleaned = re.sub(r"([+-]\d{2})$", r"\1:00", cleaned)
     try:
         parsed = datetime.fromisoformat(cleaned)

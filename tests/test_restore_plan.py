@@ -1,0 +1,138 @@
+"""The restore planner on a made-up archive: plain and fast, no server.
+
+Made-up archives reach shapes a real cluster needs minutes to build (a promotion with backups on
+both timelines, a segment missing between two backups) and let the test say exactly what recovery
+will be told.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backend.catalog import Catalog, CatalogBackup
+from backend.config import ClusterConfig, Config, PostgresConfig
+from backend.errors import PgdrError
+from backend.manifest import BackupManifest
+from backend.restore.plan import RestorePlan, make_plan
+from backend.restore.run import write_recovery_settings
+from backend.restore.target import make_target, parse_timestamp
+from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline
+from backend.walnames import SegmentName, format_lsn
+
+SEG = 16 << 20
+T0 = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def table(timeline: int, numbers: list[int], *, minutes_from: int = 0) -> SegmentTable:
+    """Segments archived one a minute (no WAL index: their archive time is their latest instant)."""
+    t = SegmentTable(timeline)
+    t.numbers = numbers
+    t.stored_bytes = [SEG // 4] * len(numbers)
+    t.archived_at = [(T0 + timedelta(minutes=minutes_from + n)).timestamp() for n in numbers]
+    t.first_commit = [math.nan] * len(numbers)
+    t.last_commit = [math.nan] * len(numbers)
+    t.indexed = [False] * len(numbers)
+    t.repositories = [("local",)] * len(numbers)
+    return t
+
+
+def backup(name: str, timeline: int, segment: int, stopped: datetime) -> BackupManifest:
+    stop_lsn = segment * SEG + 0x1000
+    return BackupManifest(
+        name=name,
+        kind="physical",
+        cluster="main",
+        system_identifier=1,
+        pg_version="15.0",
+        start_time=stopped - timedelta(seconds=5),
+        stop_time=stopped,
+        objects=[],
+        timeline=timeline,
+        start_lsn=format_lsn(segment * SEG + 0x28),
+        stop_lsn=format_lsn(stop_lsn),
+        wal_start=SegmentName(timeline, segment, SEG).name,
+        wal_stop=SegmentName(timeline, segment, SEG).name,
+        wal_segment_size=SEG,
+    )
+
+
+def config(tmp_path: Path) -> Config:
+    return Config(cluster=ClusterConfig(name="main"), postgres=PostgresConfig(data_dir=str(tmp_path / "data")))
+
+
+def plan_for(
+    tmp_path: Path, manifests: list[BackupManifest], archive: RecoveryTimeline, timestamp: str, timeline: str = "latest"
+) -> RestorePlan:
+    catalog = Catalog(backups=[CatalogBackup(m, ["local"]) for m in manifests], wal=[], history_files={})
+    return make_plan(config(tmp_path), catalog, archive, make_target(timestamp=timestamp, timeline=timeline))
+
+
+def test_target_timeline_current_names_the_planned_timeline(tmp_path: Path) -> None:
+    """A timeline-1 backup whose window runs on into timeline 2 must be told to follow timeline 2.
+
+    Timeline 2 began at segment 5 (promoted at 12:15); b1 was taken on timeline 1, b2 on timeline 2
+    at 12:27:50. 12:20 lies on timeline 2 before b2, so only b1 reaches it, through timeline 2's WAL.
+    PostgreSQL reads ``recovery_target_timeline = 'current'`` as b1's own timeline (1) and would
+    replay timeline 1's abandoned future instead.
+    """
+    promoted = T0 + timedelta(minutes=15)
+    history = History.parse(2, f"1\t{format_lsn(5 * SEG + 0x2000)}\tno recovery target specified\n", created=promoted)
+    tables = {1: table(1, [1, 2, 3, 4]), 2: table(2, [5, 6, 7, 8, 9, 10], minutes_from=20)}
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    b2 = backup("20240115T122750Z", 2, 8, T0 + timedelta(minutes=27, seconds=50))
+    timeline = build_timeline([b1, b2], tables, {2: history}, SEG)
+
+    plan = plan_for(tmp_path, [b1, b2], timeline, timestamp="2024-01-15 12:20:00", timeline="current")
+
+    assert (plan.backup.name, plan.timeline) == (b1.name, 2)
+    assert plan.wal[-1].segment.timeline == 2  # the plan counted timeline 2's WAL ...
+    data = tmp_path / "restored"
+    data.mkdir()
+    write_recovery_settings(config(tmp_path), plan, data)
+    written = (data / "postgresql.auto.conf").read_text()
+    assert "recovery_target_timeline = '2'\n" in written  # ... and recovery is told to follow it
+    assert "recovery_target_timeline = 2)" in plan.render()
+    assert plan.to_json()["target"]["settings"]["recovery_target_timeline"] == "2"
+
+    # After b2 stopped, b2 (on timeline 2 itself) is chosen, with the same explicit timeline.
+    chosen = plan_for(tmp_path, [b1, b2], timeline, timestamp="2024-01-15 12:29:00", timeline="current")
+    assert chosen.backup.name == b2.name
+    assert chosen.target.recovery_settings()["recovery_target_timeline"] == "2"
+
+
+def test_a_gap_between_two_backups_is_named_with_the_reachable_instants_around_it(tmp_path: Path) -> None:
+    """Segment 5 is missing: b1's window ends at segment 4, b2's begins at 12:08:30."""
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    b2 = backup("20240115T120830Z", 1, 8, T0 + timedelta(minutes=8, seconds=30))
+    timeline = build_timeline([b1, b2], {1: table(1, [1, 2, 3, 4, 6, 7, 8, 9, 10])}, {}, SEG)
+
+    with pytest.raises(PgdrError) as refused:
+        plan_for(tmp_path, [b1, b2], timeline, timestamp="2024-01-15 12:06:00")
+    message = str(refused.value)
+    assert "the archived WAL has a gap: 000000010000000000000005 is missing" in message
+    assert "latest reachable before it: 2024-01-15 12:03:59.999999 UTC (backup 20240115T120230Z)" in message
+    assert "earliest reachable after it: 2024-01-15 12:08:30.000000 UTC (backup 20240115T120830Z)" in message
+    assert "\n" not in message
+
+    # Both instants the refusal names can be pasted back as --timestamp and are planned.
+    for pasted, name in (("2024-01-15 12:03:59.999999 UTC", b1.name), ("2024-01-15 12:08:30.000000 UTC", b2.name)):
+        assert plan_for(tmp_path, [b1, b2], timeline, timestamp=pasted).backup.name == name
+
+
+@pytest.mark.parametrize(
+    ("typed", "zone", "utc"),
+    [
+        ("2024-01-15 14:30:00", "Asia/Kolkata", "2024-01-15 09:00:00"),  # no offset: read in the zone
+        ("2024-01-15 14:30:00", "UTC", "2024-01-15 14:30:00"),
+        ("2024-01-15T14:30:00Z", "Asia/Kolkata", "2024-01-15 14:30:00"),  # an offset wins over the zone
+        ("2024-01-15 14:30:00+02", "Asia/Kolkata", "2024-01-15 12:30:00"),
+        ("2024-01-15 14:30:00.250000 UTC", "Asia/Kolkata", "2024-01-15 14:30:00.250000"),  # as pgdr prints it
+        ("2024-01-15 14:30:00 utc", "Asia/Kolkata", "2024-01-15 14:30:00"),
+    ],
+)
+def test_timestamps_are_read_in_the_zone_unless_they_carry_an_offset(typed: str, zone: str, utc: str) -> None:
+    assert parse_timestamp(typed, zone) == datetime.fromisoformat(utc).replace(tzinfo=UTC)
