@@ -6,13 +6,15 @@ import json
 import os
 from pathlib import Path
 
+import boto3
+
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
 from backend.repository.crypt import MAGIC
 from tests.conftest import s3_settings
 from tests.harness.cluster import Cluster, give_to_server_user, wait_for
-from tests.harness.s3 import MotoEndpoint
+from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoEndpoint
 from tests.test_restore import Story, restore
 
 PASSPHRASE = "a long passphrase for the bucket"
@@ -141,3 +143,47 @@ def test_logical_dumps_from_an_encrypted_bucket(cluster_s3: Cluster, moto: MotoE
     cluster_s3.sql("DELETE FROM loans")
     cluster_s3.pgdr("restore", str(cluster_s3.root / "plain.dump"), "--yes")
     assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 300
+
+
+def test_sse_kms_and_client_side_encryption_together(cluster: Cluster, moto: MotoEndpoint, bucket: str) -> None:
+    """Both layers at once: S3 encrypts at rest under the KMS key, and holds only pgdr's ciphertext.
+
+    moto records the KMS key id on each object without encrypting with it, so what this proves is
+    that every upload path (plain PUT for WAL, the backup's streamed upload) asks for SSE-KMS with
+    the configured key, and that the client-side layer underneath still reads back.
+    """
+    kms = boto3.client(
+        "kms",
+        endpoint_url=moto.url,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+    key_id = kms.create_key(Description="pgdr backups")["KeyMetadata"]["KeyId"]
+    s3 = {
+        **s3_settings(moto, bucket),
+        "encryption": "aes-256-gcm",
+        "encryption_passphrase": PASSPHRASE,
+        "sse": "aws:kms",
+        "kms_key_id": key_id,
+    }
+    cluster.write_config(cluster.base_config(local=False, s3=s3))
+    cluster.wait_archived(cluster.switch_wal())
+    name = json.loads(cluster.pgdr("backup", "--json").stdout)["name"]
+    cluster.wait_archived(cluster.switch_wal())
+
+    client = moto.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert f"pg/main/backups/{name}/base.tar.zst" in keys and any("/wal/" in k for k in keys), keys
+    for key in keys:
+        head = client.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == key_id, key
+        assert key.endswith("encryption.json") or head["Body"].read() == MAGIC, f"{key} is not pgdr ciphertext"
+
+    verified = cluster.pgdr("verify", "--json", check=False)
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["ok"], verified.stdout
+    (backup,) = [b for b in report["backups"] if b["name"] == name]
+    assert backup["objects_checked"] == 2  # base.tar.zst and backup_manifest, decrypted and checksummed
+    (wal,) = report["wal"]
+    assert wal["verified_objects"] >= 1  # the backup's consistency WAL, decrypted and decoded

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from backend import faults
 from backend.errors import ObjectNotFound, RepositoryError
 from backend.repository import ObjectInfo, Repository
 
@@ -179,6 +180,7 @@ class LocalRepository(Repository):
         return removed
 
     def delete(self, keys: Iterable[str]) -> None:
+        faults.point("repository-delete")  # expire, holding the lock, about to remove what it planned
         folders: dict[Path, bool] = {}
         for key in keys:
             path = self._path(key)

@@ -20,6 +20,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from backend import faults
 from backend.errors import ConfigError, ObjectNotFound, RepositoryError
 from backend.repository import ObjectInfo, Repository
 
@@ -280,6 +281,7 @@ class S3Repository(Repository):
         deleted here is never shown again (the cache sees removed folders anyway, not removed objects)."""
         from backend import listcache
 
+        faults.point("repository-delete")  # expire, holding the lock, about to remove what it planned
         full = [self._key(key) for key in keys]
         if not full:
             return

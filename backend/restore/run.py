@@ -2,8 +2,10 @@
 
 Order matters for "loses nothing": the server is stopped and the current data directory is moved
 aside (never deleted) before anything is written; the base backup is checksum-verified as it is
-unpacked, and a bad copy is replaced by the other repository's; only then is the server started to
-replay WAL. If recovery stops short of the target, the report says so and the exit is non-zero.
+unpacked, and a bad copy is replaced by the other repository's (the report names the bad one); with
+no intact copy anywhere, the old data directory is put back and nothing is started. Only then is the
+server started to replay WAL. If recovery stops short of the target, the report says so and the exit
+is non-zero.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ class RestoreReport:
     safety_copy: Path | None = None
     data_dir: Path | None = None
     problems: list[str] = field(default_factory=list)
+    base_backup_from: str = ""
+    # Copies of the base backup that failed their checks and were passed over for another repository's:
+    # the restore is sound, but a damaged copy is waiting to fail the next restore that has no other.
+    refused_copies: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         lines = ["Restore finished" if self.reached_target else "Restore did NOT reach its target"]
@@ -61,6 +67,10 @@ class RestoreReport:
             lines.append(f"  last replayed LSN: {self.stopped_at_lsn}")
         if self.new_timeline:
             lines.append(f"  new timeline: {self.new_timeline}")
+        if self.base_backup_from:
+            lines.append(f"  base backup: from the {self.base_backup_from} repository")
+        for refused in self.refused_copies:
+            lines.append(f"  damaged copy not restored: {refused} (`pgdr verify` reports it; take a new backup)")
         lines.append(f"  server: {self.server_state}; log {self.log_file}")
         if self.safety_copy:
             lines.append(f"  safety copy: {self.safety_copy}")
@@ -84,6 +94,8 @@ class RestoreReport:
             "log_file": str(self.log_file) if self.log_file else None,
             "safety_copy": str(self.safety_copy) if self.safety_copy else None,
             "problems": self.problems,
+            "base_backup_from": self.base_backup_from or None,
+            "refused_copies": self.refused_copies,
         }
 
 
@@ -115,7 +127,15 @@ def execute(
     data_dir.chmod(0o700)
     check_cancel(cancel, "restore")
     faults.point("restore-after-safety-copy")
-    restore_base_backup(plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel)
+    refused: list[str] = []
+    try:
+        source = restore_base_backup(
+            plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=refused
+        )
+    except PgdrError as exc:
+        if exc.exit_code == 130:  # cancelled (``Cancelled``): the caller knows it by its type
+            raise
+        raise PgdrError(f"{exc}; {_untouched(plan)}", exit_code=exc.exit_code) from None
     write_recovery_settings(cfg, plan, data_dir)
     if owner is not None:
         _chown_tree(data_dir, owner)
@@ -130,7 +150,36 @@ def execute(
     marker.unlink(missing_ok=True)
     report.safety_copy = plan.safety_copy
     report.data_dir = data_dir
+    report.base_backup_from = source
+    report.refused_copies = refused
     return report
+
+
+def _untouched(plan: RestorePlan) -> str:
+    """After the base backup could not be restored: put things back, and say how they are now.
+
+    Nothing was started on a refused copy and nothing was written but the emptied data directory.
+    A restore beside removes the directory it created, so a retry starts clean; in place, the old
+    data directory goes back where it was (left stopped: the operator asked to replace it, and
+    decides whether it should run again), so a refused restore changes nothing at all.
+    """
+    data_dir, safety = plan.data_dir, plan.safety_copy
+    if not plan.in_place:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return f"no server was started and {data_dir} was removed"
+    if safety is None:
+        interrupted_marker(data_dir).unlink(missing_ok=True)
+        return f"no server was started; {data_dir} is left empty"
+    try:
+        data_dir.rmdir()
+        os.rename(safety, data_dir)
+    except OSError as exc:
+        return (
+            f"no server was started; the previous data directory is intact at {safety} (putting it back "
+            f"failed: {exc.strerror}): to roll back, rm -r {data_dir}; mv {safety} {data_dir}"
+        )
+    interrupted_marker(data_dir).unlink(missing_ok=True)
+    return f"nothing was changed: {data_dir} is back in place, and its server is stopped"
 
 
 def interrupted_marker(data_dir: Path) -> Path:
@@ -212,8 +261,13 @@ def restore_base_backup(
     *,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
+    refused: list[str] | None = None,
 ) -> str:
     """Unpack the base backup into ``target`` from the first repository whose copy verifies.
+
+    Returns that repository's name. A copy that fails its checks is emptied out of ``target`` and
+    described in ``refused`` (repository, object, what is wrong), so the caller can tell the operator
+    which copy is damaged even when another repository's copy saved the restore.
 
     Every file is fsynced as soon as it is written, by two threads beside the unpacking, so the disk
     writes back while zstd decompresses the next files; the unpack returns once all are durable.
@@ -227,19 +281,22 @@ def restore_base_backup(
         try:
             _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
             _place_pg_manifest(manifest, repo, target)
-            return repo.name
         except _CorruptCopy as exc:
             problems.append(f"{repo.name}: {exc}")
             _empty(target)
+            continue
         except PgdrError as exc:
             if exc.exit_code == 130:
                 raise
             problems.append(f"{repo.name}: {exc}")
             _empty(target)
-    raise PgdrError(
-        f"no intact copy of backup {manifest.name} could be restored ({'; '.join(problems)}); "
-        "the safety copy is untouched"
-    )
+            continue
+        if problems:
+            on_progress(Progress("base backup", 1, 1, f"restored from the {repo.name} repository instead"))
+        if refused is not None:
+            refused.extend(problems)
+        return repo.name
+    raise PgdrError(f"no intact copy of backup {manifest.name} could be restored ({'; '.join(problems)})")
 
 
 class _CorruptCopy(Exception):
@@ -275,7 +332,7 @@ def _unpack(
                 for member in tar:
                     check_cancel(cancel, "restore")
                     if member.name.startswith("/") or ".." in Path(member.name).parts:
-                        raise _CorruptCopy(f"unsafe path {member.name!r} in the backup")
+                        raise _CorruptCopy(f"{key} holds an unsafe path {member.name!r}")
                     tar.extract(member, target, set_attrs=member.isdir() is False)
                     if member.isreg():
                         synced.append(syncer.submit(_fsync, target / member.name))
@@ -289,7 +346,7 @@ def _unpack(
             while hashed.read(1 << 20):
                 pass
         except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise _CorruptCopy(f"the stored copy is damaged ({exc})") from None
+            raise _CorruptCopy(f"{key} is damaged and fails to unpack ({exc})") from None
     if hashed.size != obj.size or hashed.hexdigest() != obj.sha256:
         raise _CorruptCopy(f"{key} fails its sha256 check")
     if decompressed.hexdigest() != obj.raw_sha256:
