@@ -30,24 +30,43 @@ class RecoveryView:
     timeline: RecoveryTimeline
     repositories: list[Repository]
     events: list[WalEvent]
+    #: Archived segments not indexed yet (the budget ran out): their times are archive times.
+    unindexed: int = 0
+
+
+#: How long a view for reading (``pgdr timeline``, the console) may spend indexing WAL before it answers.
+VIEW_INDEX_BUDGET_S = 15.0
 
 
 def load_view(
-    cfg: Config, only: str | None = None, *, on_progress: ProgressCallback = no_progress, persist_index: bool = True
+    cfg: Config,
+    only: str | None = None,
+    *,
+    on_progress: ProgressCallback = no_progress,
+    persist_index: bool = True,
+    index_budget_s: float | None = None,
 ) -> RecoveryView:
     """Read the catalog, bring the WAL index up to date, and build the timeline from both.
 
     ``persist_index=False`` (dry runs) indexes missing segments in memory without storing anything.
+    ``index_budget_s`` bounds the indexing (views for reading: the timeline, the console); a restore
+    plan passes none, since the segments it replays must be placed by their commit times.
     """
     repos = open_repositories(cfg, only)
     catalog = read_catalog(repos)
     indexes = ensure_indexes(
-        cfg, repos, catalog.columns, catalog.segment_size, on_progress=on_progress, persist=persist_index
+        cfg,
+        repos,
+        catalog.columns,
+        catalog.segment_size,
+        on_progress=on_progress,
+        persist=persist_index,
+        budget_s=index_budget_s,
     )
     timeline = recovery_timeline(catalog, indexes.commit_columns)
     events = indexes.events()
     timeline.events = events
-    return RecoveryView(catalog, timeline, repos, events)
+    return RecoveryView(catalog, timeline, repos, events, unindexed=indexes.pending)
 
 
 def plan_restore(

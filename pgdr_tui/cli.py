@@ -436,17 +436,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
-    from backend.recovery import load_view
+    from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
     from backend.walnames import format_lsn
 
     cfg = load(args)
-    view = load_view(cfg, args.repo)
+    view = load_view(cfg, args.repo, index_budget_s=VIEW_INDEX_BUDGET_S)
     shown = [e for e in view.events if e.kind != "rewrite"] if args.events else []
     if args.json:
         extra = {"events": [e.to_json() for e in shown]} if args.events else {}
-        print(json.dumps({"cluster": cfg.cluster.name, **view.timeline.to_json(), **extra}, indent=2))
+        body = {"cluster": cfg.cluster.name, **view.timeline.to_json(), "unindexed_segments": view.unindexed, **extra}
+        print(json.dumps(body, indent=2))
         return 0
     print(f"Recovery timeline of cluster {cfg.cluster.name} (times UTC)")
+    if view.unindexed:
+        print(
+            f"  {view.unindexed} older archived segments are not indexed yet: their times below are archive"
+            " times, and their events are not listed; the next `pgdr timeline` goes on indexing"
+        )
     if not view.timeline.windows and not view.timeline.gaps:
         print("  nothing recoverable yet: take a base backup (`pgdr backup`) with archiving on")
     for tli in view.timeline.timelines:

@@ -9,6 +9,9 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pytest import MonkeyPatch
+
+from backend.archive import index
 from backend.archive.index import ensure_indexes, index_key
 from backend.archive.indexcache import IndexCache
 from backend.catalog import WalColumns
@@ -95,3 +98,23 @@ def test_segments_gone_from_a_folder_are_gone_from_its_entries(tmp_path: Path) -
         NAMES[2][:16]: [NAMES[2]],
     }
     cache.close()
+
+
+def test_a_budget_indexes_the_newest_first_and_counts_the_rest(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
+    """An archive nobody indexed: the timeline answers within its budget, newest segments first."""
+    cfg, repo, sums = setup(tmp_path)
+    tried: list[str] = []
+
+    def index_from_archive(cfg: Config, name: str, *, with_next: bool) -> SegmentIndex:
+        tried.append(name)
+        when = START + timedelta(minutes=NAMES.index(name))
+        return SegmentIndex(segment=name, first_commit=when, last_commit=when, commits=1, tail_complete=True)
+
+    monkeypatch.setattr(index, "index_from_archive", index_from_archive)
+    nothing = ensure_indexes(cfg, [repo], columns(sums), SIZE, budget_s=0.0)
+    assert tried == [] and nothing.pending == len(NAMES)
+    assert nothing.commit_columns(NAMES)[0] == [False, False, False]
+
+    everything = ensure_indexes(cfg, [repo], columns(sums), SIZE, budget_s=60.0)
+    assert tried == NAMES[::-1] and everything.pending == 0
+    assert everything.commit_columns(NAMES)[0] == [True, True, True]

@@ -16,6 +16,7 @@ import json
 import math
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,8 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         self._folders: dict[str, FolderEntries] = {}
         self._built: dict[str, SegmentIndex] = {}
         self._rows: dict[str, dict[str, int]] = {}
+        #: Segments left unindexed because the command's indexing budget ran out (tried next time).
+        self.pending = 0
 
     def _find(self, name: str) -> tuple[FolderEntries, int] | None:
         folder = wal_directory(name)
@@ -171,12 +174,19 @@ def ensure_indexes(
     *,
     on_progress: ProgressCallback = no_progress,
     persist: bool = True,
+    budget_s: float | None = None,
 ) -> SegmentIndexes:
     """Index every archived segment (the catalog's ``columns``) that has no complete index yet.
 
     Entries come from the local cache when it knows the segment (same sha256), else from the
     repositories, else pg_waldump builds them. ``persist=False`` stores nothing in the repositories
     (a dry run changes nothing there); the local cache, pgdr's own, is kept either way.
+
+    ``budget_s`` bounds the pg_waldump work: an archive nobody indexed yet (an S3-only setup, a new
+    host reading an old bucket) can hold months of segments, hours of work, and an operator asking
+    for the timeline must get an answer now. The newest segments go first (they decide the latest
+    recoverable commit); the rest keep their archive times, are counted in ``pending``, and the next
+    command goes on where this one stopped.
     """
     archived = _by_folder(columns)
     everything = set().union(*(column.names for column in columns))
@@ -217,7 +227,12 @@ def ensure_indexes(
         todo = _from_repositories(
             repos, indexes, unresolved, everything, segment_size=segment_size, failed_lately=failed_lately
         )
+        todo.reverse()  # newest first
+        deadline = None if budget_s is None else time.monotonic() + budget_s
         for done, name in enumerate(todo):
+            if deadline is not None and time.monotonic() >= deadline:
+                indexes.pending = len(todo) - done
+                break
             on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
             following = SegmentName.parse(name, segment_size).next().name
             try:
