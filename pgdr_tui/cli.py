@@ -7,23 +7,25 @@ repository it must reach.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
 
 from backend import __version__
 from backend.errors import PgdrError
 
+#: Not ``typing.TYPE_CHECKING``: importing typing (and json, and what they import) would cost every
+#: wal-push as much CPU again as the interpreter's own start-up; mypy and ruff go by the name.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
     from backend.config import Config
     from backend.progress import Progress
 
-Handler = Callable[["argparse.Namespace"], int]
+    Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +57,7 @@ def _hot_path(words: list[str]) -> argparse.Namespace | None:
         config, words = words[1], words[2:]
     if any(w.startswith("-") for w in words[1:]):
         return None
+    args: Any  # a SimpleNamespace standing in for argparse's Namespace
     if len(words) == 2 and words[0] == "wal-push":
         args = SimpleNamespace(config=config, command="wal-push", handler=cmd_wal_push, path=words[1])
     elif len(words) == 3 and words[0] == "wal-fetch":
@@ -63,7 +66,7 @@ def _hot_path(words: list[str]) -> argparse.Namespace | None:
         )
     else:
         return None
-    return cast("argparse.Namespace", args)
+    return args  # type: ignore[no-any-return]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -84,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 #: Commands wal-push/wal-fetch start detached. They always exit 0 and log failures instead: in a
 #: container where the postmaster is process 1 they become its children, and PostgreSQL treats a
 #: child it does not know exiting with any other status as a crashed backend and restarts.
-BACKGROUND = frozenset({"wal-spool", "wal-prefetch"})
+BACKGROUND = frozenset({"wal-spool", "wal-prefetch", "wal-pushd"})
 
 
 def _in_background(args: argparse.Namespace) -> int:
@@ -155,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pg_wal", help="the server's pg_wal directory")
     p.add_argument("--after", default="", help="only segments after this one (the archiver has it in hand)")
+
+    # Hidden (no help): the push server wal-push starts for the next segments (backend/archive/pushd.py).
+    p = sub.add_parser("wal-pushd")
+    p.set_defaults(command="wal-pushd", handler=cmd_wal_pushd)
 
     p = command("wal-prefetch", cmd_wal_prefetch, "fetch WAL ahead of recovery (started by wal-fetch)")
     p.add_argument("folder", help="the prefetch folder in pg_wal")
@@ -293,9 +300,23 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_wal_push(args: argparse.Namespace) -> int:
+    """The push server first, before the config is even read; without its "stored", push in-process."""
+    from backend.archive import pushd
+
+    if pushd.request(args.config, args.path):
+        return 0
     from backend.archive.push import push
 
-    push(load(args), args.path)
+    cfg = load(args)
+    pushd.ensure_server(cfg, args.config)
+    push(cfg, args.path)
+    return 0
+
+
+def cmd_wal_pushd(args: argparse.Namespace) -> int:
+    from backend.archive.pushd import serve
+
+    serve(args.config)
     return 0
 
 
@@ -341,6 +362,8 @@ def cmd_wal_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    import json
+
     from backend.jobs import backup_job
 
     cfg = load(args)
@@ -359,6 +382,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    import json
+
     from backend.catalog import read_catalog, read_verified
     from backend.repository import open_repositories
 
@@ -436,6 +461,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_timeline(args: argparse.Namespace) -> int:
+    import json
+
     from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
     from backend.walnames import format_lsn
 
@@ -485,6 +512,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    import json
+
     from backend.recovery import perform_restore, plan_restore
     from backend.restore.target import make_target
 
@@ -524,6 +553,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _restore_logical(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+
     from backend.restore.logical import find_dump, plan_logical, restore_logical
 
     if args.timestamp or args.xid or args.lsn or args.name or args.immediate:
@@ -557,6 +588,8 @@ def _confirm(cluster: str, replaced: object) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
     from backend.verify import verify
 
     cfg = load(args)
@@ -566,6 +599,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
+    import json
+
     from backend.retention import ExpireError, expire
 
     try:
@@ -578,6 +613,8 @@ def cmd_expire(args: argparse.Namespace) -> int:
 
 
 def cmd_s3_lifecycle(args: argparse.Namespace) -> int:
+    import json
+
     from backend.retention import lifecycle_policy
 
     print(json.dumps(lifecycle_policy(load(args)), indent=2))
@@ -585,6 +622,8 @@ def cmd_s3_lifecycle(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
     from backend.daemon import read_status
 
     status = read_status(load(args))
@@ -620,6 +659,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
     from backend.audit import read_entries
 
     for entry in read_entries(load(args), args.repo):
@@ -654,6 +695,8 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    import json
+
     cfg = load(args)
     if args.json:
         print(json.dumps(cfg.to_dict(), indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
 import struct
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import backend
+from tests.harness.cluster import wait_for
 
 UI_PACKAGES = ("textual", "rich", "pgdr_tui")
 
@@ -18,10 +20,15 @@ def backend_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(backend.__path__, "backend."))
 
 
-def loaded_after(code: str) -> set[str]:
-    probe = f"import sys, json\n{code}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+def modules_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    probe = f"import sys\n{code}\nloaded = sorted(sys.modules)\nimport json\nprint(json.dumps(loaded))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env).stdout
     return set(json.loads(out.strip().splitlines()[-1]))
+
+
+def loaded_after(code: str, env: dict[str, str] | None = None) -> set[str]:
+    """The top-level packages loaded after running ``code`` in a fresh interpreter."""
+    return {m.split(".")[0] for m in modules_after(code, env)}
 
 
 def test_every_backend_module_imports_without_the_ui() -> None:
@@ -47,4 +54,27 @@ def test_wal_push_to_local_loads_no_ui_no_boto3_no_psycopg(tmp_path: Path) -> No
     )
     assert (tmp_path / "repo" / "main" / "wal" / "0000000100000000").is_dir()
     heavy = {"textual", "rich", "boto3", "botocore", "psycopg", "humanize"}
+    assert not loaded & heavy, f"wal-push loaded {loaded & heavy}"
+
+
+def test_wal_push_answered_by_the_push_server_loads_neither_the_config_nor_the_archiver(tmp_path: Path) -> None:
+    """With a push server running, wal-push is a socket round trip: no config, no zstd, not even typing."""
+    config = tmp_path / "pgdr.toml"
+    config.write_text(f'[cluster]\nname = "main"\n[local]\npath = "{tmp_path / "repo"}"\n')
+    env = {**os.environ, "PGDR_STATE_DIR": str(tmp_path / "state")}
+    segments = [tmp_path / f"00000001000000000000000{i}" for i in (1, 2)]
+    for i, segment in enumerate(segments):
+        fake_segment(segment, sysid=7_000_000_000_000_000_001)
+        segment.write_bytes(segment.read_bytes()[:-1] + bytes([i]))  # two different segments
+    push = f"from pgdr_tui.cli import main\nassert main(['--config', {str(config)!r}, 'wal-push', {{!r}}]) == 0"
+    # The first push finds no server: it pushes itself and starts one.
+    loaded_after(push.format(str(segments[0])), env)
+    locks = tmp_path / "state" / "pushd"
+    wait_for(lambda: any(p.read_text().split()[1:] == ["0"] for p in locks.glob("*.lock")), 30, "the push server")
+    loaded = modules_after(push.format(str(segments[1])), env)
+    (lock,) = locks.glob("*.lock")
+    assert lock.read_text().split()[1] == "1", "the server answered the second push"
+    assert len(list((tmp_path / "repo" / "main" / "wal" / "0000000100000000").iterdir())) == 2
+    heavy = {"backend.config", "backend.archive.push", "tomllib", "dataclasses", "pathlib", "zstandard", "hashlib"}
+    heavy |= {"typing", "json", "re", "boto3", "psycopg", "platformdirs", "textual", "rich"}
     assert not loaded & heavy, f"wal-push loaded {loaded & heavy}"

@@ -30,8 +30,18 @@ class PushResult:
     queued: list[str]
 
 
-def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -> PushResult:
-    """Store one WAL file; with ``ahead``, also start pushing the segments queued behind it."""
+def push(
+    cfg: Config,
+    wal_path: str | os.PathLike[str],
+    *,
+    ahead: bool = True,
+    repositories: dict[str, Repository] | None = None,
+) -> PushResult:
+    """Store one WAL file; with ``ahead``, also start pushing the segments queued behind it.
+
+    ``repositories`` keeps the repositories opened across calls: the push server passes the same dict
+    to every push, so S3's client is built once rather than per segment.
+    """
     path = Path(wal_path)
     filename = path.name
     try:
@@ -49,9 +59,12 @@ def push(cfg: Config, wal_path: str | os.PathLike[str], *, ahead: bool = True) -
     identity = identity_of(data, kind, filename, data_dir)
     obj, blob = _checksum_and_encode(data, filename, cfg)
 
+    opened = {} if repositories is None else repositories
     stored, already = [], []
     for name in cfg.sync_repositories:
-        repo = open_repository(cfg, name)
+        if name not in opened:
+            opened[name] = open_repository(cfg, name)
+        repo = opened[name]
         if store(repo, obj, blob, identity, cfg.cluster.name):
             stored.append(name)
         else:

@@ -20,12 +20,18 @@ import fcntl
 import json
 import os
 import struct
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backend.config import Config
+from backend.archive.pushd import state_base, user_state_dir
 from backend.spawn import spawn_pgdr
 from backend.walnames import SEGMENT_RE
+
+if TYPE_CHECKING:
+    from backend.config import Config
+
+#: user_state_dir moved to pushd (whose client must import almost nothing); callers still find it here.
+__all__ = ["NOTE", "confirm", "kick", "push_ahead", "spool_dir", "user_state_dir"]
 
 _HEADER = struct.Struct("<HHIQI4xQ")
 NOTE = ".ok"
@@ -34,23 +40,7 @@ NOTE = ".ok"
 def spool_dir(cfg: Config) -> Path:
     if cfg.archive.spool_path:
         return Path(cfg.archive.spool_path) / cfg.cluster.name
-    base = os.environ.get("PGDR_STATE_DIR") or user_state_dir()  # not backend.audit: wal-push needs none of it
-    return Path(base) / "spool" / cfg.cluster.name
-
-
-def user_state_dir() -> str:
-    """``platformdirs.user_state_dir("pgdr")``, worked out directly in the usual Linux case
-    ($XDG_STATE_HOME when absolute, else ~/.local/state): importing platformdirs would cost every push
-    a few ms. Anything else (another OS, no absolute $HOME) is left to platformdirs."""
-    if sys.platform == "linux":
-        xdg = os.environ.get("XDG_STATE_HOME", "")
-        if os.path.isabs(xdg):
-            return os.path.join(xdg, "pgdr")
-        if os.path.isabs(os.environ.get("HOME", "")):
-            return os.path.join(os.path.expanduser("~/.local/state"), "pgdr")
-    import platformdirs
-
-    return platformdirs.user_state_dir("pgdr")
+    return Path(state_base()) / "spool" / cfg.cluster.name
 
 
 def _system_identifier(path: Path) -> int | None:

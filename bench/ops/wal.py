@@ -10,6 +10,7 @@ metadata) and is not counted.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -68,6 +69,7 @@ def push_series(
     """Run ``command <segment>`` once per segment as the archiver would; the first is a warm-up."""
     samples = []
     for i, seg in enumerate(segments):
+        served_before = pushd_cpu(ctx)
         result = run(
             f"{command} {shlex.quote(str(seg))}",
             shell=True,
@@ -78,13 +80,17 @@ def push_series(
         )
         if i == 0:
             continue
-        samples.append({"segment": seg.name, "elapsed": result.elapsed, "cpu": result.cpu, "rss_kb": result.maxrss_kb})
+        # The push server's share counts too: a client that only waits for it is not a cheap push.
+        served = sum(cpu - served_before.get(pid, 0.0) for pid, cpu in pushd_cpu(ctx).items())
+        samples.append(
+            {"segment": seg.name, "elapsed": result.elapsed, "cpu": result.cpu + served, "rss_kb": result.maxrss_kb}
+        )
     return samples
 
 
-def background_pgdr(ctx: Context) -> list[int]:
-    """pids of pgdr processes working for this run's configs (uploaders, indexers, push-ahead workers)."""
-    mine, found = str(ctx.ws.root), []
+def _pgdr_processes(ctx: Context) -> dict[int, str]:
+    """pid -> command line of the pgdr processes working for this run's configs."""
+    mine, found = str(ctx.ws.root), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -93,8 +99,29 @@ def background_pgdr(ctx: Context) -> list[int]:
         except OSError:
             continue
         if mine in cmdline and ("pgdr_tui" in cmdline or "/bin/pgdr " in cmdline):
-            found.append(int(entry.name))
+            found[int(entry.name)] = cmdline
     return found
+
+
+def background_pgdr(ctx: Context) -> list[int]:
+    """pids of pgdr processes with work in hand (uploaders, indexers, push-ahead workers). The push
+    server (``wal-pushd``) is left out: it only lingers, idle, for the next push."""
+    return [pid for pid, cmdline in _pgdr_processes(ctx).items() if " wal-pushd" not in cmdline]
+
+
+def pushd_cpu(ctx: Context) -> dict[int, float]:
+    """CPU seconds (user+sys) each running push server has used: the work a push hands to it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pid, cmdline in _pgdr_processes(ctx).items():
+        if " wal-pushd" not in cmdline:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return used
 
 
 def queue_pending(ctx: Context) -> int:
@@ -212,8 +239,9 @@ def _cpu_row(ctx: Context, pgdr: list[dict[str, Any]], pgbr: list[dict[str, Any]
             anchor=Measure("pgbackrest archive-push (sync, zst)", [s["cpu"] for s in pgbr]),
             target=1.0,
             note=(
-                "steadier than wall time when other work shares the cores; the archive_command process and the "
-                "children it waits for (pgdr's detached indexer/pusher processes are not counted)"
+                "steadier than wall time when other work shares the cores; the archive_command process, the "
+                "children it waits for and the push server's work for it (pgdr's detached indexer/pusher "
+                "processes are not counted)"
             ),
         )
     )
