@@ -76,6 +76,8 @@ class PgdrApp(App[int]):
         super().__init__()
         self.source = source
         self.glyphs = glyph_sets.choose(ascii_only)
+        if self.glyphs.plain:
+            self.add_class("-ascii")  # pgdr.tcss: ASCII borders and cut marks
         self.model: TimelineModel | None = None
         self.verified: dict[str, Verified] = {}
         self.facts = StatusFacts(cluster=source.cluster, demo=source.demo)
@@ -88,6 +90,17 @@ class PgdrApp(App[int]):
             # Stable screenshots and tests: no blinking cursors, no animations.
             self.animation_level = "none"
 
+    #: Textual shows some keys as arrows; in ASCII mode they are spelled out.
+    ASCII_KEYS: ClassVar[dict[str, str]] = {"left": "<-", "right": "->", "up": "up", "down": "down"}
+
+    def get_key_display(self, binding: Binding) -> str:
+        """The footer's and help's name for a key, in plain ASCII when the console is."""
+        if self.glyphs.plain:
+            parts = binding.key.split("+")
+            if parts[-1] in self.ASCII_KEYS:
+                return "+".join([*parts[:-1], self.ASCII_KEYS[parts[-1]]])
+        return super().get_key_display(binding)
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def on_mount(self) -> None:
@@ -96,7 +109,9 @@ class PgdrApp(App[int]):
         if not self.source.frozen:
             self.set_interval(DEMO_RELOAD_SECONDS if self.source.demo else RELOAD_SECONDS, self.reload)
             self.set_interval(30.0, self.check_server)
-        job = RestoreJob.active(self.source.state_dir(), self.source.cluster)
+        # A restore running (or finished unwatched) since this console was last open: show it first.
+        state = self.source.state_dir()
+        job = RestoreJob.active(state, self.source.cluster) or RestoreJob.unseen(state, self.source.cluster)
         if job is not None:
             self.call_later(self.attach_restore, job, True)
 
@@ -202,6 +217,14 @@ class PgdrApp(App[int]):
 
     def attach_restore(self, job: RestoreJob, reattached: bool) -> None:
         self.push_screen(RestoreProgressScreen(job, reattached=reattached))
+
+    def show_last_restore(self) -> None:
+        """The newest restore job's progress and report (the palette's way back to a restore's outcome)."""
+        job = RestoreJob.latest(self.source.state_dir(), self.source.cluster)
+        if job is None:
+            self.notify("No restore has been started from a console on this host.")
+            return
+        self.attach_restore(job, True)
 
 
 def run_app(cfg: Config, *, demo: bool = False) -> int:

@@ -2,6 +2,11 @@
 
 An operator who does not remember a key types what they want ("restore", "verify", a backup's date,
 "drop"). Backups and events are searched, not listed on open, so a year of history stays fast.
+
+Actions that belong to one screen (restore in place or beside on the plan, cancel on a running
+backup or verify, edit and write on the settings, a dry run of the selected backup) are listed when
+the palette is opened over that screen and the action applies there, the same rule that shows or
+greys the key in the footer, so the palette never offers what would do nothing.
 """
 
 from __future__ import annotations
@@ -38,9 +43,23 @@ class PgdrCommands(Provider):
                 "home",
             ),
             ("Timeline: go to a typed time", partial(self._timeline, "action_goto"), "g"),
+            ("Timeline: cursor to the previous backup or event", partial(self._timeline, "action_mark", -1), "["),
+            ("Timeline: cursor to the next backup or event", partial(self._timeline, "action_mark", 1), "]"),
+            ("Timeline: cursor one step back", partial(self._timeline, "action_step", -1), "left"),
+            ("Timeline: cursor one step forward", partial(self._timeline, "action_step", 1), "right"),
             ("Timeline: zoom in", partial(self._timeline, "action_zoom", -1), "+"),
             ("Timeline: zoom out", partial(self._timeline, "action_zoom", 1), "-"),
             ("Restore: dry run to the timeline cursor", partial(self._timeline, "action_dry_run"), "d on the timeline"),
+            (
+                "Restore: restore to the timeline cursor",
+                partial(self._timeline, "action_restore"),
+                "r on the timeline, after a dry run of the same target",
+            ),
+            (
+                "Restore: show the last restore (progress and report)",
+                app.show_last_restore,
+                "the newest restore job on this host, running or finished",
+            ),
             (
                 "Restore: dry run to the latest archived WAL",
                 self._latest_dry_run,
@@ -57,11 +76,53 @@ class PgdrCommands(Provider):
                 "restores it to a scratch dir",
             ),
             ("Daemon: status of the scheduled jobs", partial(go, "status"), "s"),
+            ("Daemon: read the status file again", self._daemon_refresh, "s, then r"),
             ("Settings: the effective configuration", partial(go, "settings"), "c"),
             ("Reload the catalog", app.action_reload, "ctrl+r"),
             ("Help: keys and symbols", app.action_help, "?"),
             ("Quit", app.exit, "q"),
+            *self._screen_actions(),
         ]
+
+    def _screen_actions(self) -> list[Command]:
+        """The actions of the screen under the palette that apply now (see the module docstring)."""
+        from pgdr_tui.screens.backup import BackupScreen
+        from pgdr_tui.screens.backups import BackupsScreen
+        from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
+        from pgdr_tui.screens.settings import SettingsScreen
+        from pgdr_tui.screens.verify import VerifyScreen
+
+        screen = self.screen
+        out: list[Command] = []
+
+        def offer(action: str, text: str, key: str) -> None:
+            if screen.check_action(action, ()):
+                out.append((text, getattr(screen, f"action_{action}"), key))
+
+        if isinstance(screen, RestorePlanScreen):
+            out.append(("Restore plan: restore in place (replace the data directory)", screen.action_in_place, "i"))
+            out.append(("Restore plan: restore beside (new directory and port)", screen.action_beside, "b"))
+            out.append(("Restore plan: dry run again", screen.action_dry_run, "d"))
+            offer("restore", "Restore plan: restore (type the cluster name to confirm)", "r")
+        elif isinstance(screen, RestoreProgressScreen):
+            out.append(("Restore: leave this view (the restore goes on)", screen.action_back, "escape"))
+        elif isinstance(screen, BackupsScreen):
+            out.append(("Backups: dry run of the selected backup as it was taken", screen.action_dry_run, "d"))
+            out.append(
+                ("Backups: put the timeline cursor at the selected backup", screen.action_show_on_timeline, "enter")
+            )
+            out.append(("Backups: verify the selected backup", screen.action_verify_one, "V"))
+        elif isinstance(screen, BackupScreen):
+            offer("cancel", "Backup: cancel the running backup (nothing is listed)", "x")
+        elif isinstance(screen, VerifyScreen):
+            offer("cancel", "Verify: cancel the running verify", "x")
+            offer("run", "Verify: run on the selection", "r")
+            out.append(("Verify: toggle the deep restore rehearsal", screen.action_toggle_deep, "D"))
+        elif isinstance(screen, SettingsScreen):
+            out.append(("Settings: edit the selected value", screen.action_edit, "e"))
+            offer("write", "Settings: write the changes to the config file (tomli-w)", "w")
+            offer("undo", "Settings: forget the changes not yet written", "u")
+        return out
 
     def _items(self) -> list[Command]:
         items = self._actions()
@@ -136,6 +197,14 @@ class PgdrCommands(Provider):
         screen = self.pgdr.screen
         if isinstance(screen, BackupScreen):
             screen.action_start(logical)
+
+    def _daemon_refresh(self) -> None:
+        from pgdr_tui.screens.status import StatusScreen
+
+        self.pgdr.switch_mode("status")
+        screen = self.pgdr.screen
+        if isinstance(screen, StatusScreen):
+            screen.action_refresh()
 
     def _verify(self, name: str | None, deep: bool) -> None:
         from textual.widgets import Checkbox

@@ -54,6 +54,18 @@ def duration(seconds: float | None) -> str:
     return humanize.precisedelta(timedelta(seconds=seconds), minimum_unit="seconds", format="%0.0f")
 
 
+def short_duration(seconds: float | None) -> str:
+    """A duration for a table column: "47 s", "2 min 12 s", "1 h 05 min"."""
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 def lag(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -4,6 +4,12 @@ An operator on a serial console, a Windows SSH client with a bitmap font or a ``
 must still read the timeline, so every glyph has an ASCII twin. ASCII is used when ``PGDR_ASCII=1``,
 or automatically when the terminal's encoding is not UTF-8. Unicode glyphs are limited to the WGL4
 set that nearly every terminal font has.
+
+In ASCII mode the widgets' own drawing goes plain too (``pgdr_tui.widgets.plain``): box borders
+become ``+-|``, progress bars ``###---``, checkboxes ``[X]``, the list arrow ``v``, and cut text
+ends in ``...``. What stays Unicode is drawn by Textual itself and cannot be replaced per app:
+scrollbar thumbs (block elements, shown only when a view overflows) and the mouse-only
+"maximize"/tooltip decorations. Neither carries information the keyboard user needs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Glyphs:
     bad: str
     dot: str
     ellipsis: str
+    #: Plain ASCII everywhere: also borders, progress bars, checkboxes and list arrows (``pgdr_tui.widgets.plain``).
+    plain: bool = False
 
 
 UNICODE = Glyphs(
@@ -73,6 +81,7 @@ ASCII = Glyphs(
     bad="X",
     dot="-",
     ellipsis="...",
+    plain=True,
 )
 
 

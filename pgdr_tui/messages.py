@@ -6,6 +6,7 @@ costs one redraw per frame, not one per callback.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
@@ -51,11 +52,16 @@ class JobProgress(Message):
 
 
 class JobLog(Message):
-    """A line for a screen's live log (never coalesced: every line is kept)."""
+    """A line for a screen's live log (never coalesced: every line is kept).
 
-    def __init__(self, line: str) -> None:
+    ``when`` is when the job said it, stamped in the worker: the UI may draw a burst of lines later,
+    and the log must show when each thing happened, not when it was drawn.
+    """
+
+    def __init__(self, line: str, when: datetime | None = None) -> None:
         super().__init__()
         self.line = line
+        self.when = when
 
 
 class JobFinished(Message):

@@ -10,10 +10,13 @@ and stdout/stderr in a log file, and watches files in the job folder
 * ``job.json``      ``{pid, argv, log, started, cluster, config, request}`` (written by the console);
 * ``progress.jsonl`` one JSON line per progress step (appended by the child);
 * ``restore.log``   the child's output: the plan, then the report;
-* ``result.json``   the outcome (written last by the child, atomically).
+* ``result.json``   the outcome (written last by the child, atomically);
+* ``seen``          written by the console that showed the outcome to the operator.
 
 A console opened later finds the newest job without ``result.json`` whose pid still runs that
-module, and shows it. No Textual here: this is plain files and processes.
+module, and shows it. If instead the newest job finished while no console watched it (the SSH
+session dropped mid-restore), the console shows its final report once, so the operator learns where
+recovery actually stopped without hunting for the log. No Textual here: plain files and processes.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ class RestoreJob:
     @property
     def result_file(self) -> Path:
         return self.folder / "result.json"
+
+    @property
+    def seen_file(self) -> Path:
+        return self.folder / "seen"
 
     # --- starting --------------------------------------------------------------------------------
 
@@ -117,18 +124,43 @@ class RestoreJob:
             return None
 
     @classmethod
-    def active(cls, state_dir: Path, cluster: str) -> RestoreJob | None:
-        """The newest restore of ``cluster`` still running (a console reopened during a restore finds it)."""
+    def all(cls, state_dir: Path, cluster: str) -> list[RestoreJob]:
+        """The restore jobs of ``cluster`` on this host, newest first (folder names are UTC stamps)."""
         base = jobs_dir(state_dir)
         if not base.is_dir():
-            return None
+            return []
+        jobs = []
         for folder in sorted(base.iterdir(), reverse=True):
             job = cls.load(folder)
-            if job is None or job.cluster != cluster:
-                continue
+            if job is not None and job.cluster == cluster:
+                jobs.append(job)
+        return jobs
+
+    @classmethod
+    def active(cls, state_dir: Path, cluster: str) -> RestoreJob | None:
+        """The newest restore of ``cluster`` still running (a console reopened during a restore finds it)."""
+        for job in cls.all(state_dir, cluster):
             if job.result() is None and job.alive():
                 return job
         return None
+
+    @classmethod
+    def latest(cls, state_dir: Path, cluster: str) -> RestoreJob | None:
+        """The newest restore of ``cluster``, running or not (the palette's "show the last restore")."""
+        jobs = cls.all(state_dir, cluster)
+        return jobs[0] if jobs else None
+
+    @classmethod
+    def unseen(cls, state_dir: Path, cluster: str) -> RestoreJob | None:
+        """The newest restore, if it finished while no console showed its outcome; else None.
+
+        Only the newest counts: an older unseen outcome has been overtaken by a later restore, and
+        showing it on open would mislead more than help.
+        """
+        job = cls.latest(state_dir, cluster)
+        if job is None or job.seen_file.exists() or job.result() is None:
+            return None
+        return job
 
     # --- watching ----------------------------------------------------------------------------------
 
@@ -179,6 +211,11 @@ class RestoreJob:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def mark_seen(self) -> None:
+        """Note that a console showed the outcome, so the next console does not show it again."""
+        with contextlib.suppress(OSError):  # a read-only job folder only means it is shown again
+            self.seen_file.touch()
 
     def finished_without_result(self) -> bool:
         """The process is gone and said nothing: killed, or crashed before writing its result."""

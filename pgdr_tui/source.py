@@ -10,6 +10,7 @@ imported lazily and their absence degrades to "unknown", never to a crash.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -57,9 +58,11 @@ class Source:
         zone: tzinfo | None = None,
         demo: bool = False,
         probe_server: bool = True,
+        ticker: Callable[[], float] | None = None,
     ) -> None:
         self.cfg = cfg
         self._clock = clock
+        self._ticker = ticker
         self.zone = zone or fmt.local_zone()
         self.demo = demo
         self.probe_server = probe_server
@@ -76,6 +79,16 @@ class Source:
 
     def now(self) -> datetime:
         return self._clock() if self._clock is not None else datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        """Seconds for durations, rates and ETAs on screen.
+
+        A frozen clock also freezes this (time does not pass in a test or a screenshot, so an elapsed
+        time cannot differ between two runs) unless a ``ticker`` is given to drive it.
+        """
+        if self._ticker is not None:
+            return self._ticker()
+        return 0.0 if self._clock is not None else time.monotonic()
 
     def state_dir(self) -> Path:
         from backend.audit import state_dir
@@ -171,4 +184,5 @@ class Source:
     ) -> Any:
         from backend.verify import verify
 
-        return verify(self.cfg, name, deep=deep, on_progress=on_progress, cancel=cancel)
+        # The console's clock: what verify records as "verified at" agrees with the header's "now".
+        return verify(self.cfg, name, deep=deep, on_progress=on_progress, cancel=cancel, now=self.now())

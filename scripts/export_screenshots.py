@@ -2,7 +2,10 @@
 
 The data is the fixture repository the tests use, written by the backend's own code (three weeks of
 backups, WAL with a gap, a restore point, a DROP TABLE and a promotion to timeline 2), read with a
-frozen clock in the Europe/Berlin zone, so the pictures change only when the console does.
+frozen clock in the Europe/Berlin zone. Each scene runs staged exactly as the snapshot tests run it
+(``tests.tui.scenes.staged``): the same fixed fixture path, free disk space and plan clock, and the
+same recorded restore job, daemon status and replayed backup, so the pictures change only when the
+console does, and they match the snapshot baselines.
 
     .venv/bin/python scripts/export_screenshots.py [--out screenshots] [--ascii]
 """
@@ -11,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,26 +22,25 @@ sys.path.insert(0, str(ROOT))
 
 
 async def export(out: Path, ascii_only: bool) -> list[Path]:
-    from tests.tui.conftest import fixture_app
+    from tests.tui.conftest import fixture_app, fixture_root_held
     from tests.tui.fixture_repo import write_fixture
-    from tests.tui.scenes import SCENES, SIZES
+    from tests.tui.scenes import SCENES, SIZES, staged
 
-    work = Path(tempfile.mkdtemp(prefix="pgdr-screens-"))
-    os.environ.setdefault("PGDR_STATE_DIR", str(work / "state"))
     written = []
-    try:
-        story = write_fixture(work / "fixture")
+    with fixture_root_held() as root:
+        story = write_fixture(root)
         for scene in SCENES:
+            if ascii_only and scene.ascii_only:
+                continue  # already drawn in ASCII under its own name
             for width, height in SIZES:
-                app = fixture_app(story, ascii_only=ascii_only)
-                async with app.run_test(size=(width, height)) as pilot:
-                    await scene.run_before(story)(pilot)
-                    suffix = "-ascii" if ascii_only else ""
-                    path = out / f"{scene.name}-{width}x{height}{suffix}.svg"
-                    app.save_screenshot(filename=path.name, path=str(out))
-                    written.append(path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+                with staged(scene, story):
+                    app = fixture_app(story, ascii_only=ascii_only or scene.ascii_only)
+                    async with app.run_test(size=(width, height)) as pilot:
+                        await scene.run_before(story)(pilot)
+                        suffix = "-ascii" if ascii_only else ""
+                        path = out / f"{scene.name}-{width}x{height}{suffix}.svg"
+                        app.save_screenshot(filename=path.name, path=str(out))
+                        written.append(path)
     return written
 
 

@@ -8,7 +8,7 @@ nothing listed. The lock the backend takes means the daemon and this screen neve
 from __future__ import annotations
 
 import threading
-import time
+from datetime import datetime
 from typing import ClassVar
 
 from rich.text import Text
@@ -22,6 +22,7 @@ from backend.progress import Cancelled, Progress
 from pgdr_tui import fmt
 from pgdr_tui.messages import JobFinished, JobLog, JobProgress
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.plain import progress_bar
 
 
 class RateMeter:
@@ -74,7 +75,7 @@ class BackupScreen(BaseScreen):
             classes="title",
         )
         yield Static(Text(" No backup running.", style="dim"), id="backup-state")
-        yield ProgressBar(id="backup-bar", show_eta=False)
+        yield progress_bar(self.pgdr.glyphs.plain, id="backup-bar")
         yield Static(id="backup-numbers")
         yield RichLog(id="backup-log", wrap=False, max_lines=1000)
         yield from self.compose_footer()
@@ -93,7 +94,7 @@ class BackupScreen(BaseScreen):
         self.kind = "logical dump" if logical else "physical base backup"
         self.cancel_event = threading.Event()
         self.meter = RateMeter()
-        self.started = time.monotonic()
+        self.started = self.pgdr.source.monotonic()
         self.query_one(ProgressBar).update(total=None, progress=0)
         self.query_one("#backup-state", Static).update(Text(f" Starting a {self.kind}...", style="bold"))
         self._log(f"starting a {self.kind} of cluster {self.pgdr.source.cluster}")
@@ -112,10 +113,10 @@ class BackupScreen(BaseScreen):
 
         def progress(p: Progress) -> None:
             nonlocal last_message
-            self.post_message(JobProgress(p, time.monotonic()))
+            self.post_message(JobProgress(p, self.pgdr.source.monotonic()))
             if p.message and p.message.split(":")[-1].strip() != last_message:
                 last_message = p.message.split(":")[-1].strip()
-                self.post_message(JobLog(p.message))
+                self.post_message(JobLog(p.message, self.pgdr.source.now()))
 
         try:
             manifest = self.pgdr.source.backup(logical=logical, on_progress=progress, cancel=cancel)
@@ -147,7 +148,7 @@ class BackupScreen(BaseScreen):
         self.query_one("#backup-state", Static).update(Text(f" {self.kind}: {p.message}", style="bold"))
 
     def on_job_log(self, message: JobLog) -> None:
-        self._log(message.line)
+        self._log(message.line, message.when)
 
     def on_job_finished(self, message: JobFinished) -> None:
         self.running = False
@@ -171,10 +172,15 @@ class BackupScreen(BaseScreen):
                 f"{fmt.size(m.stored_bytes)} in {fmt.duration(took)}"
             )
             state.update(Text(" " + text, style="bold green"))
+            # The live rate ends with the job: say what the whole backup averaged instead.
+            average = f"   {fmt.rate(m.size_bytes / took)} on average" if took > 0 else ""
+            self.query_one("#backup-numbers", Static).update(
+                Text(f" {fmt.size(m.size_bytes)} in {fmt.duration(took)}{average}")
+            )
             self._log(text)
             self.notify(text, title="Backup")
             self.pgdr.reload()
 
-    def _log(self, line: str) -> None:
-        now = self.pgdr.source.now().astimezone(self.pgdr.source.zone)
+    def _log(self, line: str, when: datetime | None = None) -> None:
+        now = (when or self.pgdr.source.now()).astimezone(self.pgdr.source.zone)
         self.query_one(RichLog).write(Text.assemble((f"{now:%H:%M:%S} ", "dim"), line))

@@ -42,7 +42,14 @@ class BaseScreen(Screen[None]):
 
 
 def calm(screen: Screen[Any]) -> None:
-    """With a frozen clock (tests, screenshots) text cursors do not blink, so every frame is the same."""
+    """With a frozen clock (tests, screenshots) text cursors do not blink, so every frame is the same.
+
+    Also where a screen's widgets are made plain ASCII when the console is (see ``widgets.plain``):
+    every screen, modal or not, calls this once mounted.
+    """
+    from pgdr_tui.widgets.plain import plain
+
+    plain(screen)
     app = screen.app
     source = getattr(app, "source", None)
     if source is not None and source.frozen:

@@ -7,7 +7,6 @@ succeeded (changing the directory or port greys it again until the next dry run)
 
 from __future__ import annotations
 
-import time
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -19,6 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, ProgressBar, RichLog, Static
+from textual.worker import Worker
 
 from backend.errors import PgdrError
 from pgdr_tui import fmt
@@ -26,6 +26,7 @@ from pgdr_tui.request import RestoreRequest
 from pgdr_tui.restorejob import RestoreJob
 from pgdr_tui.screens.base import BaseScreen
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal
+from pgdr_tui.widgets.plain import progress_bar
 
 if TYPE_CHECKING:
     from backend.restore.plan import RestorePlan
@@ -217,13 +218,13 @@ class RestoreProgressScreen(BaseScreen):
         self.reattached = reattached
         self.log_offset = 0
         self.finished = False
-        self.started_at = time.monotonic()
+        self.reader: Worker[None] | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
         yield Static(id="restore-title", classes="title")
         yield Static(id="restore-step")
-        yield ProgressBar(id="restore-bar", show_eta=False)
+        yield progress_bar(self.pgdr.glyphs.plain, id="restore-bar")
         yield RichLog(id="restore-log", wrap=False, max_lines=2000)
         yield Static(id="restore-result")
         yield from self.compose_footer()
@@ -231,10 +232,13 @@ class RestoreProgressScreen(BaseScreen):
     def on_mount(self) -> None:
         super().on_mount()
         zone = self.pgdr.source.zone
-        how = "re-attached to the running" if self.reattached else "started a detached"
+        if self.job.result() is not None:
+            how = "the last restore (finished)"
+        else:
+            how = "re-attached to the running restore" if self.reattached else "started a detached restore"
         self.query_one("#restore-title", Static).update(
             Text.assemble(
-                (f" Restore: {how} restore", "bold"),
+                (f" Restore: {how}", "bold"),
                 f" ({self.job.request.describe()}), pid {self.job.pid}, "
                 f"since {fmt.when(self.job.started, zone)}\n log: {self.job.log}",
             )
@@ -243,10 +247,12 @@ class RestoreProgressScreen(BaseScreen):
         self._poll()
 
     def _poll(self) -> None:
-        if not self.finished:
-            self._read()
+        # One read at a time: a slow disk must not pile reads up, and cancelling a read half-way
+        # (an exclusive worker) would lose the progress lines it had already consumed.
+        if not self.finished and (self.reader is None or self.reader.is_finished):
+            self.reader = self._read()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="restore-watch", name="watch the restore")
+    @work(thread=True, exit_on_error=False, group="restore-watch", name="watch the restore")
     def _read(self) -> None:
         progress = self.job.new_progress()
         lines: list[str] = []
@@ -260,6 +266,8 @@ class RestoreProgressScreen(BaseScreen):
         except OSError:
             pass
         result = self.job.result()
+        if result is not None:
+            self.job.mark_seen()  # about to be shown: the next console need not show it again
         self.post_message(JobUpdate(progress, lines, result, self.job.alive()))
 
     def on_job_update(self, message: JobUpdate) -> None:
@@ -280,8 +288,14 @@ class RestoreProgressScreen(BaseScreen):
             else:
                 bar.update(total=None)
                 what = ""
+            # The count first: at 80 columns the message (an LSN, a file name) is what gets cut.
             self.query_one("#restore-step", Static).update(
-                Text.assemble((f" {last.get('step', '')}: ", "bold"), str(last.get("message", "")), f"  {what}")
+                Text.assemble(
+                    (f" {last.get('step', '')}", "bold"),
+                    (f" {what}" if what else ""),
+                    ": ",
+                    str(last.get("message", "")),
+                )
             )
         if message.result is not None and not self.finished:
             self.finished = True

@@ -30,12 +30,15 @@ class StatusScreen(BaseScreen):
         yield Static(Text(" Daemon", style="bold"), id="daemon-title", classes="title")
         table: DataTable[Text | str] = DataTable(id="daemon-table", cursor_type="row", zebra_stripes=True)
         yield table
+        yield Static(id="daemon-detail")
         yield Static(id="daemon-problems")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
+        self.jobs: list[tuple[str, dict[str, Any]]] = []
         table = self.query_one(DataTable)
-        for label in ("Job", "Schedule", "Last run", "Result", "Took", "Next run"):
+        # What an operator asks first (did it work, when next) fits 80 columns; the schedule comes last.
+        for label in ("Job", "Result", "Last run", "Next run", "Took", "Schedule"):
             table.add_column(label, key=label.lower())
         super().on_mount()
         table.focus()
@@ -74,23 +77,53 @@ class StatusScreen(BaseScreen):
             )
         title.update(state)
         g = self.pgdr.glyphs
-        for name, job in (data.get("jobs") or {}).items():
-            result = "running" if job.get("running_since") else str(job.get("result") or "-")
+        self.jobs = list((data.get("jobs") or {}).items())
+        for name, job in self.jobs:
+            result = _result(job)
             style = {"ok": "green", "succeeded": "green", "failed": "bold red", "skipped": "yellow"}.get(result, "")
             took = job.get("duration_seconds")
             mark = g.ok if style == "green" else (g.bad if style == "bold red" else "")
             table.add_row(
                 name,
-                str(job.get("schedule") or "disabled"),
+                Text(result if mark == result else f"{mark} {result}".strip(), style=style),
                 fmt.short(_time(job.get("last_start")), zone) + f" ({fmt.age(_time(job.get('last_start')), now)})"
                 if job.get("last_start")
                 else "-",
-                Text(f"{mark} {result}".strip(), style=style),
-                fmt.duration(took) if isinstance(took, int | float) else "-",
                 fmt.short(_time(job.get("next_run")), zone) if data.get("running") and job.get("next_run") else "-",
+                fmt.short_duration(took) if isinstance(took, int | float) else "-",
+                str(job.get("schedule") or "disabled"),
             )
+        self._show_job()
         lines = [f"{g.bad} {p}" for p in data.get("problems", [])]
         problems.update(Text("\n".join(lines) or f"{g.ok} healthy", style="red" if lines else "green"))
+
+    def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
+        self._show_job()
+
+    def _show_job(self) -> None:
+        """The highlighted job's last run in full: when, how it was started, and what it said."""
+        panel = self.query_one("#daemon-detail", Static)
+        row = self.query_one(DataTable).cursor_row
+        if not self.jobs or not 0 <= row < len(self.jobs):
+            panel.update("")
+            return
+        name, job = self.jobs[row]
+        zone = self.pgdr.source.zone
+        if not job.get("last_start"):
+            panel.update(Text(f" {name}: not run yet", style="dim"))
+            return
+        text = Text(f" {name}", style="bold")
+        text.append(f": {_result(job)}, started {fmt.when(_time(job.get('last_start')), zone)}")
+        if job.get("trigger"):
+            text.append(f" ({job['trigger']})")
+        said = job.get("error") if job.get("result") in ("failed", "skipped", "cancelled") else job.get("detail")
+        if said:
+            text.append(f"\n {said}", style="red" if job.get("result") == "failed" else "")
+        panel.update(text)
+
+
+def _result(job: dict[str, Any]) -> str:
+    return "running" if job.get("running_since") else str(job.get("result") or "-")
 
 
 def _time(value: object) -> datetime | None:

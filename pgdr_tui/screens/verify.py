@@ -8,7 +8,6 @@ module is missing or broken. Results come from the report's ``to_json()``, the s
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -23,6 +22,7 @@ from backend.progress import Cancelled, Progress
 from pgdr_tui import fmt
 from pgdr_tui.messages import JobFinished, JobProgress
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.plain import progress_bar
 
 ALL = "__all__"
 
@@ -58,7 +58,7 @@ class VerifyScreen(BaseScreen):
             )
             yield Checkbox("deep: off", id="verify-deep")
         yield Static(Text(" Not run yet in this session: press r.", style="dim"), id="verify-state")
-        yield ProgressBar(id="verify-bar", show_eta=False)
+        yield progress_bar(self.pgdr.glyphs.plain, id="verify-bar")
         table: DataTable[Text | str] = DataTable(id="verify-table", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="verify-details")
@@ -66,7 +66,8 @@ class VerifyScreen(BaseScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        for label in ("Item", "Kind", "Result", "Level", "Checked", "Problems"):
+        # The bad object's name comes right after the verdict, so it shows at 80 columns.
+        for label in ("Item", "Kind", "Result", "Problems", "Checked", "Level"):
             table.add_column(label, key=label.lower())
         super().on_mount()
 
@@ -113,7 +114,7 @@ class VerifyScreen(BaseScreen):
         deep = self.query_one(Checkbox).value
         self.running = True
         self.cancel_event = threading.Event()
-        self.started = time.monotonic()
+        self.started = self.pgdr.source.monotonic()
         self.query_one(ProgressBar).update(total=None, progress=0)
         what = name or "every backup and the WAL archive"
         self.query_one("#verify-state", Static).update(
@@ -129,7 +130,7 @@ class VerifyScreen(BaseScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="verify", name="verify")
     def _run(self, name: str | None, deep: bool, cancel: threading.Event) -> None:
         def progress(p: Progress) -> None:
-            self.post_message(JobProgress(p, time.monotonic()))
+            self.post_message(JobProgress(p, self.pgdr.source.monotonic()))
 
         try:
             report = self.pgdr.source.verify(name, deep=deep, on_progress=progress, cancel=cancel)
@@ -164,10 +165,20 @@ class VerifyScreen(BaseScreen):
         report = message.result
         data: dict[str, Any] = report.to_json()
         ok = bool(data.get("ok"))
-        took = time.monotonic() - self.started
+        took = self.pgdr.source.monotonic() - self.started
+        backups = data.get("backups", [])
+        bad = sum(not b.get("ok") for b in backups)
+        wal_ok = all(w.get("ok") for w in data.get("wal", []))
+        # The verdict, then what it covers: "1 of 3 backups BAD" says more at 3 a.m. than "PROBLEMS".
+        counts = (
+            f"{bad} of {len(backups)} backup{'' if len(backups) == 1 else 's'} BAD"
+            if bad
+            else (f"{len(backups)} backup{'' if len(backups) == 1 else 's'} ok")
+        )
         state.update(
             Text(
-                f" Verify {'OK' if ok else 'found PROBLEMS'} in {fmt.duration(took)}",
+                f" Verify {'OK' if ok else 'found PROBLEMS'}: {counts}, WAL {'ok' if wal_ok else 'BAD'}"
+                f" ({data.get('level', 'checksums')}, {fmt.duration(took)})",
                 style="bold green" if ok else "bold red",
             )
         )
@@ -182,22 +193,19 @@ class VerifyScreen(BaseScreen):
         table.clear()
         self.rows = []
         for error in data.get("errors", []):
-            table.add_row("error", "-", Text(f"{g.bad} ERROR", style="bold red"), "-", "-", str(error))
+            table.add_row("error", "-", Text(f"{g.bad} ERROR", style="bold red"), str(error), "-", "-")
             self.rows.append([str(error)])
         for b in data.get("backups", []):
-            problems = [
-                str(p.get("detail") or p.get("message") or p) if isinstance(p, dict) else str(p)
-                for p in b.get("problems", [])
-            ]
+            problems = [_problem(p) for p in b.get("problems", [])]
             rehearsal = b.get("rehearsal") or {}
             problems += [f"rehearsal: {p}" for p in rehearsal.get("problems", [])]
             table.add_row(
                 str(b.get("name")),
                 str(b.get("kind")),
                 _result(bool(b.get("ok")), g.ok, g.bad),
-                str(b.get("level", "")),
+                _first(b.get("problems", []), len(problems)),
                 f"{b.get('objects_checked', 0)} obj, {fmt.size(b.get('bytes_checked', 0))}",
-                f"{len(problems)}" if problems else "-",
+                str(b.get("level", "")),
             )
             self.rows.append(problems + [f"note: {n}" for n in b.get("notes", [])])
         for w in data.get("wal", []):
@@ -211,9 +219,9 @@ class VerifyScreen(BaseScreen):
                 f"WAL {w.get('repository')}",
                 "wal",
                 _result(bool(w.get("ok")), g.ok, g.bad),
-                "",
+                _first_finding(w.get("findings", []), len(findings)),
                 f"{w.get('verified_objects', 0)} obj",
-                f"{len(findings)}" if findings else "-",
+                "",
             )
             self.rows.append(findings)
         self._show_row()
@@ -228,14 +236,43 @@ class VerifyScreen(BaseScreen):
             panel.update("")
             return
         lines = self.rows[table.cursor_row]
-        panel.update(
-            Text(
-                "\n".join(f" {line}" for line in lines[:6]) if lines else " no problems",
-                no_wrap=True,
-                overflow="ellipsis",
-            )
-        )
+        # Wrapped, not cut: the end of a problem line (which copy is intact, what to do) matters most.
+        panel.update(Text("\n".join(f" {line}" for line in lines[:6]) if lines else " no problems"))
 
 
 def _result(ok: bool, good: str, bad: str) -> Text:
-    return Text(f"{good} ok", style="green") if ok else Text(f"{bad} BAD", style="bold red")
+    # In ASCII the "ok" mark is the word itself: "ok", not "ok ok".
+    if ok:
+        return Text("ok" if good == "ok" else f"{good} ok", style="green")
+    return Text(f"{bad} BAD", style="bold red")
+
+
+def _problem(p: object) -> str:
+    """One problem as ``pgdr verify`` prints it: which copy, which object, what is wrong."""
+    if not isinstance(p, dict):
+        return str(p)
+    where = f"{p['repository']}: " if p.get("repository") else ""
+    what = f"{p['object']}: " if p.get("object") else ""
+    kind = f"{p['kind']}: " if p.get("kind") else ""
+    return f"{where}{what}{kind}{p.get('detail') or p.get('message') or ''}"
+
+
+def _first(problems: list[Any], count: int) -> str:
+    """The Problems column: how many, and the first bad object by name, so it shows in the table itself."""
+    if not count:
+        return "-"
+    first = problems[0] if problems else None
+    if isinstance(first, dict) and first.get("object"):
+        named = f"{first['object']} {first.get('kind', '')}".rstrip()
+        return named if count == 1 else f"{named} (+{count - 1})"
+    return str(count)
+
+
+def _first_finding(findings: list[Any], count: int) -> str:
+    """The Problems column of a WAL row: the first problem's status and segments, so a hole is named."""
+    problems = [f for f in findings if isinstance(f, dict) and f.get("problem")]
+    if not problems:
+        return f"{count} notes" if count else "-"
+    f = problems[0]
+    more = f" (+{len(problems) - 1})" if len(problems) > 1 else ""
+    return f"{f.get('status')} {f.get('first')}{more}"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,34 @@ from tests.tui.fixture_repo import NOW, Story, write_fixture
 ZONE = ZoneInfo("Europe/Berlin")
 
 
-#: A fixed place, so paths shown on screen (settings, plans) are the same in every run's snapshots.
-FIXTURE_ROOT = Path(tempfile.gettempdir()) / f"pgdr-tui-fixture-{os.getuid()}"
+#: A fixed place, so paths shown on screen (settings, plans, restore logs) are the same in every run's
+#: snapshots and screenshots, whoever runs them and whatever TMPDIR says.
+FIXTURE_ROOT = Path("/tmp/pgdr-tui-fixture")
+
+
+@contextlib.contextmanager
+def fixture_root_held() -> Iterator[Path]:
+    """Hold the fixed fixture root for as long as a session uses it.
+
+    The path cannot differ between runs (it is on screen), so two runs at once (a test session and
+    ``scripts/export_screenshots.py``, or two engineers' sessions) take turns on a lock instead of
+    writing over each other's repository.
+    """
+    with open(f"{FIXTURE_ROOT}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+            if FIXTURE_ROOT.exists():
+                raise RuntimeError(f"{FIXTURE_ROOT} is left over and cannot be removed (another user's?)")
+            yield FIXTURE_ROOT
+        finally:
+            shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def story() -> Iterator[Story]:
-    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
-    yield write_fixture(FIXTURE_ROOT)
-    shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
+    with fixture_root_held() as root:
+        yield write_fixture(root)
 
 
 @pytest.fixture(autouse=True)

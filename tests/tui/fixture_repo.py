@@ -5,6 +5,13 @@ commit times in its SegmentIndex, a gap of missing segments, a restore point and
 promotion to timeline 2 near the end. Everything is stored through ``LocalRepository``,
 ``BackupManifest.to_json``, ``WalObject`` keys and ``SegmentIndex`` JSON, so the catalog and the
 recovery timeline the console shows are computed by the real backend, from a clock frozen at ``NOW``.
+
+Most backups are manifests only (gigabytes of real objects per backup would make the fixture
+unusable), but the newest physical backup is whole: its objects and the WAL segment it needs to
+become consistent hold real bytes, so ``backend.verify`` can read it back. One bit of its
+``base.tar.zst`` is then flipped by hand, as a failing disk would, so verify has damage to name.
+The cluster's data directory exists (a stand-in with a ``PG_VERSION``), so an in-place restore plan
+names where the safety copy goes.
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
 from backend.archive.index import index_key
-from backend.archive.walfile import WalObject
+from backend.archive.walfile import WalObject, encode
 from backend.manifest import BackupManifest, StoredObject
 from backend.repository import IDENTITY_KEY, REPOSITORY_FORMAT
 from backend.repository.local import LocalRepository
@@ -44,6 +52,10 @@ class Story:
     drop_xid: int
     promotion: datetime
     backups: list[str]
+    #: The newest physical backup: the one with real objects, one of them damaged.
+    whole: str = ""
+    #: The key of the damaged object (``backups/<whole>/base.tar.zst``).
+    damaged: str = ""
 
 
 def write_fixture(
@@ -98,6 +110,9 @@ def _write(
     drop_xid = 48123
     promotion = start + timedelta(days=days - 2, hours=9, minutes=30)
     config = root / "pgdr.toml"
+    data_dir = root / "data"
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "PG_VERSION").write_text("15\n")  # the running cluster's directory, for the safety copy
     config.write_text(
         f'[cluster]\nname = "main"\n\n[postgres]\nhost = "{root / "no-server"}"\nport = 5432\nuser = "postgres"\n'
         f'data_dir = "{root / "data"}"\n\n[local]\npath = "{repo_path}"\n'
@@ -162,10 +177,20 @@ def _write(
                 k += 1
         return found
 
+    by_number = {n.number: (n, t) for n, t in segments}
+    schedule = _backup_schedule(start, now, step, backup_hours, by_number)
+    whole_number = max((number for _, number, _ in schedule if number is not None), default=None)
+
     for name, t in segments:
-        data = name.name.encode()
-        obj = WalObject(name.name, hashlib.sha256(data).hexdigest(), "none")
-        repo.put(obj.key, data * 8)
+        if name.number == whole_number:
+            # The WAL the whole backup needs: a real segment, stored as wal-push stores one.
+            data = name.name.encode().ljust(SEGMENT_SIZE, b"\0")
+            obj = WalObject(name.name, hashlib.sha256(data).hexdigest(), "zstd")
+            repo.put(obj.key, encode(data, "zstd", 3))
+        else:
+            data = name.name.encode() * 8
+            obj = WalObject(name.name, hashlib.sha256(data).hexdigest(), "none")
+            repo.put(obj.key, data)
         archived = (t + step).timestamp()
         os.utime(repo_path / "main" / obj.key, (archived, archived))
         index = SegmentIndex(
@@ -182,23 +207,50 @@ def _write(
         )
         repo.put(index_key(name.name), json.dumps(index.to_json(), sort_keys=True).encode())
 
-    by_number = {n.number: (n, t) for n, t in segments}
-    names = []
+    names: list[str] = []
+    whole = damaged = ""
+    for serial, (backup_at, first, logical) in enumerate(schedule):
+        if first is not None:
+            seg, _ = by_number[first]
+            size = 1_200_000_000 + serial * 9_000_000
+            backup = _physical(repo, backup_at, seg, size, whole=first == whole_number)
+            names.append(backup)
+            if first == whole_number:
+                whole, damaged = backup, _damage(repo_path / "main", backup)
+        if logical:
+            names.append(_logical(repo, backup_at + timedelta(minutes=30), 310_000_000 + serial * 1_000_000))
+    _verified(repo, names, now)
+    return Story(
+        config, start, gap_start, gap_end, restore_point, drop, drop_xid, promotion, sorted(names), whole, damaged
+    )
+
+
+def _backup_schedule(
+    start: datetime,
+    now: datetime,
+    step: timedelta,
+    backup_hours: int,
+    by_number: dict[int, tuple[SegmentName, datetime]],
+) -> list[tuple[datetime, int | None, bool]]:
+    """When each backup ran: (time, first WAL segment number of a physical backup or None, logical dump too)."""
+    out = []
     backup_at = start + timedelta(hours=1, minutes=2)
-    serial = 0
     while backup_at < now - timedelta(minutes=20):
         number = FIRST_SEGMENT + int((backup_at - start) / step)
-        if number in by_number and number + 1 in by_number:
-            seg, _ = by_number[number]
-            size = 1_200_000_000 + serial * 9_000_000
-            name = _physical(repo, backup_at, seg, size)
-            names.append(name)
-        if backup_at.hour < backup_hours:
-            names.append(_logical(repo, backup_at + timedelta(minutes=30), 310_000_000 + serial * 1_000_000))
-        serial += 1
+        physical = number if number in by_number and number + 1 in by_number else None
+        out.append((backup_at, physical, backup_at.hour < backup_hours))
         backup_at += timedelta(hours=backup_hours)
-    _verified(repo, names, now)
-    return Story(config, start, gap_start, gap_end, restore_point, drop, drop_xid, promotion, sorted(names))
+    return out
+
+
+def _damage(repo_root: Path, name: str) -> str:
+    """Flip one bit in the middle of the whole backup's tar, by hand, as a failing disk would."""
+    key = f"backups/{name}/base.tar.zst"
+    path = repo_root / key
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    return key
 
 
 def _object(key: str, raw: int, stored: int, compression: str = "zstd") -> StoredObject:
@@ -206,11 +258,36 @@ def _object(key: str, raw: int, stored: int, compression: str = "zstd") -> Store
     return StoredObject(key, stored, digest, raw, digest, compression)
 
 
-def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: int) -> str:
+def _real_object(
+    repo: LocalRepository, name: str, key: str, data: bytes, *, raw_size: int, compression: str
+) -> StoredObject:
+    """Store ``data`` as the backend stores a backup object and describe it as its manifest does.
+
+    A tar PostgreSQL compressed itself has no sha256 of its original bytes (``raw_sha256`` empty),
+    and its ``raw_size`` counts the files in it, which is what the catalog shows.
+    """
+    blob = encode(data, compression, 3) if compression != "none" else data
+    repo.put(f"backups/{name}/{key}", blob)
+    digest = hashlib.sha256(blob).hexdigest()
+    raw_digest = "" if compression != "none" else digest
+    return StoredObject(key, len(blob), digest, raw_size, raw_digest, compression)
+
+
+def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: int, *, whole: bool = False) -> str:
     name = started.strftime("%Y%m%dT%H%M%SZ")
     stop = started + timedelta(minutes=2, seconds=10)
     start_lsn = seg.start_lsn + 0x28
     stop_lsn = seg.start_lsn + 0x1000
+    if whole:
+        # Incompressible bytes, so the stored tar has a size worth reading back (a few megabytes).
+        tar = random.Random(name).randbytes(6 << 20)
+        manifest_file = json.dumps({"PostgreSQL-Backup-Manifest-Version": 1, "Files": []}).encode().ljust(180_000)
+        objects = [
+            _real_object(repo, name, "base.tar.zst", tar, raw_size=size, compression="zstd"),
+            _real_object(repo, name, "backup_manifest", manifest_file, raw_size=len(manifest_file), compression="none"),
+        ]
+    else:
+        objects = [_object("base.tar.zst", size, size // 9), _object("backup_manifest", 180_000, 180_000, "none")]
     manifest = BackupManifest(
         name=name,
         kind="physical",
@@ -219,7 +296,7 @@ def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: 
         pg_version="15.18",
         start_time=started,
         stop_time=stop,
-        objects=[_object("base.tar.zst", size, size // 9), _object("backup_manifest", 180_000, 180_000, "none")],
+        objects=objects,
         timeline=seg.timeline,
         start_lsn=format_lsn(start_lsn),
         stop_lsn=format_lsn(stop_lsn),

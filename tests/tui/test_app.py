@@ -8,10 +8,11 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Input
 
 from backend.audit import audit_path
@@ -114,7 +115,10 @@ async def test_a_gap_shows_as_unrecoverable(make_app: MakeApp, story: Story) -> 
         line = view.render_line(2)
         assert line.text[7 + column] == app.glyphs.cursor
         cell = line.crop(7 + column, 8 + column)
-        assert next(iter(cell)).style.bgcolor == view._style("timeline--gap").color  # the bar over the gap's colour
+        style = next(iter(cell)).style
+        assert (
+            style is not None and style.bgcolor == view._style("timeline--gap").color
+        )  # the bar over the gap's colour
         assert screen.check_action("restore", ()) is None
 
 
@@ -162,7 +166,7 @@ async def test_restore_stays_greyed_until_a_dry_run_and_the_modal_needs_the_name
         assert app.screen is modal and not started  # nothing until the exact name
         await pilot.press("escape")
         await pilot.pause()
-        assert app.screen is plan_screen and not started  # escape cancels
+        assert app.screen is cast(Screen[Any], plan_screen) and not started  # escape cancels
         await pilot.press("r")
         await pilot.pause()
         await pilot.press(*"main", "enter")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from textual.message import Message
-from textual.widgets import Input, ProgressBar
+from textual.widgets import DataTable, Input, ProgressBar
 
 from backend.config import load_config
+from backend.progress import ProgressCallback
 from pgdr_tui.app import PgdrApp
 from pgdr_tui.messages import JobFinished, JobProgress
 from pgdr_tui.screens.backup import BackupScreen
+from pgdr_tui.screens.backups import BackupsScreen
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal
 from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
 from pgdr_tui.screens.timeline import TimelineScreen
@@ -138,3 +141,54 @@ def stop(data: Path) -> None:
             capture_output=True,
             check=False,
         )
+
+
+class HeldSource(Source):
+    """The real backup, whose first progress report waits until the operator cancels.
+
+    Without the wait, a backup of a fresh cluster can finish before the key press lands; with it,
+    the cancel arrives while the backend holds a started backup, which it must then remove.
+    """
+
+    def backup(self, *, logical: bool, on_progress: ProgressCallback, cancel: threading.Event | None) -> Any:
+        assert cancel is not None
+        held = threading.Event()
+
+        def report(p: Any) -> None:
+            on_progress(p)
+            if not held.is_set():
+                held.set()
+                cancel.wait(60)
+
+        return super().backup(logical=logical, on_progress=report, cancel=cancel)
+
+
+@run_async
+async def test_cancelling_a_backup_leaves_nothing_listed(cluster: Cluster) -> None:
+    messages: list[Message] = []
+    app = PgdrApp(HeldSource(load_config(cluster.config_path), zone=UTC), ascii_only=False)
+    async with app.run_test(size=(80, 24), message_hook=messages.append) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, BackupScreen)
+        await pilot.press("p")
+        await wait_until(pilot, lambda: any(isinstance(m, JobProgress) for m in messages), 60, "the backup to start")
+        assert screen.check_action("cancel", ()) is True
+        await pilot.press("x")
+        await wait_until(pilot, lambda: any(isinstance(m, JobFinished) for m in messages), 120, "the cancel")
+        finished = next(m for m in messages if isinstance(m, JobFinished))
+        assert finished.cancelled, finished.error
+        assert "Cancelled" in str(screen.query_one("#backup-state").render())
+        assert screen.check_action("start", ()) is True  # a new backup can be started
+        await pilot.press("ctrl+r")
+        await app.workers.wait_for_complete()
+        await pilot.press("b")
+        await pilot.pause()
+        backups = app.screen
+        assert isinstance(backups, BackupsScreen)
+        assert app.model is not None and app.model.catalog.backups == []
+        assert backups.query_one(DataTable).row_count == 0
+    stored = cluster.local_repo / "main" / "backups"
+    assert not stored.exists() or not any(stored.iterdir()), list(stored.rglob("*"))
