@@ -98,9 +98,10 @@ class Source:
     # --- reads ------------------------------------------------------------------------------------
 
     def load_view(self, on_progress: ProgressCallback = no_progress) -> RecoveryView:
-        from backend.recovery import load_view
+        from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
 
-        view = load_view(self.cfg, on_progress=on_progress)
+        # Bounded: the console must open on an archive nobody indexed yet; each refresh goes on.
+        view = load_view(self.cfg, on_progress=on_progress, index_budget_s=VIEW_INDEX_BUDGET_S)
         self._repos = list(view.repositories)
         return view
 

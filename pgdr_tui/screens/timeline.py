@@ -80,6 +80,8 @@ class TimelineScreen(BaseScreen):
             self.details, zone=source.zone, now=source.now(), glyphs=self.pgdr.glyphs, zoom=view.zoom_name
         )
         status = f"  ({self.pgdr.load_status})" if self.pgdr.load_status else ""
+        if model.view.unindexed and not status:
+            status = f"  ({model.view.unindexed} older segments not indexed yet: archive times)"
         title = Text.assemble(
             (" Recovery timeline", "bold"),
             f"  {view.zoom_name}/column; {len(model.catalog.backups)} backups, "
