@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.archive.spool import NOTE, user_state_dir
+from backend.archive.spool import NOTE, _write_note, confirm, spool_dir, user_state_dir
 from backend.archive.walfile import find_archived
-from backend.config import load_config
+from backend.config import ClusterConfig, Config, LocalConfig, load_config
 from backend.repository import open_repository
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user
 
@@ -130,3 +130,28 @@ def test_the_spool_is_where_platformdirs_puts_the_state_dir(
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     assert user_state_dir() == platformdirs.user_state_dir("pgdr")
+
+
+def test_a_note_vouches_only_for_its_own_file_and_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of the cluster elsewhere, or a config sending WAL to other repositories, never takes a
+    note written for another file: its segment would be acknowledged without being stored."""
+    monkeypatch.setenv("PGDR_STATE_DIR", str(tmp_path / "state"))
+    name = "000000010000000000000005"
+    header = (0xD110).to_bytes(2, "little") + bytes(22) + (7_000_000_000_000_000_123).to_bytes(8, "little")
+    segments = []
+    for where in ("data", "copy"):
+        segment = tmp_path / where / "pg_wal" / name
+        segment.parent.mkdir(parents=True)
+        segment.write_bytes(header + bytes(8192 - len(header)))
+        segments.append(segment)
+    cfg = Config(cluster=ClusterConfig(name="main"), local=LocalConfig(path=str(tmp_path / "repo")))
+    folder = spool_dir(cfg)
+    folder.mkdir(parents=True)
+
+    _write_note(cfg, folder, segments[0])
+    assert confirm(cfg, segments[0]) and not (folder / (name + NOTE)).exists()
+    _write_note(cfg, folder, segments[0])
+    assert not confirm(cfg, segments[1]), "the same segment of a copy of the cluster"
+    _write_note(cfg, folder, segments[0])
+    elsewhere = Config(cluster=ClusterConfig(name="main"), local=LocalConfig(path=str(tmp_path / "other-repo")))
+    assert not confirm(elsewhere, segments[0]), "the same file, stored for another config's repository"

@@ -59,14 +59,34 @@ def confirm(cfg: Config, wal_path: Path) -> bool:
     note = spool_dir(cfg) / (wal_path.name + NOTE)
     try:
         recorded = json.loads(note.read_text())
-        size = wal_path.stat().st_size
     except (OSError, ValueError):
         return False
-    if recorded.get("size") != size or recorded.get("system_identifier") != _system_identifier(wal_path):
+    if recorded != _describe(cfg, wal_path):
         note.unlink(missing_ok=True)  # stale: another file of that name; push it the normal way
         return False
     note.unlink(missing_ok=True)
     return True
+
+
+def _describe(cfg: Config, path: Path) -> dict[str, object] | None:
+    """What a note vouches for: this very file (where it is, its size, its cluster) stored where this
+    config sends WAL. The spool is shared by everything the user archives under one cluster name, so
+    a copy of the cluster (same system identifier) archiving elsewhere, or a config pointed at other
+    repositories, must never take another's note for its own segment."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    return {
+        "path": os.path.abspath(path),
+        "size": size,
+        "system_identifier": _system_identifier(path),
+        "destination": [
+            cfg.sync_repositories,
+            cfg.local.path,
+            [cfg.s3.endpoint_url, cfg.s3.bucket, cfg.s3.prefix],
+        ],
+    }
 
 
 def _ready(pg_wal: Path) -> list[str]:
@@ -129,7 +149,7 @@ def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
                 failed.add(name)  # gone (archived meanwhile) or unwritable: the archiver's own push decides
                 return None
             faults.point("spool-stored")
-            _write_note(folder, path)  # only now, with the segment durable everywhere it must be
+            _write_note(cfg, folder, path)  # only now, with the segment durable everywhere it must be
             return name
 
         with ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers)) as pool:
@@ -145,10 +165,10 @@ def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
     return stored
 
 
-def _write_note(folder: Path, path: Path) -> None:
+def _write_note(cfg: Config, folder: Path, path: Path) -> None:
     note = folder / (path.name + NOTE)
     temp = folder / f".{path.name}.{os.getpid()}"
-    temp.write_text(json.dumps({"size": path.stat().st_size, "system_identifier": _system_identifier(path)}))
+    temp.write_text(json.dumps(_describe(cfg, path)))
     os.rename(temp, note)
 
 
