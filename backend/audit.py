@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.statedir import state_base
+
 if TYPE_CHECKING:
     from backend.config import Config
 
@@ -23,9 +25,7 @@ AUDIT_PREFIX = "audit/"
 
 
 def state_dir() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("PGDR_STATE_DIR") or platformdirs.user_state_dir("pgdr"))
+    return Path(state_base())
 
 
 def audit_path() -> Path:

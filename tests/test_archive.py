@@ -18,17 +18,6 @@ from tests.harness.cluster import PG_BIN, Cluster, as_server_user, clean_env, pg
 from tests.harness.s3 import MotoEndpoint
 
 
-def write_wal(cluster: Cluster, segments: int) -> list[str]:
-    """Commit rows across several segments; returns the switched segment names."""
-    cluster.sql("CREATE TABLE IF NOT EXISTS ledger (id serial PRIMARY KEY, amount numeric, note text)")
-    names = []
-    for i in range(segments):
-        cluster.sql("INSERT INTO ledger (amount, note) SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
-        names.append(cluster.switch_wal())
-        del i
-    return names
-
-
 def archived_in(cluster: Cluster, repo_name: str, segment: str) -> bool:
     repo = open_repository(load_config(cluster.config_path), repo_name)
     return bool(find_archived(repo, segment))
@@ -45,7 +34,7 @@ def fetch(cluster: Cluster, segment: str, dest: Path, config: Path | None = None
 
 
 def test_workload_reaches_both_repositories_contiguously(cluster_s3: Cluster) -> None:
-    names = write_wal(cluster_s3, 4)
+    names = cluster_s3.write_wal(4)
     cluster_s3.wait_archived(names[-1])
     # S3 is not in archive.sync: the background uploader started by wal-push carries the queue there.
     wait_for(lambda: all(archived_in(cluster_s3, "s3", n) for n in names), 60, "the uploader to reach S3")
@@ -63,7 +52,7 @@ def test_workload_reaches_both_repositories_contiguously(cluster_s3: Cluster) ->
 
 
 def test_fetch_returns_the_archived_bytes_and_refuses_corruption(cluster_s3: Cluster, tmp_path: Path) -> None:
-    (segment,) = write_wal(cluster_s3, 1)
+    (segment,) = cluster_s3.write_wal(1)
     cluster_s3.wait_archived(segment)
     wait_for(lambda: archived_in(cluster_s3, "s3", segment), 60, "the uploader to reach S3")
     fetched = tmp_path / "seg"
@@ -93,7 +82,7 @@ def test_fetch_returns_the_archived_bytes_and_refuses_corruption(cluster_s3: Clu
 
 
 def test_duplicate_push_same_bytes_succeeds_different_bytes_fails(cluster: Cluster, tmp_path: Path) -> None:
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     copy = tmp_path / segment
     assert fetch(cluster, segment, copy).returncode == 0
@@ -111,7 +100,7 @@ def test_duplicate_push_same_bytes_succeeds_different_bytes_fails(cluster: Clust
 
 
 def test_push_killed_half_way_leaves_no_partial_segment(cluster: Cluster, tmp_path: Path) -> None:
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     source = tmp_path / segment
     assert fetch(cluster, segment, source).returncode == 0
@@ -140,7 +129,7 @@ def test_push_killed_half_way_leaves_no_partial_segment(cluster: Cluster, tmp_pa
 
 
 def test_segment_of_another_cluster_is_refused(cluster: Cluster, tmp_path: Path) -> None:
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     other = cluster.root / "other"
     other.mkdir()
@@ -163,7 +152,7 @@ def test_s3_down_during_push_then_postgres_retry_succeeds(
     cluster: Cluster, moto: MotoEndpoint, bucket: str, tmp_path: Path
 ) -> None:
     cluster.write_config(cluster.base_config(local=False, s3=s3_settings(moto, bucket)))
-    first = write_wal(cluster, 1)[0]
+    first = cluster.write_wal(1)[0]
     cluster.wait_archived(first)
     moto.stop()
     try:
@@ -177,7 +166,7 @@ def test_s3_down_during_push_then_postgres_retry_succeeds(
         assert (cluster.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") < during
     finally:
         moto.start()
-    after = write_wal(cluster, 1)[0]  # a new segment also wakes the archiver for its retry
+    after = cluster.write_wal(1)[0]  # a new segment also wakes the archiver for its retry
     cluster.wait_archived(after)
     for segment in (first, during, after):
         assert archived_in(cluster, "s3", segment), f"{segment} missing from S3"
@@ -185,7 +174,7 @@ def test_s3_down_during_push_then_postgres_retry_succeeds(
 
 
 def test_background_helpers_index_and_upload_on_their_own(cluster_s3: Cluster) -> None:
-    names = write_wal(cluster_s3, 2)
+    names = cluster_s3.write_wal(2)
     cluster_s3.wait_archived(names[-1])
     index = cluster_s3.local_repo / "main" / "walindex" / names[0][:16] / f"{names[0]}.json"
     wait_for(index.exists, 60, "the background indexer started by wal-push")
@@ -196,7 +185,7 @@ def test_background_helpers_index_and_upload_on_their_own(cluster_s3: Cluster) -
 
 def test_history_backup_and_partial_files_round_trip(cluster: Cluster, tmp_path: Path) -> None:
     """The other files PostgreSQL archives come back byte for byte, under their own names."""
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     segment_copy = tmp_path / segment
     assert fetch(cluster, segment, segment_copy).returncode == 0
@@ -220,7 +209,7 @@ def test_history_backup_and_partial_files_round_trip(cluster: Cluster, tmp_path:
 
 def test_backup_into_another_clusters_repository_is_refused(cluster: Cluster) -> None:
     """A repository that records another system identifier takes no backup of this cluster."""
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     record = cluster.local_repo / "main" / "repo.json"
     identity = json.loads(record.read_text())

@@ -14,17 +14,8 @@ from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
 from tests.conftest import s3_settings
-from tests.harness.cluster import PG_BIN, Cluster, as_server_user, wait_for
+from tests.harness.cluster import Cluster, as_server_user, wait_for
 from tests.harness.s3 import MotoEndpoint
-
-
-def write_wal(cluster: Cluster, segments: int) -> list[str]:
-    cluster.sql("CREATE TABLE IF NOT EXISTS ledger (id serial PRIMARY KEY, note text)")
-    names = []
-    for _ in range(segments):
-        cluster.sql("INSERT INTO ledger (note) SELECT repeat('x', 200) FROM generate_series(1, 2000)")
-        names.append(cluster.switch_wal())
-    return names
 
 
 def pushd_dir(cluster: Cluster) -> Path:
@@ -55,7 +46,7 @@ def archive_until_served(cluster: Cluster, answered: int, timeout: float = 60) -
     names: list[str] = []
 
     def enough() -> bool:
-        names.extend(write_wal(cluster, 1))
+        names.extend(cluster.write_wal(1))
         cluster.wait_archived(names[-1])
         return sum(n for pid, n in servers(cluster).items() if alive(pid)) >= answered
 
@@ -74,7 +65,7 @@ def all_done_are_stored(cluster: Cluster, repo_name: str = "local") -> list[str]
 
 def test_a_workload_is_archived_through_the_server(cluster: Cluster) -> None:
     names = archive_until_served(cluster, 3)
-    names += write_wal(cluster, 3)
+    names += cluster.write_wal(3)
     cluster.wait_archived(names[-1])
     assert all_done_are_stored(cluster)[-1] >= names[-1]
     (pid,) = [pid for pid in servers(cluster) if alive(pid)]
@@ -92,14 +83,7 @@ def test_a_server_killed_mid_request_loses_nothing(cluster: Cluster, point: str)
     cluster.stop()
     # Every server started by this archiver freezes at ``point`` in its first request; the test
     # kills each one frozen there, so every push after the first meets a server that dies on it.
-    subprocess.run(
-        as_server_user(
-            [str(PG_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-l", str(cluster.log_path), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-        env=cluster.server_env(PGDR_FAULT_STOP=point),
-    )
+    cluster.start(PGDR_FAULT_STOP=point)
     killed: list[int] = []
     stop = threading.Event()
     pattern = f"{cluster.config_path} wal-pushd"
@@ -120,7 +104,7 @@ def test_a_server_killed_mid_request_loses_nothing(cluster: Cluster, point: str)
         names: list[str] = []
 
         def two_killed() -> bool:
-            names.extend(write_wal(cluster, 1))
+            names.extend(cluster.write_wal(1))
             cluster.wait_archived(names[-1])
             return len(killed) >= 2
 
@@ -137,7 +121,7 @@ def test_a_changed_config_is_picked_up(cluster: Cluster) -> None:
     archive_until_served(cluster, 1)
     (old,) = [pid for pid in servers(cluster) if alive(pid)]
     cluster.write_config(cluster.base_config() + '\n[archive]\ncompression = "none"\n')
-    (segment,) = write_wal(cluster, 1)
+    (segment,) = cluster.write_wal(1)
     cluster.wait_archived(segment)
     wait_for(lambda: not alive(old), 30, "the server with the old config to exit")
     (obj,) = find_archived(open_repository(load_config(cluster.config_path), "local"), segment)
@@ -151,7 +135,7 @@ def test_a_changed_config_is_picked_up(cluster: Cluster) -> None:
 
 def test_the_server_can_be_turned_off(cluster: Cluster) -> None:
     cluster.write_config(cluster.base_config() + "\n[archive]\nserver = false\n")
-    names = write_wal(cluster, 3)
+    names = cluster.write_wal(3)
     cluster.wait_archived(names[-1])
     assert servers(cluster) == {}
     assert all_done_are_stored(cluster)[-1] >= names[-1]
@@ -190,7 +174,7 @@ def test_a_foreign_request_is_refused(cluster: Cluster) -> None:
     ):
         assert request(address, message).startswith(b"refused\0")
     assert servers(cluster)[pid] == before, "nothing was pushed for them"
-    more = write_wal(cluster, 1)
+    more = cluster.write_wal(1)
     cluster.wait_archived(more[-1])
     assert alive(pid) and servers(cluster)[pid] > before, "and the server went on serving"
 
@@ -198,7 +182,7 @@ def test_a_foreign_request_is_refused(cluster: Cluster) -> None:
 def test_s3_as_the_sync_repository_goes_through_the_server(cluster: Cluster, moto: MotoEndpoint, bucket: str) -> None:
     cluster.write_config(cluster.base_config(local=False, s3=s3_settings(moto, bucket)))
     names = archive_until_served(cluster, 2)
-    names += write_wal(cluster, 2)
+    names += cluster.write_wal(2)
     cluster.wait_archived(names[-1])
     assert all_done_are_stored(cluster, "s3")[-1] >= names[-1]
     (pid,) = [pid for pid in servers(cluster) if alive(pid)]

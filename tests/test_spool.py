@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.archive.spool import NOTE, _write_note, confirm, spool_dir, user_state_dir
+from backend.archive.spool import NOTE, _write_note, confirm, spool_dir
 from backend.archive.walfile import find_archived
 from backend.config import ClusterConfig, Config, LocalConfig, load_config
 from backend.repository import open_repository
-from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user
+from backend.statedir import user_state_dir
+from tests.harness.cluster import Cluster, give_to_server_user
 
 
 def bulk_load(cluster: Cluster, rows: int = 1_200_000) -> str:
@@ -63,14 +64,7 @@ def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
     cluster.stop()
     # The server's archive_command runs with PGDR_FAULT_STOP set: every pusher freezes after storing
     # a segment and before writing its note; the test kills the frozen pushers as they appear.
-    subprocess.run(
-        as_server_user(
-            [str(PG_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-l", str(cluster.log_path), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-        env=cluster.server_env(PGDR_FAULT_STOP="spool-stored"),
-    )
+    cluster.start(PGDR_FAULT_STOP="spool-stored")
     killed = 0
     stop = threading.Event()
 

@@ -29,6 +29,7 @@ import zlib
 
 from backend import __version__
 from backend.errors import PgdrError
+from backend.statedir import state_base
 
 TYPE_CHECKING = False  # not typing's: importing typing (re, enum, functools...) would double the client's cost
 if TYPE_CHECKING:
@@ -50,26 +51,6 @@ CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 300.0
 _MAX_MESSAGE = 1 << 16
 _SUN_PATH_MAX = 107  # sockaddr_un's sun_path, less its terminating NUL
-
-
-def user_state_dir() -> str:
-    """``platformdirs.user_state_dir("pgdr")``, worked out directly in the usual Linux case
-    ($XDG_STATE_HOME when absolute, else ~/.local/state): importing platformdirs would cost every push
-    a few ms. Anything else (another OS, no absolute $HOME) is left to platformdirs."""
-    if sys.platform == "linux":
-        xdg = os.environ.get("XDG_STATE_HOME", "")
-        if os.path.isabs(xdg):
-            return os.path.join(xdg, "pgdr")
-        if os.path.isabs(os.environ.get("HOME", "")):
-            return os.path.join(os.path.expanduser("~/.local/state"), "pgdr")
-    import platformdirs
-
-    return platformdirs.user_state_dir("pgdr")
-
-
-def state_base() -> str:
-    """The state dir of the user running the server (``backend.audit.state_dir``, without its imports)."""
-    return os.environ.get("PGDR_STATE_DIR") or user_state_dir()
 
 
 def socket_dir() -> str:

@@ -23,15 +23,13 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backend.archive.pushd import state_base, user_state_dir
 from backend.spawn import spawn_pgdr
+from backend.statedir import state_base
 from backend.walnames import SEGMENT_RE
 
 if TYPE_CHECKING:
     from backend.config import Config
 
-#: user_state_dir moved to pushd (whose client must import almost nothing); callers still find it here.
-__all__ = ["NOTE", "confirm", "kick", "push_ahead", "spool_dir", "user_state_dir"]
 
 _HEADER = struct.Struct("<HHIQI4xQ")
 NOTE = ".ok"

@@ -205,12 +205,13 @@ class Cluster:
         give_to_server_user(state)
         return clean_env(XDG_STATE_HOME=str(state), XDG_CONFIG_HOME=str(state), **extra)
 
-    def start(self) -> None:
+    def start(self, **env: str) -> None:
+        """Start the server; ``env`` reaches its archive_command (e.g. ``PGDR_FAULT_STOP``)."""
         run_checked(
             as_server_user(
                 [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"]
             ),
-            env=self.server_env(),
+            env=self.server_env(**env),
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -234,6 +235,15 @@ class Cluster:
         """Force the current segment out; returns its name."""
         (name,) = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0]
         return str(name)
+
+    def write_wal(self, segments: int) -> list[str]:
+        """Commit rows across several segments; returns the switched segment names."""
+        self.sql("CREATE TABLE IF NOT EXISTS ledger (id serial PRIMARY KEY, amount numeric, note text)")
+        names = []
+        for _ in range(segments):
+            self.sql("INSERT INTO ledger (amount, note) SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g")
+            names.append(self.switch_wal())
+        return names
 
     @contextmanager
     def archiving_held(self) -> Iterator[None]:
