@@ -14,7 +14,7 @@ from backend.archive.walfile import find_archived
 from backend.config import ClusterConfig, Config, LocalConfig, load_config
 from backend.repository import open_repository
 from backend.statedir import user_state_dir
-from tests.harness.cluster import Cluster, give_to_server_user
+from tests.harness.cluster import Cluster, as_server_user, give_to_server_user, wait_for
 
 
 def bulk_load(cluster: Cluster, rows: int = 1_200_000) -> str:
@@ -61,46 +61,53 @@ def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
     spool.mkdir()
     give_to_server_user(spool)
     cluster.write_config(cluster.base_config() + f'\n[archive]\nspool_path = "{spool}"\n')
-    cluster.stop()
-    # The server's archive_command runs with PGDR_FAULT_STOP set: every pusher freezes after storing
-    # a segment and before writing its note; the test kills the frozen pushers as they appear.
-    cluster.start(PGDR_FAULT_STOP="spool-stored")
-    killed = 0
-    stop = threading.Event()
+    with cluster.archiving_held():  # the backlog stays while the pusher works on it, on any machine
+        backlog = cluster.write_wal(4)
+        # The pusher freezes (SIGSTOP) after storing a segment and before writing its note: killed there.
+        pusher = subprocess.Popen(
+            as_server_user(
+                [
+                    str(cluster.pgdr_for_server),
+                    "--config",
+                    str(cluster.config_path),
+                    "wal-spool",
+                    str(cluster.data_dir / "pg_wal"),
+                ]
+            ),
+            env=cluster.server_env(PGDR_FAULT_STOP="spool-stored"),
+            cwd=cluster.root,
+        )
+        try:
+            frozen: list[str] = []
 
-    def reaper() -> None:
-        nonlocal killed
-        while not stop.is_set():
-            out = subprocess.run(
-                ["pgrep", "-f", "wal-spool"], capture_output=True, text=True, check=False
-            ).stdout.split()
-            for pid in out:
-                state = (
-                    Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-                    if Path(f"/proc/{pid}/stat").exists()
-                    else ""
-                )
-                if state == "T":
-                    subprocess.run(["kill", "-9", pid], check=False)
-                    killed += 1
-            stop.wait(0.05)
+            def a_frozen_pusher() -> bool:
+                found = subprocess.run(
+                    ["pgrep", "-f", f"{cluster.config_path} wal-spool"], capture_output=True, text=True, check=False
+                ).stdout.split()
+                frozen[:] = [pid for pid in found if _state(pid) == "T"]
+                return bool(frozen)
 
-    thread = threading.Thread(target=reaper)
-    thread.start()
-    try:
-        with cluster.archiving_held():  # a backlog, so the first wal-push starts a pusher
-            last = bulk_load(cluster, 400_000)
-        cluster.wait_archived(last, timeout=180)
-    finally:
-        stop.set()
-        thread.join()
-    assert killed >= 1, "a pusher must have been frozen and killed"
+            wait_for(a_frozen_pusher, 60, "the pusher to stop at spool-stored")
+            for pid in frozen:
+                subprocess.run(["kill", "-9", pid], check=False)
+            pusher.wait(timeout=30)
+        finally:
+            pusher.kill()
+    cluster.wait_archived(backlog[-1], timeout=120)
     repo = open_repository(load_config(cluster.config_path), "local")
     for note in (spool / "main").glob(f"*{NOTE}"):  # a thread may finish its note as the process stops
         assert find_archived(repo, note.name[: -len(NOTE)]), f"{note.name} without the stored segment"
     listing = json.loads(cluster.pgdr("list", "--json").stdout)
     (run,) = [r for r in listing["wal"] if r["timeline"] == 1]
-    assert run["last_segment"] >= last
+    assert run["first_segment"] == "000000010000000000000001" and run["last_segment"] >= backlog[-1]
+    assert run["segments"] == int(run["last_segment"][-8:], 16)  # contiguous from 1: none lost
+
+
+def _state(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 @pytest.mark.parametrize(
