@@ -309,7 +309,7 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     pushd.ensure_server(cfg, args.config)
-    push(cfg, args.path)
+    push(cfg, args.path, ahead=not cfg.archive.server)  # the server pushes ahead itself
     return 0
 
 

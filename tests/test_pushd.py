@@ -23,13 +23,14 @@ def pushd_dir(cluster: Cluster) -> Path:
     return cluster.root / "server-state" / "pgdr" / "pushd"
 
 
-def servers(cluster: Cluster) -> dict[int, int]:
-    """pid -> requests answered, from each server's lock file (stale entries of killed ones included)."""
+def servers(cluster: Cluster, column: int = 1) -> dict[int, int]:
+    """pid -> requests answered (``column`` 2: of them, stored ahead by a worker), from each server's
+    lock file (stale entries of killed ones included)."""
     found = {}
     for lock in pushd_dir(cluster).glob("*.lock") if pushd_dir(cluster).is_dir() else []:
         fields = lock.read_text().split()
-        if len(fields) == 2:
-            found[int(fields[0])] = int(fields[1])
+        if len(fields) == 3:
+            found[int(fields[0])] = int(fields[column])
     return found
 
 
@@ -75,6 +76,17 @@ def test_a_workload_is_archived_through_the_server(cluster: Cluster) -> None:
     # It goes away by itself once idle (archive.server_idle, 10 s by default).
     wait_for(lambda: not alive(pid), 30, "the idle push server to exit")
     assert not list(folder.glob("*.sock")), "an exiting server removes its socket"
+
+
+def test_a_backlog_is_pushed_ahead_by_the_servers_workers(cluster: Cluster) -> None:
+    archive_until_served(cluster, 1)
+    (pid,) = [pid for pid in servers(cluster) if alive(pid)]
+    with cluster.archiving_held():
+        backlog = cluster.write_wal(5)
+    cluster.wait_archived(backlog[-1])
+    assert all_done_are_stored(cluster)[-1] >= backlog[-1]
+    assert alive(pid), "one server drained the backlog"
+    assert servers(cluster, column=2)[pid] >= 3, "requests after the first were answered from its workers"
 
 
 @pytest.mark.parametrize("point", ["pushd-request", "pushd-stored"])

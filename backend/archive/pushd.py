@@ -17,7 +17,8 @@ config (PG*, AWS_*, ...), the interpreter and this code. A server serves only re
 own fingerprint, checks before each request that its config file is unchanged (else it answers
 "stale", goes away, and the next push starts a fresh one), and exits after ``archive.server_idle``
 seconds without a request. One flock per fingerprint keeps two servers that start at once from
-both serving.
+both serving. While the archiver waits on one segment, the server's worker threads store the next
+ready ones (backend/archive/pushahead.py), so a backlog drains at the speed of both cores.
 """
 
 from __future__ import annotations
@@ -211,10 +212,13 @@ class _Server:
     def __init__(self, cfg: Config, spec: str, fp: str, address: str, *, lock_fd: int, state: _ConfigState) -> None:
         import socket
 
+        from backend.archive.pushahead import PushAhead
+
         self.cfg, self.spec, self.fp, self.address, self.lock_fd = cfg, spec, fp, address, lock_fd
         self.config_state = state
         self.repositories: dict[str, Repository] = {}
-        self.served = 0
+        self.ahead = PushAhead(cfg, self.repositories)
+        self.served = self.served_ahead = 0
         if os.path.exists(address):
             os.unlink(address)  # left by a killed server: we hold the lock, so nobody serves it
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -236,6 +240,7 @@ class _Server:
                         return self.served
         finally:
             self._stop_listening()
+            self.ahead.close()
 
     def _answer(self, conn: socket.socket) -> bool:
         """One request; False when this server must go away (its config changed)."""
@@ -258,8 +263,12 @@ class _Server:
         except OSError:
             return _reply(conn, RETRY, 2, "cannot enter the client's directory")
         faults.point("pushd-request")
+        target = os.fsdecode(path)
         try:
-            push(self.cfg, os.fsdecode(path), repositories=self.repositories)
+            if self.ahead.take(target):
+                self.served_ahead += 1
+            else:
+                push(self.cfg, target, ahead=False, repositories=self.repositories)
         except PgdrError as exc:
             answer: tuple[bytes, int, str] = (ERROR, exc.exit_code, str(exc))
         except Exception:
@@ -270,11 +279,14 @@ class _Server:
             answer = (STORED, 0, "")
         self.served += 1
         self._note()
-        return _reply(conn, *answer)
+        _reply(conn, *answer)
+        self.ahead.schedule(target)
+        return True
 
     def _note(self) -> None:
-        """pid and requests answered, in the lock file: for an operator's ps, and the tests' proof."""
-        text = f"{os.getpid()} {self.served}\n".encode()
+        """pid, requests answered and how many of them a push-ahead worker had stored, in the lock file:
+        for an operator's ps, and the tests' proof."""
+        text = f"{os.getpid()} {self.served} {self.served_ahead}\n".encode()
         os.pwrite(self.lock_fd, text.ljust(32), 0)
 
     def _stop_listening(self) -> None:

@@ -113,11 +113,15 @@ def drain_in_background(cfg: Config, target: str) -> list[str]:
     indexer gives way.
 
     Indexing (pg_waldump decoding every record of every segment) is the least urgent work on the
-    host: at the lowest CPU priority it runs on what the server and the archiver leave idle, instead
-    of slowing both during a bulk load. Its queue entries wait durably meanwhile.
+    host: it runs only on what the server and the archiver leave idle, instead of slowing both
+    during a bulk load. Its queue entries wait durably meanwhile. SCHED_IDLE, not just nice 19: the
+    kernel then also counts a core running only the indexer as free when it places a waking process,
+    so a ``wal-push`` starts at once rather than sharing a core with pg_waldump.
     """
     if target == INDEX_TARGET:
-        os.nice(19)  # clamped at the lowest priority; inherited by pg_waldump
+        os.nice(19)  # clamped at the lowest priority; both are inherited by pg_waldump
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     return drain(cfg, target, linger=LINGER)
 
 

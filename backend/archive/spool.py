@@ -1,7 +1,8 @@
 """Pushing ahead: archive the next ``.ready`` segments in parallel before PostgreSQL asks for them.
 
 PostgreSQL's archiver calls ``archive_command`` for one segment at a time and waits. When WAL comes
-faster than one push, the ``.ready`` files pile up in ``pg_wal/archive_status``. After each push pgdr
+faster than one push, the ``.ready`` files pile up in ``pg_wal/archive_status``. With the push server
+off (``[archive] server = false``; the server pushes ahead itself, see pushahead.py), after each push pgdr
 starts (at most one) background pusher that stores the next ``archive.push_ahead`` segments with
 ``archive.workers`` threads, exactly as ``wal-push`` would (durably, in every ``archive.sync``
 repository), and only then leaves a ``<segment>.ok`` note in the spool. When the archiver then asks
@@ -87,7 +88,7 @@ def _describe(cfg: Config, path: Path) -> dict[str, object] | None:
     }
 
 
-def _ready(pg_wal: Path) -> list[str]:
+def ready_segments(pg_wal: Path) -> list[str]:
     status = pg_wal / "archive_status"
     try:
         names = [n[: -len(".ready")] for n in os.listdir(status) if n.endswith(".ready")]
@@ -101,7 +102,7 @@ def kick(cfg: Config, wal_path: Path) -> None:
     if cfg.archive.push_ahead <= 0:
         return
     pg_wal = wal_path.absolute().parent
-    waiting = [n for n in _ready(pg_wal) if n > wal_path.name]
+    waiting = [n for n in ready_segments(pg_wal) if n > wal_path.name]
     if not waiting:
         return
     folder = spool_dir(cfg)
@@ -153,7 +154,9 @@ def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers)) as pool:
             while True:
                 todo = [
-                    n for n in _ready(pg_wal) if n > after and n not in failed and not (folder / (n + NOTE)).exists()
+                    n
+                    for n in ready_segments(pg_wal)
+                    if n > after and n not in failed and not (folder / (n + NOTE)).exists()
                 ]
                 if not todo:
                     break
@@ -172,7 +175,7 @@ def _write_note(cfg: Config, folder: Path, path: Path) -> None:
 
 def _forget_stale_notes(folder: Path, pg_wal: Path) -> None:
     """Notes for segments PostgreSQL no longer has (archived by another path, or recycled) go."""
-    ready = set(_ready(pg_wal))
+    ready = set(ready_segments(pg_wal))
     for entry in os.listdir(folder):
         if entry.endswith(NOTE) and entry[: -len(NOTE)] not in ready:
             (folder / entry).unlink(missing_ok=True)
