@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import shutil
 import subprocess
@@ -307,8 +308,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 @contextmanager
 def running_cluster(workdir: Path, pgdr_for_server: Path, **kwargs: Any) -> Iterator[Cluster]:
-    root = workdir / f"cluster-{len(list(workdir.glob('cluster-*')))}"
-    root.mkdir()
+    """A cluster in a fresh directory of ``workdir``, gone with everything it started when the test ends.
+
+    Removed at once rather than with the session: deleted within seconds of being written, its
+    files never reach the disk, and no push server or indexer of a finished test keeps running."""
+    root = Path(tempfile.mkdtemp(prefix="cluster-", dir=workdir))
     root.chmod(0o755)
     give_to_server_user(root)
     cluster = Cluster(root, pgdr_for_server, **kwargs)
@@ -317,3 +321,7 @@ def running_cluster(workdir: Path, pgdr_for_server: Path, **kwargs: Any) -> Iter
         yield cluster
     finally:
         cluster.stop("immediate")
+        # Whatever still runs from the directory: servers a test restored into it, pgdr's push
+        # server, uploaders and indexers working for its config.
+        subprocess.run(["pkill", "-KILL", "-f", re.escape(f"{root}/")], check=False)
+        shutil.rmtree(root, ignore_errors=True)
