@@ -79,6 +79,7 @@ def test_a_workload_is_archived_through_the_server(cluster: Cluster) -> None:
 
 
 def test_a_backlog_is_pushed_ahead_by_the_servers_workers(cluster: Cluster) -> None:
+    cluster.write_config(cluster.base_config() + "\n[archive]\nserver_idle = 120\n")  # alive however slow the test
     archive_until_served(cluster, 1)
     (pid,) = [pid for pid in servers(cluster) if alive(pid)]
     with cluster.archiving_held():
