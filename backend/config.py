@@ -142,6 +142,8 @@ class ScheduleConfig:
     #: Retention; it also runs after every scheduled backup unless this is "".
     expire: str = "0 4 * * *"
     rpo_check: str = "* * * * *"
+    #: Index archived WAL nothing indexed yet (an S3-only archive has no background indexer).
+    wal_index: str = "*/15 * * * *"
     #: The RPO alarm: the newest archived WAL is older than this.
     rpo_alarm_minutes: int = 10
     #: The zone the schedules are read in (an IANA name).
@@ -502,6 +504,7 @@ verify = "15 3 * * *"            # checksums and WAL continuity
 verify_deep = "45 3 * * 0"       # a restore rehearsal
 expire = "0 4 * * *"             # retention; also after every scheduled backup
 rpo_check = "* * * * *"          # alarm when the newest archived WAL is too old
+wal_index = "*/15 * * * *"       # commit times of WAL no background indexer reached (S3-only archives)
 rpo_alarm_minutes = 10
 timezone = "UTC"
 

@@ -51,8 +51,10 @@ from backend.progress import Cancelled, Progress, ProgressCallback
 log = logging.getLogger("pgdr")
 
 #: Every job the daemon knows, in the order due jobs run when several are due at once.
-JOBS: tuple[str, ...] = ("base_backup", "logical_dump", "expire", "verify", "verify_deep", "rpo_check")
+JOBS: tuple[str, ...] = ("base_backup", "logical_dump", "expire", "verify", "verify_deep", "rpo_check", "wal_index")
 BACKUP_JOBS = ("base_backup", "logical_dump")
+#: One wal_index run's share of pg_waldump work; what is left waits for the next run.
+WAL_INDEX_BUDGET_S = 600.0
 
 #: Longest single sleep: the schedule is recomputed at least this often (clock changes, suspend).
 MAX_SLEEP = 60.0
@@ -614,6 +616,13 @@ class _Daemon:
             rpo = jobs.rpo_check_job(cfg)
             self.status["rpo"] = {**rpo.to_json(), "checked": _iso(datetime.now(UTC))}
             return rpo.ok, rpo.message, {"lag_seconds": rpo.lag_seconds}, None if rpo.ok else rpo.message
+        if job == "wal_index":
+            from backend.archive.index import index_archive
+
+            done = index_archive(cfg, budget_s=WAL_INDEX_BUDGET_S, cancel=self.stop)
+            detail = f"{done.indexed} segments indexed, {done.pending} waiting, {done.unreadable} unreadable"
+            counts = {"indexed": done.indexed, "pending": done.pending, "unreadable": done.unreadable}
+            return True, detail, counts, None
         raise AssertionError(f"unknown job {job}")  # pragma: no cover
 
     def _backup(self, *, logical: bool) -> tuple[bool, str, dict[str, Any], str | None]:

@@ -123,6 +123,11 @@ class WalIndexError(PgdrError):
     """pg_waldump could not read a segment, or printed something this module does not understand."""
 
 
+class WaldumpUnavailable(WalIndexError):
+    """pg_waldump could not be started: a fault of this host, not of the segment, so no segment is
+    to be marked unreadable for it."""
+
+
 @dataclass
 class WalEvent:
     """A restore point or a transaction that dropped, truncated or rewrote relations.
@@ -707,7 +712,7 @@ def index_segment(
             try:
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
             except OSError as exc:
-                raise WalIndexError(f"cannot run {pg_waldump}: {exc.strerror}") from None
+                raise WaldumpUnavailable(f"cannot run {pg_waldump}: {exc.strerror}") from None
             assert proc.stdout is not None
             try:
                 with proc.stdout:

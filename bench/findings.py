@@ -194,17 +194,17 @@ def _catalog(results: Results, d: dict[str, Any]) -> list[str]:
     if un.get("timed_out"):
         out.append(
             f"`pgdr timeline` on {segments} segments without WAL index entries did not finish within "
-            f"{s.get('catalog_timeout'):.0f} s: it tries to index every unindexed segment on every run "
-            "(find_archived, get, decompress and sha256 per segment; a segment it cannot read is skipped and "
-            "retried next time), so at a year of history it is unusable until every segment has an index entry."
+            f"{s.get('catalog_timeout'):.0f} s: at a year of history it is unusable until every segment has an "
+            "index entry or is known unreadable."
         )
     elif un.get("samples"):
-        t = un["samples"][0]
+        t = median(un["samples"]) or 0.0
+        first = ", ".join(f"{x:.1f} s" for x in [un.get("first_s", 0.0), *(un.get("settle_s") or [])])
         out.append(
-            f"`pgdr timeline` on {segments} segments without WAL index entries: {t:.1f} s per run "
-            f"({t / segments * 1e6:.0f} µs per segment), every run, because it re-tries to index every segment that "
-            "has no index entry and writes nothing for the ones it cannot read. A real repository is in this state "
-            "for segments archived while the background indexer was not running or could not read them"
+            f"`pgdr timeline` on {segments} segments without WAL index entries (stand-ins pg_waldump cannot read): "
+            f"the first run(s) read each segment once within the indexing budget ({first}) "
+            f"and record the unreadable ones with the copy they were; warm runs take {t:.2f} s. A real repository "
+            "is in this state for segments archived while the background indexer was not running"
             + (" (in this checkout the indexer does not run at all: see above)." if broken else ".")
         )
     ix = c.get("timeline_indexed", {})

@@ -292,7 +292,7 @@ def test_schedule_keys_are_validated(tmp_path: Path) -> None:
     path.write_text(base + '[schedule]\nbase_backup = "*/5 * * * * *"\nverify = ""\n')
     schedules = parse_schedules(load_config(path))
     assert schedules["base_backup"].expr == "*/5 * * * * *" and "verify" not in schedules
-    assert set(schedules) == {"base_backup", "logical_dump", "verify_deep", "expire", "rpo_check"}
+    assert set(schedules) == {"base_backup", "logical_dump", "verify_deep", "expire", "rpo_check", "wal_index"}
     path.write_text(base + '[schedule]\nexpire = "every day"\n')
     with pytest.raises(ConfigError, match=r"schedule\.expire .* is not a cron expression"):
         parse_schedules(load_config(path))
@@ -388,3 +388,30 @@ def test_rpo_alarm_when_the_newest_archived_wal_is_too_old(tmp_path: Path, monke
         assert telegram.texts()[-1].startswith("✅ pgdr: cluster main: WAL archiving is current again")
         count = len(telegram.texts())
         assert rpo_check_job(cfg).ok and len(telegram.texts()) == count  # no news is not sent
+
+
+def test_the_daemon_indexes_an_archive_kept_only_in_s3(
+    cluster: Cluster, moto: MotoEndpoint, bucket: str, tmp_path: Path
+) -> None:
+    """wal-push queues indexing only where a local repository holds the queue: the daemon's wal_index
+    job gives an S3-only archive its commit times, so no operator's `pgdr timeline` pays for them."""
+    off = "\n".join(f'{job} = ""' for job in ("base_backup", "logical_dump", "verify", "verify_deep", "expire"))
+    cluster.write_config(
+        cluster.base_config(local=False, s3=s3_settings(moto, bucket))
+        + f'\n[schedule]\n{off}\nrpo_check = ""\nwal_index = "*/2 * * * * *"\n'
+    )
+    cluster.sql("SELECT pg_create_restore_point('before_the_release')")
+    archived = cluster.write_wal(2)
+    cluster.wait_archived(archived[-1])
+    repo = open_repository(load_config(cluster.config_path), "s3")
+    assert not list(repo.list("walindex/")), "nothing indexed it yet"
+    env = clean_env(PGDR_STATE_DIR=str(tmp_path / "state"))
+    with running_daemon(cluster, env, tmp_path / "daemon.log") as daemon:
+        wait_for(lambda: daemon.saw("wal_index", "wal_index finished"), 60, "a wal_index run")
+        (run,) = [e for e in daemon.events() if e["job"] == "wal_index" and "finished" in e["message"]][:1]
+    assert run["fields"]["indexed"] >= len(archived), run
+    indexed = {info.key.rsplit("/", 1)[-1].removesuffix(".json") for info in repo.list("walindex/")}
+    assert set(archived) <= indexed
+    events = json.loads(cluster.pgdr("timeline", "--json", "--events", env=env).stdout)
+    assert events["unindexed_segments"] == 0
+    assert "before_the_release" in json.dumps(events)

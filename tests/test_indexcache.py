@@ -3,9 +3,11 @@ and read again when an entry was waiting for the segment after it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from pytest import MonkeyPatch
 from backend.archive import index
 from backend.archive.index import ensure_indexes, index_key
 from backend.archive.indexcache import IndexCache
+from backend.archive.walfile import WalObject
 from backend.catalog import WalColumns
 from backend.config import ClusterConfig, Config, LocalConfig
 from backend.repository.local import LocalRepository
@@ -65,10 +68,14 @@ def test_cached_entries_serve_the_same_segment_only(tmp_path: Path) -> None:
     assert NAMES[1] not in third and NAMES[0] in third
     indexed, firsts, _ = third.commit_columns(NAMES)
     assert indexed == [True, False, True] and math.isnan(firsts[1])
-    # It could not be indexed (no such WAL object): remembered, so the next command does not retry it.
+    # It could not be read (no such WAL object, a listing gone stale): waiting, and remembered with
+    # when to try again, so the next command does not.
+    assert (third.pending, third.unreadable) == (1, 0)
     cache = IndexCache.open()
     assert cache is not None
-    assert cache.recently_failed(repo.location(), within=60) == {NAMES[1]: "f" * 64}
+    (failed,) = cache.failures(repo.location()).values()
+    names, retries, _ = failed
+    assert names == [NAMES[1]] and time.time() < retries[0] < math.inf
     cache.close()
 
 
@@ -102,15 +109,21 @@ def test_segments_gone_from_a_folder_are_gone_from_its_entries(tmp_path: Path) -
 
 def test_a_budget_indexes_the_newest_first_and_counts_the_rest(tmp_path: Path, monkeypatch: MonkeyPatch) -> None:
     """An archive nobody indexed: the timeline answers within its budget, newest segments first."""
-    cfg, repo, sums = setup(tmp_path)
+    cfg, repo, _ = setup(tmp_path)
+    sums = {}
+    for name in NAMES:
+        data = name.encode()
+        sums[name] = hashlib.sha256(data).hexdigest()
+        repo.put(WalObject(name, sums[name], "none").key, data)
     tried: list[str] = []
 
-    def index_from_archive(cfg: Config, name: str, *, with_next: bool) -> SegmentIndex:
-        tried.append(name)
-        when = START + timedelta(minutes=NAMES.index(name))
-        return SegmentIndex(segment=name, first_commit=when, last_commit=when, commits=1, tail_complete=True)
+    def index_segment(path: Path, pg_waldump: str) -> SegmentIndex:
+        tried.append(path.name)
+        when = START + timedelta(minutes=NAMES.index(path.name))
+        return SegmentIndex(segment=path.name, first_commit=when, last_commit=when, commits=1, tail_complete=True)
 
-    monkeypatch.setattr(index, "index_from_archive", index_from_archive)
+    monkeypatch.setattr(index, "index_segment", index_segment)
+    monkeypatch.setattr(index, "program", lambda cfg, name: name)
     nothing = ensure_indexes(cfg, [repo], columns(sums), SIZE, budget_s=0.0)
     assert tried == [] and nothing.pending == len(NAMES)
     assert nothing.commit_columns(NAMES)[0] == [False, False, False]
@@ -118,3 +131,4 @@ def test_a_budget_indexes_the_newest_first_and_counts_the_rest(tmp_path: Path, m
     everything = ensure_indexes(cfg, [repo], columns(sums), SIZE, budget_s=60.0)
     assert tried == NAMES[::-1] and everything.pending == 0
     assert everything.commit_columns(NAMES)[0] == [True, True, True]
+    assert all(repo.exists(index_key(name)) for name in NAMES)  # for every host reading the repository

@@ -8,6 +8,7 @@ catalog Heap/Btree records are thinned out.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from backend.archive.index import ensure_indexes, index_key
+from backend.catalog import read_catalog
+from backend.config import load_config
+from backend.repository import open_repositories
 from backend.walindex import (
     SegmentHeader,
     SegmentIndex,
@@ -457,3 +462,26 @@ def test_index_segment_reports_failures(tmp_path: Path) -> None:
         index_segment(tmp_path / "notes.txt", PG_WALDUMP)
     with pytest.raises(WalIndexError, match="cannot read WAL segment"):
         index_segment(tmp_path / "00000001000000000000000A", PG_WALDUMP)
+
+
+def test_the_timeline_indexes_what_nothing_indexed_with_the_next_segment_at_hand(cluster: Cluster) -> None:
+    """Segments without entries (the background indexer had not run) are indexed by the command that
+    needs them; a record running into the next segment is completed from it in the same pass."""
+    cluster.sql("CREATE TABLE filler (id int, note text)")
+    first = current_segment(cluster)
+    cluster.sql("INSERT INTO filler SELECT g, repeat('x', 200) FROM generate_series(1, 150000) g")
+    last = cluster.switch_wal()
+    cluster.wait_archived(last)
+    cluster.pgdr("wal-upload")  # let the background indexer finish, then forget its work
+    shutil.rmtree(cluster.local_repo / "main" / "walindex")
+
+    cfg = load_config(cluster.config_path)
+    repos = open_repositories(cfg)
+    catalog = read_catalog(repos)
+    indexes = ensure_indexes(cfg, repos, catalog.columns, catalog.segment_size)
+    names = [name for name in catalog.columns[0].names if first <= name <= last]
+    assert len(names) >= 3
+    assert (indexes.unreadable, indexes.pending) == (0, 0) and indexes.indexed >= len(names)
+    assert all(indexes[name].tail_complete for name in names)
+    assert all(indexes[name].commits for name in names[-1:])
+    assert all((cluster.local_repo / "main" / index_key(name)).exists() for name in names)

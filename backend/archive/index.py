@@ -6,6 +6,10 @@ transactions. It is built off the acknowledgement path: by the background ``pgdr
 (wal-push queues each segment for it) and, for whatever is still missing, when a command needs the
 timeline. A segment whose last record runs into a segment not yet archived is indexed again once
 that segment arrives (``tail_complete``).
+
+A segment no copy of which pg_waldump can read (damaged, truncated, not WAL at all) has no entry: this
+host's cache (``indexcache``) remembers the copies it tried, so commands do not fetch it again until
+one of them changes, and the timeline counts it as ``unreadable`` while keeping it as archived.
 """
 
 from __future__ import annotations
@@ -16,20 +20,34 @@ import json
 import math
 import sqlite3
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from backend.archive.fetch import fetch
-from backend.archive.indexcache import FolderEntries, IndexCache, add_entry, copy_entry, entry_index, no_entries
-from backend.archive.walfile import find_archived
+from backend.archive.indexcache import (
+    CopyRows,
+    Failures,
+    FolderEntries,
+    IndexCache,
+    add_entry,
+    copy_entry,
+    entry_index,
+    no_entries,
+)
+from backend.archive.walfile import WAL_PREFIX, WalObject, archived_under
+from backend.archive.walfile import checksum as sha256
 from backend.config import Config
-from backend.errors import PgdrError
+from backend.errors import ConfigError, PgdrError
+from backend.listcache import folder_contents
 from backend.postgres import program
 from backend.progress import Progress, ProgressCallback, no_progress
-from backend.repository import Repository
-from backend.walindex import SegmentIndex, WalEvent, index_segment
+from backend.repository import ENCRYPTED_MAGIC, ObjectInfo, Repository, open_repositories
+from backend.repository.crypt import DamagedObject
+from backend.walindex import SegmentIndex, WaldumpUnavailable, WalEvent, WalIndexError, index_segment
 from backend.walnames import SegmentName, wal_directory
 
 if TYPE_CHECKING:
@@ -42,19 +60,47 @@ def index_key(segment: str) -> str:
     return f"{INDEX_PREFIX}{wal_directory(segment)}/{segment}.json"
 
 
-def read_indexes(repos: Iterable[Repository]) -> dict[str, SegmentIndex]:
-    """Every stored segment index, the first repository's copy winning."""
+def _stored_entries(repos: Iterable[Repository], unresolved: set[str], failed: set[str]) -> dict[str, SegmentIndex]:
+    """The repositories' entries of the ``unresolved`` segments and of those that ``failed`` here,
+    the first repository's copy winning.
+
+    Which entries exist comes from a listing of ``walindex/`` kept by the listing cache, so only
+    entries that exist are read: a segment that failed here is looked for on every command (another
+    host may read it), and a request each would add up. From a remote store a few new segments are
+    still read one by one, cheaper than listing an index of a year.
+    """
     found: dict[str, SegmentIndex] = {}
     for repo in repos:
-        for info in repo.list(INDEX_PREFIX):
-            segment = info.key.rsplit("/", 1)[-1].removesuffix(".json")
-            if segment in found:
-                continue
+        wanted = (unresolved | failed) - found.keys()
+        if failed or repo.local_root() is not None or len(unresolved) >= BULK_READ:
+            present = folder_contents(repo, INDEX_PREFIX, _entry_names, kind="walindex", live=_newest_folders)
+            candidates: Iterable[str] = [name for names in present.values() for name in names if name in wanted]
+        else:
+            candidates = wanted
+        for name in candidates:
             try:
-                found[segment] = SegmentIndex.from_json(json.loads(repo.get(info.key)))
+                found[name] = SegmentIndex.from_json(json.loads(repo.get(index_key(name))))
+            except PgdrError:
+                continue  # not there (or removed since the listing)
             except (ValueError, KeyError, TypeError):
-                continue  # a damaged index entry is rebuilt below
+                continue  # a damaged entry: another repository's copy, or indexed again
     return found
+
+
+#: From a remote store, up to this many new segments' entries are read one by one, not listed.
+BULK_READ = 2000
+
+
+def _entry_names(listing: list[ObjectInfo]) -> list[str]:
+    return [info.key.rsplit("/", 1)[-1].removesuffix(".json") for info in listing if info.key.endswith(".json")]
+
+
+def _newest_folders(folders: list[str]) -> set[str]:
+    """The newest two folders of each timeline: where entries are being written now."""
+    by_timeline: dict[str, list[str]] = {}
+    for name in folders:
+        by_timeline.setdefault(name[:8], []).append(name)
+    return {name for names in by_timeline.values() for name in sorted(names)[-2:]}
 
 
 class SegmentIndexes(Mapping[str, SegmentIndex]):
@@ -66,8 +112,17 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         self._folders: dict[str, FolderEntries] = {}
         self._built: dict[str, SegmentIndex] = {}
         self._rows: dict[str, dict[str, int]] = {}
-        #: Segments left unindexed because the command's indexing budget ran out (tried next time).
+        #: The WAL folders of the segments in ``_built``.
+        self.built_folders: set[str] = set()
+        #: Segments not indexed yet: the command's indexing budget ran out, or they could not be read
+        #: for a reason of the moment. Tried again by a later command.
         self.pending = 0
+        #: Segments whose every stored copy is damaged or not WAL pg_waldump reads. Still archived, so
+        #: the timeline's windows run through them, with their archive times for commit times; tried
+        #: again when a copy changes.
+        self.unreadable = 0
+        #: Segments this command ran pg_waldump on.
+        self.indexed = 0
 
     def _find(self, name: str) -> tuple[FolderEntries, int] | None:
         folder = wal_directory(name)
@@ -102,6 +157,7 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
 
     def add(self, name: str, index: SegmentIndex) -> None:
         self._built[name] = index
+        self.built_folders.add(wal_directory(name))
 
     def add_folder(self, folder: str, entries: FolderEntries) -> None:
         self._folders[folder] = entries
@@ -126,6 +182,11 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
                 indexed += [True] * len(chunk)
                 firsts += entries[2]
                 lasts += entries[3]
+                continue
+            if not (entries and entries[0]) and folder not in self.built_folders:
+                indexed += [False] * len(chunk)
+                firsts += [math.nan] * len(chunk)
+                lasts += [math.nan] * len(chunk)
                 continue
             for name in chunk:
                 first, last = self._commits(name)
@@ -175,6 +236,7 @@ def ensure_indexes(
     on_progress: ProgressCallback = no_progress,
     persist: bool = True,
     budget_s: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> SegmentIndexes:
     """Index every archived segment (the catalog's ``columns``) that has no complete index yet.
 
@@ -186,114 +248,408 @@ def ensure_indexes(
     host reading an old bucket) can hold months of segments, hours of work, and an operator asking
     for the timeline must get an answer now. The newest segments go first (they decide the latest
     recoverable commit); the rest keep their archive times, are counted in ``pending``, and the next
-    command goes on where this one stopped.
+    command goes on where this one stopped. ``cancel`` stops the work the same way (a daemon
+    stopping).
+
+    A segment whose copies are not readable WAL is remembered as ``unreadable`` with those copies, and
+    not fetched again until one of them changes: otherwise every command would pay for it again.
     """
     archived = _by_folder(columns)
     everything = set().union(*(column.names for column in columns))
     cache = IndexCache.open()
     location = repos[0].location() if repos else ""
     cached = cache.load(location) if cache is not None else {}
+    remembered = cache.failures(location) if cache is not None else {}
+    failures, forgotten = _standing_failures(archived, remembered, time.time())
+    unreadable = {name for failed in failures.values() for name, retry in failed.items() if retry == math.inf}
+    # The segment after an unreadable one will never complete its predecessor's last record.
+    readable = everything - unreadable if unreadable else everything
     indexes = SegmentIndexes()
     unresolved: dict[str, str] = {}
-    dirty: set[str] = set()
-    for folder, (names, sums) in archived.items():
+    trimmed: set[str] = set()
+    for folder, part in archived.items():
         entries = cached.get(folder)
         if (
             entries is not None
-            and entries[0] == names
-            and entries[1] == sums
-            and _settled(entries, everything, segment_size)
+            and entries[0] == part.names
+            and entries[1] == part.checksums
+            and _settled(entries, readable, segment_size)
         ):
             indexes.add_folder(folder, entries)
             continue
-        dirty.add(folder)
         kept = no_entries()
-        rows = {n: i for i, n in enumerate(entries[0])} if entries is not None else {}
-        for name, checksum in zip(names, sums, strict=True):
-            row = rows.get(name)
-            if (
-                entries is not None
-                and row is not None
-                and entries[1][row] == checksum
-                and _settled_at(entries, row, everything, segment_size)
-            ):
-                copy_entry(entries, row, kept)
-            else:
-                unresolved[name] = checksum
+        failed = failures.get(folder, {})
+        if entries is not None or len(failed) != len(part.names):  # else not one of them could be indexed
+            rows = {n: i for i, n in enumerate(entries[0])} if entries is not None else {}
+            for name, checksum in zip(part.names, part.checksums, strict=True):
+                row = rows.get(name)
+                if (
+                    entries is not None
+                    and row is not None
+                    and entries[1][row] == checksum
+                    and _settled_at(entries, row, readable, segment_size)
+                ):
+                    copy_entry(entries, row, kept)
+                elif name not in failed:
+                    unresolved[name] = checksum
+            if entries is not None and len(kept[0]) != len(entries[0]):
+                trimmed.add(folder)
         indexes.add_folder(folder, kept)
-    failures: list[tuple[str, str]] = []
-    if unresolved:
-        failed_lately = cache.recently_failed(location, within=RETRY_AFTER_S) if cache is not None else {}
-        todo = _from_repositories(
-            repos, indexes, unresolved, everything, segment_size=segment_size, failed_lately=failed_lately
-        )
+    todo: list[str] = []
+    if unresolved or failures:
+        todo, recovered = _from_repositories(repos, indexes, unresolved, failures, readable, segment_size=segment_size)
+        for name in recovered:  # another host could read it, and stored its entry
+            folder = wal_directory(name)
+            del failures[folder][name]
+            forgotten.add(folder)
+    for failed in failures.values():
+        stuck = sum(1 for retry in failed.values() if retry == math.inf)
+        indexes.unreadable += stuck
+        indexes.pending += len(failed) - stuck  # failed lately for a reason of the moment: tried again later
+    tried: dict[str, float] = {}
+    if todo:
         todo.reverse()  # newest first
         deadline = None if budget_s is None else time.monotonic() + budget_s
-        for done, name in enumerate(todo):
-            if deadline is not None and time.monotonic() >= deadline:
-                indexes.pending = len(todo) - done
-                break
-            on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
-            following = SegmentName.parse(name, segment_size).next().name
-            try:
-                index = index_from_archive(cfg, name, with_next=following in everything)
-            except PgdrError:
-                # Unreadable here: `pgdr verify` reports the segment, the timeline falls back to its archive
-                # time, and it is tried again after RETRY_AFTER_S rather than on every command.
-                failures.append((name, unresolved[name]))
-                continue
-            if persist:
-                body = json.dumps(index.to_json(), sort_keys=True).encode()
-                holders = _holders(columns, name)
-                for repo in repos:
-                    if repo.name in holders:
-                        repo.put(index_key(name), body)
-            indexes.add(name, index)
+        with tempfile.TemporaryDirectory(prefix="pgdr-index-") as scratch:
+            tried = _index_archived(
+                cfg,
+                _SegmentReader(repos, Path(scratch)),
+                columns,
+                todo,
+                indexes,
+                readable=readable,
+                segment_size=segment_size,
+                persist=persist,
+                deadline=deadline,
+                cancel=cancel,
+                on_progress=on_progress,
+            )
     if cache is not None:
+        for name, retry in tried.items():
+            failures.setdefault(wal_directory(name), {})[name] = retry
+        changed = forgotten | {wal_directory(name) for name in tried}
         with contextlib.suppress(sqlite3.Error):
             cache.store(
                 location,
-                {folder: indexes.entries(*archived[folder]) for folder in dirty},
-                gone=cached.keys() - archived.keys(),
+                {
+                    folder: indexes.entries(archived[folder].names, archived[folder].checksums)
+                    for folder in trimmed | indexes.built_folders
+                },
+                {folder: _failures(archived[folder], failures.get(folder, {})) for folder in changed},
+                gone=(cached.keys() | remembered.keys()) - archived.keys(),
             )
-            cache.remember_failures(location, failures)
         cache.close()
     return indexes
+
+
+def index_archive(
+    cfg: Config, *, budget_s: float | None = None, cancel: threading.Event | None = None
+) -> SegmentIndexes:
+    """Index what the archive holds and nothing indexed yet: work for the daemon.
+
+    wal-push queues each segment for the background indexer only where there is a local repository
+    to queue it in: an archive kept only in S3 would otherwise wait for an operator's ``pgdr
+    timeline`` to index it, and make that command pay.
+    """
+    from backend.catalog import read_catalog
+
+    repos = open_repositories(cfg)
+    catalog = read_catalog(repos)
+    return ensure_indexes(cfg, repos, catalog.columns, catalog.segment_size, budget_s=budget_s, cancel=cancel)
+
+
+#: A segment that could not be indexed for a reason of the moment (a repository out of reach, an
+#: encrypted copy without the key) is tried again after this long.
+RETRY_AFTER_S = 3600.0
+
+
+class UnreadableSegment(PgdrError):
+    """Every stored copy of a segment was read and none is intact: a fault of the copies, which only
+    replacing them mends."""
+
+
+class _SegmentReader:
+    """Verified copies of archived segments, as files named after them in one private folder, where
+    pg_waldump finds a segment and the one after it.
+
+    A WAL folder is listed once per repository for all its segments, not once per segment: a year of
+    segments to read would otherwise list each folder 256 times.
+    """
+
+    def __init__(self, repos: list[Repository], folder: Path) -> None:
+        self.repos = repos
+        self.folder = folder
+        self._files: dict[str, Path] = {}
+        self._local = threading.local()
+        self._listings: dict[tuple[str, str], dict[str, list[WalObject]] | PgdrError] = {}
+
+    def stored(self, repo: Repository, name: str) -> list[WalObject]:
+        """The stored versions of ``name`` in ``repo`` (normally one), from its folder's listing."""
+        folder = wal_directory(name)
+        listing = self._listings.get((repo.name, folder))
+        if listing is None:
+            try:
+                listing = archived_under(repo, f"{WAL_PREFIX}{folder}/")
+            except PgdrError as exc:
+                listing = exc
+            self._listings[repo.name, folder] = listing
+        if isinstance(listing, PgdrError):
+            raise listing
+        return listing.get(name, [])
+
+    def read(self, name: str, holders: Container[str] | None = None) -> Path:
+        """The segment from the first intact copy in the repositories (those named in ``holders``).
+
+        Raises UnreadableSegment when every copy was read and none is intact, PgdrError when one
+        could not be read at all (it may be intact).
+        """
+        path = self._files.get(name)
+        if path is not None:
+            return path
+        damaged: list[str] = []
+        unread: list[str] = []
+        for repo in self.repos:
+            if holders is not None and repo.name not in holders:
+                continue
+            try:
+                for obj in self.stored(repo, name):
+                    blob = repo.get(obj.key)
+                    if blob.startswith(ENCRYPTED_MAGIC):
+                        unread.append(f"the {repo.name} copy is encrypted and the repository's encryption is not set")
+                        continue
+                    try:
+                        data = self._decode(blob, obj.compression)
+                    except ValueError as exc:
+                        damaged.append(f"the {repo.name} copy is corrupt ({exc})")
+                        continue
+                    if sha256(data) != obj.checksum:
+                        damaged.append(f"the {repo.name} copy fails its sha256 check")
+                        continue
+                    return self._keep(name, data)
+            except DamagedObject as exc:
+                damaged.append(str(exc))
+            except PgdrError as exc:
+                unread.append(str(exc))
+        if damaged and not unread:
+            raise UnreadableSegment(f"{name}: {'; '.join(damaged)}")
+        raise PgdrError(f"{name}: {'; '.join([*damaged, *unread]) or 'no longer archived'}")
+
+    def _decode(self, blob: bytes, compression: str) -> bytes:
+        """``walfile.decode`` with one zstd decompressor per thread: making one costs more than
+        decompressing a small segment."""
+        if compression == "none":
+            return blob
+        import zstandard
+
+        decompressor = getattr(self._local, "zstd", None)
+        if decompressor is None:
+            decompressor = self._local.zstd = zstandard.ZstdDecompressor()
+        try:
+            return cast(bytes, decompressor.decompress(blob))
+        except zstandard.ZstdError as exc:
+            raise ValueError(f"not a valid zstd frame: {exc}") from exc
+
+    def _keep(self, name: str, data: bytes) -> Path:
+        path = self.folder / name
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise PgdrError(f"cannot write {path}: {exc.strerror}") from None
+        self._files[name] = path
+        return path
+
+    def drop(self, *names: str) -> None:
+        for name in names:
+            path = self._files.pop(name, None)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+
+def _index_archived(
+    cfg: Config,
+    reader: _SegmentReader,
+    columns: list[WalColumns],
+    todo: list[str],
+    indexes: SegmentIndexes,
+    *,
+    readable: set[str],
+    segment_size: int,
+    persist: bool,
+    deadline: float | None,
+    cancel: threading.Event | None,
+    on_progress: ProgressCallback,
+) -> dict[str, float]:
+    """Run pg_waldump on the ``todo`` segments in order until ``deadline``; return the ones that could
+    not be indexed, with when to try each again (infinity: not while its copies stay the same)."""
+    tried: dict[str, float] = {}
+    waldump = ""
+    holders, sizes = _stored(columns, todo)
+    with _ReadAhead(reader, todo, holders, sizes) as ahead:
+        for done, name in enumerate(todo):
+            if (deadline is not None and time.monotonic() >= deadline) or (cancel is not None and cancel.is_set()):
+                indexes.pending += len(todo) - done
+                break
+            on_progress(Progress("index", done, len(todo), f"indexing WAL {name}"))
+            following = ""
+            try:
+                path = ahead.read(done)
+                following = SegmentName.parse(name, segment_size).next().name
+                if following in readable and following not in tried:
+                    with contextlib.suppress(PgdrError):  # then the last record's end is unknown, for now
+                        reader.read(following, _holders(columns, following))
+                waldump = waldump or program(cfg, "pg_waldump")
+                index = index_segment(path, waldump)
+            except (ConfigError, WaldumpUnavailable):
+                indexes.pending += len(todo) - done  # this host cannot run pg_waldump: no segment is at fault
+                break
+            except (UnreadableSegment, WalIndexError):
+                # `pgdr verify` names a damaged copy; the timeline keeps the segment (it is archived)
+                # with its archive time.
+                tried[name] = math.inf
+                indexes.unreadable += 1
+                continue
+            except PgdrError:
+                tried[name] = time.time() + RETRY_AFTER_S
+                indexes.pending += 1
+                continue
+            finally:
+                # Newest first: the segment after this one is needed no more, this one only by the next.
+                needed = bool(following) and done + 1 < len(todo) and _precedes(todo[done + 1], name, segment_size)
+                reader.drop(following, *(() if needed else (name,)))
+            if persist:
+                body = json.dumps(index.to_json(), sort_keys=True).encode()
+                for repo in reader.repos:
+                    if repo.name in holders[name]:
+                        repo.put(index_key(name), body)
+            indexes.add(name, index)
+            indexes.indexed += 1
+    return tried
+
+
+def _precedes(earlier: str, name: str, segment_size: int) -> bool:
+    return SegmentName.parse(earlier, segment_size).next().name == name
+
+
+def _stored(columns: list[WalColumns], names: list[str]) -> tuple[dict[str, set[str]], dict[str, int]]:
+    """The repositories holding each of ``names``, and its largest stored size: one pass over the
+    columns, not a search per segment."""
+    wanted = set(names)
+    holders: dict[str, set[str]] = {}
+    sizes: dict[str, int] = {}
+    for column in columns:
+        for name, size in zip(column.names, column.sizes, strict=True):
+            if name in wanted:
+                holders.setdefault(name, set()).add(column.repository)
+                sizes[name] = max(size, sizes.get(name, 0))
+    return holders, sizes
+
+
+#: Threads reading segments ahead of the one pg_waldump reads from a remote store, where each read
+#: mostly waits; from a local disk one, since more only contend for the interpreter.
+REMOTE_READERS = 8
+#: What one hand-over to a reader carries: segments up to this many stored bytes (at least one),
+#: at most BATCH_SEGMENTS of them.
+BATCH_BYTES = 1 << 20
+BATCH_SEGMENTS = 64
+
+
+class _ReadAhead:
+    """The ``todo`` segments, read in order by other threads a few batches ahead of pg_waldump.
+
+    From S3 a read is a round trip, from a disk that has not cached the object a seek; one after
+    another they would be most of the time, and all of it for segments that turn out unreadable.
+    Small objects go to a thread in batches: a hand-over per object would cost more than the read.
+    """
+
+    def __init__(
+        self, reader: _SegmentReader, todo: list[str], holders: dict[str, set[str]], sizes: dict[str, int]
+    ) -> None:
+        self.reader, self.todo, self.holders = reader, todo, holders
+        self.starts: list[int] = []
+        carried = 0
+        for at, name in enumerate(todo):
+            if not self.starts or carried >= BATCH_BYTES or at - self.starts[-1] >= BATCH_SEGMENTS:
+                self.starts.append(at)
+                carried = 0
+            carried += sizes.get(name, 0)
+        self.readers = REMOTE_READERS if reader.repos and reader.repos[0].local_root() is None else 1
+        self.pool = ThreadPoolExecutor(max_workers=self.readers, thread_name_prefix="pgdr-index")
+        self.batches: dict[int, Future[list[Path | PgdrError]]] = {}
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for batch in self.batches.values():
+            batch.cancel()
+        self.pool.shutdown(wait=True)
+
+    def read(self, at: int) -> Path:
+        """``todo[at]`` as ``_SegmentReader.read`` gives it (raising what it raises)."""
+        batch = bisect.bisect_right(self.starts, at) - 1
+        for later in range(batch, min(batch + 1 + self.readers, len(self.starts))):
+            if later not in self.batches:
+                self.batches[later] = self.pool.submit(self._read_batch, later)
+        found = self.batches[batch].result()[at - self.starts[batch]]
+        if at + 1 == self._end(batch):
+            del self.batches[batch]
+        if isinstance(found, PgdrError):
+            raise found
+        return found
+
+    def _end(self, batch: int) -> int:
+        return self.starts[batch + 1] if batch + 1 < len(self.starts) else len(self.todo)
+
+    def _read_batch(self, batch: int) -> list[Path | PgdrError]:
+        found: list[Path | PgdrError] = []
+        for name in self.todo[self.starts[batch] : self._end(batch)]:
+            try:
+                found.append(self.reader.read(name, self.holders.get(name)))
+            except PgdrError as exc:
+                found.append(exc)
+        return found
 
 
 def _from_repositories(
     repos: list[Repository],
     indexes: SegmentIndexes,
     unresolved: dict[str, str],
-    everything: set[str],
+    failures: dict[str, dict[str, float]],
+    readable: set[str],
     *,
     segment_size: int,
-    failed_lately: dict[str, str],
-) -> list[str]:
-    """Add the repositories' complete entries of the ``unresolved`` segments; return the ones left to
-    index (not those that failed lately with the same sha256)."""
-    # Few new segments: read their entries one by one; many (a cold cache): list them all at once.
-    stored = _read_some(repos, list(unresolved)) if len(unresolved) < BULK_READ else read_indexes(repos)
+) -> tuple[list[str], set[str]]:
+    """Add the repositories' entries of the ``unresolved`` segments (complete ones) and of those that
+    failed here (any: pg_waldump elsewhere read more than nothing); return the unresolved ones left
+    to index, in order, and the failed ones found."""
+    failed = {name for names in failures.values() for name in names}
+    stored = _stored_entries(repos, set(unresolved), failed)
     todo = []
     for name in sorted(unresolved):
         found = stored.get(name)
-        if found is not None and not _needs_index(found, name, everything, segment_size):
+        if found is not None and not _needs_index(found, name, readable, segment_size):
             indexes.add(name, found)
-        elif failed_lately.get(name) != unresolved[name]:
+        else:
             todo.append(name)
-    return todo
+    recovered = stored.keys() & failed
+    for name in recovered:
+        indexes.add(name, stored[name])
+    return todo, recovered
 
 
-#: Below this many segments missing from the local cache, their entries are read one by one.
-BULK_READ = 2000
-#: A segment that could not be indexed is tried again after this long.
-RETRY_AFTER_S = 3600.0
+@dataclass
+class _Archived:
+    """One WAL folder's archived segments: names and sha256s in order (of several repositories, the
+    union, the first one's sha256 winning), and the rows of each repository's column holding them."""
+
+    names: list[str]
+    checksums: list[str]
+    spans: list[tuple[WalColumns, int, int]] = field(default_factory=list)
 
 
-def _by_folder(columns: list[WalColumns]) -> dict[str, tuple[list[str], list[str]]]:
-    """The archived segments' names and sha256s per WAL folder, in order: slices of the columns, or
-    for a folder several repositories hold, the union (the first repository's sha256 winning)."""
-    folders: dict[str, tuple[list[str], list[str]]] = {}
+def _by_folder(columns: list[WalColumns]) -> dict[str, _Archived]:
+    """The archived segments per WAL folder: slices of the columns, not a row per segment."""
+    folders: dict[str, _Archived] = {}
     for column in columns:
         names, sums = column.names, column.checksums
         start = 0
@@ -301,24 +657,90 @@ def _by_folder(columns: list[WalColumns]) -> dict[str, tuple[list[str], list[str
             folder = wal_directory(names[start])
             end = bisect.bisect_right(names, folder + "\uffff", start)
             part = names[start:end], sums[start:end]
-            start = end
             seen = folders.get(folder)
             if seen is None:
-                folders[folder] = part
-            elif seen != part:
-                merged = dict(zip(*part, strict=True)) | dict(zip(*seen, strict=True))
-                ordered = sorted(merged)
-                folders[folder] = ordered, [merged[n] for n in ordered]
+                seen = folders[folder] = _Archived(*part)
+            elif (seen.names, seen.checksums) != part:
+                merged = dict(zip(*part, strict=True)) | dict(zip(seen.names, seen.checksums, strict=True))
+                seen.names = sorted(merged)
+                seen.checksums = [merged[n] for n in seen.names]
+            seen.spans.append((column, start, end))
+            start = end
     return folders
 
 
-def _settled(entries: FolderEntries, everything: set[str], segment_size: int) -> bool:
+def _copy_rows(part: _Archived, wanted: list[str]) -> CopyRows:
+    """The stored copies of the ``wanted`` segments of one folder (sorted names), as the catalog lists
+    them: a repository's whole slice when every segment it holds there is wanted (a folder nobody
+    could index), else the rows picked one by one."""
+    rows: CopyRows = ([], [], [], [], [])
+    segments, repositories, sums, sizes, times = rows
+    keep: set[str] | None = None
+    for column, start, end in part.spans:
+        if column.names[start:end] == wanted:
+            picked: range | list[int] = range(start, end)
+            segments += wanted
+            sums += column.checksums[start:end]
+            sizes += column.sizes[start:end]
+            times += column.archived_at[start:end]
+        else:
+            keep = set(wanted) if keep is None else keep
+            picked = [row for row in range(start, end) if column.names[row] in keep]
+            segments += [column.names[row] for row in picked]
+            sums += [column.checksums[row] for row in picked]
+            sizes += [column.sizes[row] for row in picked]
+            times += [column.archived_at[row] for row in picked]
+        repositories += [column.repository] * len(picked)
+    return rows
+
+
+def _standing_failures(
+    archived: dict[str, _Archived], remembered: dict[str, Failures], now: float
+) -> tuple[dict[str, dict[str, float]], set[str]]:
+    """Per folder, the remembered failures that still hold (same copies, not yet due for another
+    try: segment -> when), and the folders where some no longer do."""
+    standing: dict[str, dict[str, float]] = {}
+    changed: set[str] = set()
+    for folder, (names, retries, tried) in remembered.items():
+        part = archived.get(folder)
+        if part is None:
+            continue
+        current = _copy_rows(part, names)
+        if current == tried:
+            kept = {name: retry for name, retry in zip(names, retries, strict=True) if retry > now}
+        else:
+            before, after = _per_segment(tried), _per_segment(current)
+            kept = {
+                name: retry
+                for name, retry in zip(names, retries, strict=True)
+                if retry > now and before[name] == after.get(name)
+            }
+        if len(kept) != len(names):
+            changed.add(folder)
+        if kept:
+            standing[folder] = kept
+    return standing, changed
+
+
+def _per_segment(rows: CopyRows) -> dict[str, list[tuple[str, str, int, float]]]:
+    found: dict[str, list[tuple[str, str, int, float]]] = {}
+    for segment, repository, sha, size, archived_at in zip(*rows, strict=True):
+        found.setdefault(segment, []).append((repository, sha, size, archived_at))
+    return found
+
+
+def _failures(part: _Archived, retries: dict[str, float]) -> Failures:
+    names = sorted(retries)
+    return names, [retries[name] for name in names], _copy_rows(part, names)
+
+
+def _settled(entries: FolderEntries, readable: set[str], segment_size: int) -> bool:
     """No cached entry in the folder waits for the segment after it (now archived) to be complete."""
-    return all(entries[4]) or all(_settled_at(entries, row, everything, segment_size) for row in range(len(entries[0])))
+    return all(entries[4]) or all(_settled_at(entries, row, readable, segment_size) for row in range(len(entries[0])))
 
 
-def _settled_at(entries: FolderEntries, row: int, everything: set[str], segment_size: int) -> bool:
-    return entries[4][row] or SegmentName.parse(entries[0][row], segment_size).next().name not in everything
+def _settled_at(entries: FolderEntries, row: int, readable: set[str], segment_size: int) -> bool:
+    return entries[4][row] or SegmentName.parse(entries[0][row], segment_size).next().name not in readable
 
 
 def _holders(columns: list[WalColumns], name: str) -> set[str]:
@@ -330,62 +752,31 @@ def _holders(columns: list[WalColumns], name: str) -> set[str]:
     return found
 
 
-def _read_some(repos: list[Repository], names: list[str]) -> dict[str, SegmentIndex]:
-    found: dict[str, SegmentIndex] = {}
-    for name in names:
-        for repo in repos:
-            try:
-                found[name] = SegmentIndex.from_json(json.loads(repo.get(index_key(name))))
-                break
-            except PgdrError:
-                continue
-            except (ValueError, KeyError, TypeError):
-                break  # a damaged entry: indexed again
-    return found
-
-
-def _needs_index(index: SegmentIndex, name: str, everything: set[str], segment_size: int) -> bool:
-    return not index.tail_complete and SegmentName.parse(name, segment_size).next().name in everything
-
-
-def index_from_archive(cfg: Config, name: str, *, with_next: bool) -> SegmentIndex:
-    """Fetch the segment (and, ``with_next``, the one after it, for a record crossing the boundary) and
-    run pg_waldump."""
-    with tempfile.TemporaryDirectory(prefix="pgdr-index-") as folder:
-        # The same verified fetch restore_command uses (sha256 checked, another repository's copy on damage).
-        fetch(cfg, name, Path(folder) / name, prefetch=False)
-        if with_next:
-            following = SegmentName.parse(name, _segment_size(Path(folder) / name)).next().name
-            fetch(cfg, following, Path(folder) / following, prefetch=False)
-        return index_segment(Path(folder) / name, program(cfg, "pg_waldump"))
-
-
-def _segment_size(path: Path) -> int:
-    return path.stat().st_size
+def _needs_index(index: SegmentIndex, name: str, readable: set[str], segment_size: int) -> bool:
+    return not index.tail_complete and SegmentName.parse(name, segment_size).next().name in readable
 
 
 def index_one(cfg: Config, repos: list[Repository], name: str, segment_size: int) -> None:
     """Index a newly archived segment, and re-index the one before it if its tail waited for this one."""
-    previous = SegmentName.parse(name, segment_size)
+    segment = SegmentName.parse(name, segment_size)
     candidates = [name]
-    if previous.number > 0:
-        before = SegmentName(previous.timeline, previous.number - 1, segment_size).name
+    if segment.number > 0:
+        before = SegmentName(segment.timeline, segment.number - 1, segment_size).name
         stored = _stored_index(repos, before)
         if stored is not None and not stored.tail_complete:
-            candidates.insert(0, before)
-    holders = {
-        segment: [r.name for r in repos if find_archived(r, segment)]
-        for segment in {*candidates, *(SegmentName.parse(c, segment_size).next().name for c in candidates)}
-    }
-    for segment in candidates:
-        if not holders[segment]:
-            continue
-        following = SegmentName.parse(segment, segment_size).next().name
-        index = index_from_archive(cfg, segment, with_next=bool(holders[following]))
-        body = json.dumps(index.to_json(), sort_keys=True).encode()
-        for repo in repos:
-            if repo.name in holders[segment]:
-                repo.put(index_key(segment), body)
+            candidates.append(before)  # after the new one, which it then finds already read
+    with tempfile.TemporaryDirectory(prefix="pgdr-index-") as folder:
+        reader = _SegmentReader(repos, Path(folder))
+        for candidate in candidates:
+            holders = [repo for repo in repos if reader.stored(repo, candidate)]
+            if not holders:
+                continue
+            path = reader.read(candidate)
+            with contextlib.suppress(PgdrError):  # not archived yet: the tail waits for it
+                reader.read(SegmentName.parse(candidate, segment_size).next().name)
+            body = json.dumps(index_segment(path, program(cfg, "pg_waldump")).to_json(), sort_keys=True).encode()
+            for repo in holders:
+                repo.put(index_key(candidate), body)
 
 
 def _stored_index(repos: list[Repository], segment: str) -> SegmentIndex | None:

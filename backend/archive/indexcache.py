@@ -9,7 +9,14 @@ tail was complete, and the events (rare) as JSON.
 Entries are stored as one row per WAL folder (``wal_directory``: a timeline's 4 GiB of WAL), its
 segments as columns: a year of WAL is 105,000 segments but 410 folders, and reading 410 blobs and
 comparing each folder's names and checksums as two lists costs a fraction of 105,000 rows and
-lookups. Deleting the file loses nothing.
+lookups.
+
+It also remembers, per folder, the segments that could not be indexed, with the stored copies that
+were tried: a segment that is not readable WAL (damaged, truncated, written by something else) would
+otherwise be fetched and rejected again by every command, and a year of them costs far more than an
+operator waits. Such a segment is tried again only when one of its copies changes (another sha256,
+size or archive time: replaced, re-archived); one that failed for a reason of the moment (a
+repository out of reach) after ``index.RETRY_AFTER_S``. Deleting the file loses nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +32,19 @@ from typing import Any, cast
 from backend.cachefile import cache_path, open_cache
 from backend.walindex import SegmentIndex, WalEvent
 
-SCHEMA = 2
+SCHEMA = 3
 
 #: One folder's cached entries as columns, sorted by name: segments, sha256s, first and last commit
 #: (POSIX seconds, NaN when none), tail complete, events as JSON ("" when none).
 FolderEntries = tuple[list[str], list[str], list[float], list[float], list[bool], list[str]]
+
+#: The stored copies of some segments as the catalog lists them, one row per copy: segment,
+#: repository, sha256 in its key, stored size, archived at (POSIX seconds). A copy replaced or
+#: archived again differs in one of them.
+CopyRows = tuple[list[str], list[str], list[str], list[int], list[float]]
+#: One folder's segments that could not be indexed, sorted: their names, when to try each again
+#: (POSIX seconds; infinity while its copies stay as they are), and the copies that were tried.
+Failures = tuple[list[str], list[float], CopyRows]
 
 
 def no_entries() -> FolderEntries:
@@ -48,8 +63,7 @@ class IndexCache:
             SCHEMA,
             [
                 "CREATE TABLE folders (location TEXT, folder TEXT, entries BLOB, PRIMARY KEY (location, folder))",
-                "CREATE TABLE unindexable (location TEXT, segment TEXT, checksum TEXT, failed REAL,"
-                " PRIMARY KEY (location, segment))",
+                "CREATE TABLE failures (location TEXT, folder TEXT, entries BLOB, PRIMARY KEY (location, folder))",
             ],
         )
         return cls(db) if db is not None else None
@@ -58,32 +72,35 @@ class IndexCache:
         rows = self.db.execute("SELECT folder, entries FROM folders WHERE location = ?", (location,))
         return {folder: cast(FolderEntries, marshal.loads(blob)) for folder, blob in rows}
 
-    def store(self, location: str, folders: dict[str, FolderEntries], gone: Iterable[str] = ()) -> None:
-        """Replace the entries of ``folders``; forget the folders ``gone`` (no longer archived)."""
+    def failures(self, location: str) -> dict[str, Failures]:
+        rows = self.db.execute("SELECT folder, entries FROM failures WHERE location = ?", (location,))
+        return {folder: cast(Failures, marshal.loads(blob)) for folder, blob in rows}
+
+    def store(
+        self,
+        location: str,
+        folders: dict[str, FolderEntries],
+        failures: dict[str, Failures],
+        gone: Iterable[str] = (),
+    ) -> None:
+        """Replace the entries and failures of the folders given (a folder without failures loses its
+        row); forget the folders ``gone`` (no longer archived)."""
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO folders VALUES (?, ?, ?)",
                 [(location, folder, marshal.dumps(cast(Any, entries))) for folder, entries in folders.items()],
             )
             self.db.executemany(
-                "DELETE FROM folders WHERE location = ? AND folder = ?", [(location, folder) for folder in gone]
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?)",
+                [(location, folder, marshal.dumps(failed)) for folder, failed in failures.items() if failed[0]],
             )
-
-    def recently_failed(self, location: str, *, within: float) -> dict[str, str]:
-        """Segments (-> sha256) that could not be indexed lately: not retried on every command."""
-        cutoff = datetime.now(UTC).timestamp() - within
-        rows = self.db.execute(
-            "SELECT segment, checksum FROM unindexable WHERE location = ? AND failed > ?", (location, cutoff)
-        )
-        return dict(rows.fetchall())
-
-    def remember_failures(self, location: str, failures: Iterable[tuple[str, str]]) -> None:
-        now = datetime.now(UTC).timestamp()
-        with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO unindexable VALUES (?, ?, ?, ?)",
-                [(location, segment, checksum, now) for segment, checksum in failures],
+                "DELETE FROM failures WHERE location = ? AND folder = ?",
+                [(location, folder) for folder, failed in failures.items() if not failed[0]],
             )
+            for folder in gone:
+                self.db.execute("DELETE FROM folders WHERE location = ? AND folder = ?", (location, folder))
+                self.db.execute("DELETE FROM failures WHERE location = ? AND folder = ?", (location, folder))
 
     def close(self) -> None:
         self.db.close()
