@@ -70,7 +70,7 @@ def test_wal_push_answered_by_the_push_server_loads_neither_the_config_nor_the_a
     # The first push finds no server: it pushes itself and starts one.
     loaded_after(push.format(str(segments[0])), env)
     locks = tmp_path / "state" / "pushd"
-    wait_for(lambda: any(p.read_text().split()[1:] == ["0"] for p in locks.glob("*.lock")), 30, "the push server")
+    wait_for(lambda: any(p.read_text().split()[1:] == ["0", "0"] for p in locks.glob("*.lock")), 30, "the push server")
     loaded = modules_after(push.format(str(segments[1])), env)
     (lock,) = locks.glob("*.lock")
     assert lock.read_text().split()[1] == "1", "the server answered the second push"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pytest import MonkeyPatch
 
-from backend.archive import index
+from backend.archive import index, segmentreader
 from backend.archive.index import SegmentIndexes, ensure_indexes, index_archive, index_key
 from backend.archive.walfile import WalObject
 from backend.catalog import read_catalog, recovery_timeline
@@ -256,7 +256,7 @@ class RemoteRepository(LocalRepository):
 def test_segments_read_ahead_in_batches_come_to_pg_waldump_in_order(
     tmp_path: Path, repo: LocalRepository, monkeypatch: MonkeyPatch, store: type[LocalRepository]
 ) -> None:
-    monkeypatch.setattr(index, "BATCH_SEGMENTS", 3)  # a batch per 3 small segments: several batches
+    monkeypatch.setattr(segmentreader, "BATCH_SEGMENTS", 3)  # a batch per 3 small segments: several batches
     for i in range(10):
         archive(repo, i, segment(i).encode())
     archive(repo, 10, b"WAL bytes", stored=b"WAL bytez")
