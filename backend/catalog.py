@@ -10,6 +10,7 @@ import bisect
 import functools
 import itertools
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from backend.errors import ObjectNotFound, PgdrError
 from backend.listcache import folder_contents
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest
 from backend.repository import ObjectInfo, Repository, read_identity
-from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline
+from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline, run_starts
 from backend.walnames import DEFAULT_SEGMENT_SIZE, HISTORY_RE, SEGMENT_RE, SegmentName
 
 
@@ -256,7 +257,14 @@ VERIFIED_READERS = 8
 
 
 def read_verified(catalog: Catalog, repos: list[Repository]) -> None:
-    """Fill in each listed backup's newest verify result, for ``pgdr list``.
+    """Fill in each listed backup's newest verify result, for ``pgdr list``."""
+    records = verified_records([b.manifest.name for b in catalog.backups], repos)
+    for backup in catalog.backups:
+        backup.verified = records.get(backup.manifest.name)
+
+
+def verified_records(names: list[str], repos: list[Repository]) -> dict[str, dict[str, Any]]:
+    """The newest verify record of each of the backups ``names`` that has one.
 
     One listing of ``verify/`` per repository, then one read per verified backup (its most recently
     written record; an older copy only when that one cannot be read), several at once: never one
@@ -267,7 +275,7 @@ def read_verified(catalog: Catalog, repos: list[Repository]) -> None:
 
     from backend.verify import VERIFY_PREFIX, read_record
 
-    wanted = {b.manifest.name: b for b in catalog.backups}
+    wanted = set(names)
     written: dict[str, list[tuple[datetime, Repository]]] = defaultdict(list)
     for repo in repos:
         try:
@@ -282,10 +290,10 @@ def read_verified(catalog: Catalog, repos: list[Repository]) -> None:
         copies = sorted(written[name], key=lambda c: c[0], reverse=True)
         return next((r for r in (read_record(repo, name) for _, repo in copies) if r is not None), None)
 
-    names = sorted(written)
-    with ThreadPoolExecutor(max_workers=max(1, min(VERIFIED_READERS, len(names)))) as pool:
-        for name, record in zip(names, pool.map(newest, names), strict=True):
-            wanted[name].verified = record
+    found = sorted(written)
+    with ThreadPoolExecutor(max_workers=max(1, min(VERIFIED_READERS, len(found)))) as pool:
+        records = dict(zip(found, pool.map(newest, found), strict=True))
+    return {name: record for name, record in records.items() if record is not None}
 
 
 def _wal_folder(repo: Repository, segment_size: int, listing: list[ObjectInfo]) -> _Folder:
@@ -343,7 +351,7 @@ def _column(
         checksums += part_checksums
         sizes += part_sizes
         times += part_times
-    if any(a >= b for a, b in itertools.pairwise(numbers)):
+    if any(map(operator.ge, numbers, itertools.islice(numbers, 1, None))):
         # A segment outside its folder, or stored twice: put in order, the first copy winning.
         rows = sorted(range(len(numbers)), key=numbers.__getitem__)
         rows = [r for i, r in enumerate(rows) if i == 0 or numbers[r] != numbers[rows[i - 1]]]
@@ -391,14 +399,8 @@ def _manifest_bytes(repo: Repository, listing: list[ObjectInfo]) -> bytes | None
 
 def contiguous_ranges(column: WalColumns) -> list[WalRange]:
     """Group one repository's segments of one timeline into runs without gaps."""
-    ranges = []
-    numbers = column.numbers
-    begin = 0
-    for i in range(1, len(numbers) + 1):
-        if i == len(numbers) or numbers[i] != numbers[i - 1] + 1:
-            ranges.append(_range(column, begin, i))
-            begin = i
-    return ranges
+    bounds = [0, *run_starts(column.numbers), len(column.numbers)]
+    return [_range(column, begin, end) for begin, end in itertools.pairwise(bounds) if begin < end]
 
 
 def _range(column: WalColumns, begin: int, end: int) -> WalRange:

@@ -112,7 +112,8 @@ class Gap:
 
 @dataclass
 class SegmentTable:
-    """Every archived segment of one PostgreSQL timeline, as parallel columns sorted by number.
+    """Every archived segment of one PostgreSQL timeline, as parallel columns in strictly increasing
+    order of number.
 
     A year of WAL is 100,000 segments: one Python object (and two datetimes) each would cost more
     than everything else a command does, so a ``SegmentInfo`` is made only for the segments asked
@@ -274,25 +275,35 @@ def build_timeline(
     runs = {tli: _runs(_readable(tables, path)) for tli, path in paths.items()}
 
     windows = []
+    # Per timeline and end of run: the segment where the latest commit was found, and that commit. A
+    # year of backups shares a handful of runs: found once, not once per backup.
+    reached: dict[tuple[int, int], tuple[int, datetime]] = {}
     physical = [b for b in backups if b.kind == "physical" and b.wal_start and b.wal_stop and b.timeline]
     for backup in sorted(physical, key=lambda b: b.stop_time):
         assert backup.wal_start and backup.wal_stop and backup.stop_lsn and backup.timeline
         start = SegmentName.parse(backup.wal_start, segment_size).number
         stop = SegmentName.parse(backup.wal_stop, segment_size).number
+        stop_lsn = parse_lsn(backup.stop_lsn)
         for tli, path in paths.items():
-            if not _descends(path, backup.timeline, parse_lsn(backup.stop_lsn), segment_size):
+            if not _descends(path, backup.timeline, stop_lsn, segment_size):
                 continue
             run = _run_containing(runs[tli], start)
             if run is None or run[1] < stop:
                 continue  # the WAL this backup needs to become consistent is incomplete on this path
             last = _lookup(tables, path, run[1])
             assert last is not None
-            latest = _latest_commit(tables, path, start, run[1])
+            known = reached.get((tli, run[1]))
+            if known is not None and start <= known[0]:
+                latest = known[1]  # scanning down from the run's end stops there for this backup too
+            else:
+                at, latest = _latest_commit(tables, path, start, run[1])
+                if at is not None:
+                    reached[tli, run[1]] = (at, latest)
             begin_of_tli = path[-1][1]
             if run[1] < begin_of_tli:
                 continue  # the WAL never reaches this timeline's own segments
             window_start = backup.stop_time
-            start_lsn = parse_lsn(backup.stop_lsn)
+            start_lsn = stop_lsn
             if tli != backup.timeline:
                 # Wall-clock times before the promotion that began this timeline belong to an older
                 # timeline (its abandoned future included): this window starts at the promotion.
@@ -327,8 +338,11 @@ def build_timeline(
     return RecoveryTimeline(windows, gaps, timelines, segment_size, tables, paths)
 
 
-def _latest_commit(tables: dict[int, SegmentTable], path: list[tuple[int, int]], first: int, last: int) -> datetime:
-    """The last commit replay can reach: recovery to a later time would end before its target.
+def _latest_commit(
+    tables: dict[int, SegmentTable], path: list[tuple[int, int]], first: int, last: int
+) -> tuple[int | None, datetime]:
+    """The last commit replay can reach: recovery to a later time would end before its target; and
+    the segment that says so (None when none between ``first`` and ``last`` does).
 
     Segments without a WAL index fall back to their archive time, an upper bound.
     """
@@ -337,13 +351,13 @@ def _latest_commit(tables: dict[int, SegmentTable], path: list[tuple[int, int]],
         assert found is not None
         table, row = found
         if not table.indexed[row]:
-            return _instant(table.archived_at[row])
+            return number, _instant(table.archived_at[row])
         commit = table.last_commit[row]
         if not math.isnan(commit):
-            return _instant(commit)
+            return number, _instant(commit)
     found = _lookup(tables, path, first)
     assert found is not None
-    return _instant(found[0].archived_at[found[1]])
+    return None, _instant(found[0].archived_at[found[1]])
 
 
 def _instant(seconds: float) -> datetime:
@@ -367,18 +381,38 @@ def _descends(path: list[tuple[int, int]], backup_tli: int, backup_stop_lsn: int
 
 
 def _runs(numbers: list[int]) -> list[tuple[int, int]]:
-    """Sorted numbers as contiguous ``(first, last)`` runs (duplicates fold into their run)."""
-    runs: list[tuple[int, int]] = []
-    if not numbers:
-        return runs
-    first = previous = numbers[0]
-    for n in numbers:
-        if n > previous + 1:
-            runs.append((first, previous))
-            first = n
-        previous = n
-    runs.append((first, previous))
-    return runs
+    """Strictly increasing numbers as contiguous ``(first, last)`` runs."""
+    bounds = [0, *run_starts(numbers), len(numbers)]
+    return [(numbers[a], numbers[b - 1]) for a, b in itertools.pairwise(bounds) if a < b]
+
+
+#: Below this many numbers ``run_starts`` looks at each; above, it halves the stretch first.
+_SCAN = 32
+
+
+def run_starts(numbers: list[int]) -> list[int]:
+    """The indexes (after 0) where strictly increasing ``numbers`` skip one: where each run but the
+    first begins.
+
+    A stretch is one run exactly when its ends are as far apart as its length, so stretches are
+    halved until they are whole: a year of WAL with a few gaps costs a few hundred comparisons, not
+    one per segment (and an archive full of holes no more than a plain scan).
+    """
+    starts: list[int] = []
+
+    def scan(lo: int, hi: int) -> None:
+        if numbers[hi] - numbers[lo] == hi - lo:
+            return
+        if hi - lo <= _SCAN:
+            starts.extend(i for i in range(lo + 1, hi + 1) if numbers[i] != numbers[i - 1] + 1)
+            return
+        middle = (lo + hi) // 2
+        scan(lo, middle)
+        scan(middle, hi)
+
+    if numbers:
+        scan(0, len(numbers) - 1)
+    return starts
 
 
 def _run_containing(runs: list[tuple[int, int]], number: int) -> tuple[int, int] | None:

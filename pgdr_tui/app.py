@@ -9,11 +9,16 @@ any failure into an error modal, so a failing backend call never takes the conso
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import gc
+import importlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import work
 from textual.app import App
 from textual.binding import Binding, BindingType
+from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState
 
@@ -26,20 +31,50 @@ from pgdr_tui.messages import LoadProgress, ModelLoaded, ServerChecked
 from pgdr_tui.model import TimelineModel
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.restorejob import RestoreJob
-from pgdr_tui.screens.backup import BackupScreen
-from pgdr_tui.screens.backups import BackupsScreen
-from pgdr_tui.screens.dialogs import ConfirmRestoreModal, ErrorModal, HelpScreen
-from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
-from pgdr_tui.screens.settings import SettingsScreen
-from pgdr_tui.screens.status import StatusScreen
 from pgdr_tui.screens.timeline import TimelineScreen
-from pgdr_tui.screens.verify import VerifyScreen
 from pgdr_tui.source import Source, Verified
 from pgdr_tui.widgets.statusbar import StatusFacts
+
+if TYPE_CHECKING:
+    from backend.catalog import Catalog
+    from backend.repository import Repository
 
 #: Seconds between catalog reloads while the console is open (the demo's workload grows it live).
 RELOAD_SECONDS = 60.0
 DEMO_RELOAD_SECONDS = 15.0
+#: Seconds the first load may spend reading the WAL index before the timeline is drawn without it.
+EARLY_TIMELINE_S = 2.0
+EARLY_STATUS = "reading the WAL index: archive times, no events yet"
+
+
+#: What ``_freeze_once`` has frozen in this process.
+_FROZEN: set[str] = set()
+
+
+def _freeze_once(stage: str) -> None:
+    """Put every object alive now out of the cyclic garbage collector's sight, once per process and stage.
+
+    The console's objects are made in two bursts that then last: the imports, the app and its first
+    screen (as long as the console), and the first catalog (until the first reload: a year of history
+    is tens of thousands of objects). Left in sight, the collector walks them again and again as the
+    open goes on: a tenth of its time. Frozen objects are still freed when no longer referenced; only
+    garbage cycles among them stay, so it is done once, never on every reload (nor for every app a
+    test makes).
+    """
+    if stage not in _FROZEN:
+        _FROZEN.add(stage)
+        gc.freeze()
+
+
+def _screen(module: str, name: str) -> Callable[[], Screen[Any]]:
+    """A mode's screen, imported the first time it is shown: the console opens on the timeline, and
+    importing the other screens (and the Textual widgets they use) cost the open some 60 ms."""
+
+    def make() -> Screen[Any]:
+        screen: Callable[[], Screen[Any]] = getattr(importlib.import_module(f"pgdr_tui.screens.{module}"), name)
+        return screen()
+
+    return make
 
 
 class PgdrApp(App[int]):
@@ -51,11 +86,11 @@ class PgdrApp(App[int]):
     COMMAND_PALETTE_BINDING = "ctrl+p"
     MODES: ClassVar = {
         "timeline": TimelineScreen,
-        "backups": BackupsScreen,
-        "backup": BackupScreen,
-        "verify": VerifyScreen,
-        "status": StatusScreen,
-        "settings": SettingsScreen,
+        "backups": _screen("backups", "BackupsScreen"),
+        "backup": _screen("backup", "BackupScreen"),
+        "verify": _screen("verify", "VerifyScreen"),
+        "status": _screen("status", "StatusScreen"),
+        "settings": _screen("settings", "SettingsScreen"),
     }
     DEFAULT_MODE = "timeline"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -73,6 +108,7 @@ class PgdrApp(App[int]):
     ]
 
     def __init__(self, source: Source, *, ascii_only: bool | None = None) -> None:
+        _freeze_once("imports")
         super().__init__()
         self.source = source
         self.glyphs = glyph_sets.choose(ascii_only)
@@ -119,6 +155,8 @@ class PgdrApp(App[int]):
         self.switch_mode(mode)
 
     def action_help(self) -> None:
+        from pgdr_tui.screens.dialogs import HelpScreen
+
         self.push_screen(HelpScreen())
 
     def action_reload(self) -> None:
@@ -132,13 +170,24 @@ class PgdrApp(App[int]):
         def progress(p: Progress) -> None:
             self.post_message(LoadProgress(p.message))
 
-        view = self.source.load_view(progress)
-        model = TimelineModel(view)
+        from backend.recovery import collector_paused
+
+        early = _EarlyTimeline(self) if self.model is None and not self.source.frozen else None
+        # The load is bounded (``Source.load_view``), so the collector can be held off all along, the
+        # WAL index's cache (read in one burst too) included: a third of the load's time. What it made
+        # is then frozen, not walked again.
+        with collector_paused():
+            view = self.source.load_view(progress, on_catalog=early.start if early else None)
+            model = TimelineModel(view)
+            _freeze_once("first catalog")
+        if early is not None:
+            early.cancel()
         # The timeline first, with the verify results known so far: reading them is a request per
         # backup on S3, and only the header's "last verify" and the backups screen show them.
         self.post_message(ModelLoaded(model, self.verified))
         verified = self.source.last_verified([b.manifest.name for b in view.catalog.backups])
-        self.post_message(ModelLoaded(model, verified))
+        if verified != self.verified:
+            self.post_message(ModelLoaded(model, verified))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="server", name="check the server")
     def check_server(self) -> None:
@@ -147,7 +196,7 @@ class PgdrApp(App[int]):
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.model = message.model
         self.verified = message.verified
-        self.load_status = ""
+        self.load_status = "" if message.final else EARLY_STATUS
         model = message.model
         physical = [b for b in model.catalog.backups if b.manifest.kind == "physical"]
         self.facts.loading = False
@@ -184,6 +233,8 @@ class PgdrApp(App[int]):
             import traceback
 
             text = "".join(traceback.format_exception(error)) if error else "unknown error"
+        from pgdr_tui.screens.dialogs import ErrorModal
+
         if event.worker.group == "load":
             self.load_status = f"could not read the catalog: {str(error).splitlines()[0] if error else '?'}"
             self.changed.publish(None)
@@ -192,6 +243,8 @@ class PgdrApp(App[int]):
     # --- restore ---------------------------------------------------------------------------------
 
     def open_plan(self, request: RestoreRequest) -> None:
+        from pgdr_tui.screens.restore import RestorePlanScreen
+
         self.push_screen(RestorePlanScreen(request))
 
     def restore_allowed(self, request: RestoreRequest) -> bool:
@@ -201,6 +254,7 @@ class PgdrApp(App[int]):
         """The typed-name confirmation for the dry-run plan of ``request``; then the detached restore."""
         if self.planned is None or self.planned[0] != request:
             return
+        from pgdr_tui.screens.dialogs import ConfirmRestoreModal
 
         def confirmed(yes: bool | None) -> None:
             if yes:
@@ -216,6 +270,8 @@ class PgdrApp(App[int]):
         self.attach_restore(job, False)
 
     def attach_restore(self, job: RestoreJob, reattached: bool) -> None:
+        from pgdr_tui.screens.restore import RestoreProgressScreen
+
         self.push_screen(RestoreProgressScreen(job, reattached=reattached))
 
     def show_last_restore(self) -> None:
@@ -225,6 +281,43 @@ class PgdrApp(App[int]):
             self.notify("No restore has been started from a console on this host.")
             return
         self.attach_restore(job, True)
+
+
+class _EarlyTimeline:
+    """The first load's timeline from archive times, when reading the WAL index takes long.
+
+    A WAL index cache nobody filled yet (a new host, a year of history) is a read of every segment's
+    entry: seconds, where the catalog itself took a fraction of one. The console shows the timeline
+    from the catalog alone (no commit times, no events) after ``EARLY_TIMELINE_S``, and the full
+    one replaces it when the load is done; a load done sooner shows only that.
+    """
+
+    def __init__(self, app: PgdrApp) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.timer: threading.Timer | None = None
+
+    def start(self, catalog: Catalog, repos: list[Repository]) -> None:
+        self.timer = threading.Timer(EARLY_TIMELINE_S, self._show, (catalog, repos))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _show(self, catalog: Catalog, repos: list[Repository]) -> None:
+        from backend.catalog import recovery_timeline
+        from backend.recovery import RecoveryView
+
+        view = RecoveryView(catalog, recovery_timeline(catalog), repos, [], unindexed=len(catalog.segments))
+        model = TimelineModel(view)
+        with self.lock:  # never after the full timeline
+            if not self.cancelled:
+                self.app.post_message(ModelLoaded(model, self.app.verified, final=False))
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 def run_app(cfg: Config, *, demo: bool = False) -> int:

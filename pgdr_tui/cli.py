@@ -471,7 +471,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
     shown = [e for e in view.events if e.kind != "rewrite"] if args.events else []
     if args.json:
         extra = {"events": [e.to_json() for e in shown]} if args.events else {}
-        body = {"cluster": cfg.cluster.name, **view.timeline.to_json(), "unindexed_segments": view.unindexed, **extra}
+        counts = {"unindexed_segments": view.unindexed, "unreadable_segments": view.unreadable}
+        body = {"cluster": cfg.cluster.name, **view.timeline.to_json(), **counts, **extra}
         print(json.dumps(body, indent=2))
         return 0
     print(f"Recovery timeline of cluster {cfg.cluster.name} (times UTC)")
@@ -479,6 +480,11 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         print(
             f"  {view.unindexed} older archived segments are not indexed yet: their times below are archive"
             " times, and their events are not listed; the next `pgdr timeline` goes on indexing"
+        )
+    if view.unreadable:
+        print(
+            f"  {view.unreadable} archived segments cannot be indexed (damaged copies, or not WAL): they count as"
+            " archived, with archive times; `pgdr verify` checks their copies, and a replaced copy is indexed again"
         )
     if not view.timeline.windows and not view.timeline.gaps:
         print("  nothing recoverable yet: take a base backup (`pgdr backup`) with archiving on")

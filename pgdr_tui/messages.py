@@ -18,10 +18,13 @@ if TYPE_CHECKING:
 
 
 class ModelLoaded(Message):
-    def __init__(self, model: TimelineModel, verified: dict[str, Verified]) -> None:
+    """A catalog to show; ``final`` False while the WAL index is still being read (archive times)."""
+
+    def __init__(self, model: TimelineModel, verified: dict[str, Verified], *, final: bool = True) -> None:
         super().__init__()
         self.model = model
         self.verified = verified
+        self.final = final
 
 
 class LoadProgress(Message):

@@ -171,6 +171,21 @@ class TimelineModel:
         self.windows_by_tli: dict[int, list[Window]] = {}
         for w in self.timeline.windows:
             self.windows_by_tli.setdefault(w.timeline, []).append(w)
+        #: Each timeline's windows from the lowest rank to the highest (of equals, the first listed
+        #: highest), and their starts: ``details`` finds the best window holding an instant without
+        #: looking at the others (a year of backups is 1,500 windows, and scrubbing asks every step).
+        self._ranked: dict[int, list[Window]] = {}
+        self._ranked_starts: dict[int, list[datetime]] = {}
+        for tli, windows in self.windows_by_tli.items():
+            ranked = sorted(enumerate(windows), key=lambda iw: (self._window_rank(iw[1]), -iw[0]))
+            self._ranked[tli] = [w for _, w in ranked]
+            self._ranked_starts[tli] = [w.start for _, w in ranked]
+        on_latest = self.windows_by_tli.get(self.latest_tli, [])
+        latest_end = max((w.end_lsn for w in on_latest), default=None)
+        #: What a "latest" restore replays from: of the windows reaching the archive's end, the best.
+        self._latest_window = max(
+            (w for w in on_latest if w.end_lsn == latest_end), key=self._window_rank, default=None
+        )
         self.rows = [self._row(tli) for tli in self.timeline.timelines if self._has_data(tli)]
         if not self.rows:
             self.rows = [Row(self.latest_tli, Intervals(), Intervals(), Intervals())]
@@ -297,16 +312,15 @@ class TimelineModel:
         replays everything (a time target must lie before the last commit to be reached).
         """
         before, after = self._near(instant.timestamp())
-        newest = self.windows_by_tli.get(self.latest_tli, [])
-        if latest and newest:
-            newest_end = max(w.end_lsn for w in newest)
-            window = max((w for w in newest if w.end_lsn == newest_end), key=self._window_rank)
+        if latest and self._latest_window is not None:
+            window = self._latest_window
             return self._recoverable(instant, self.latest_tli, window, None, before=before, after=after, latest=True)
-        for tli in sorted(self.windows_by_tli, reverse=True):
-            hits = [w for w in self.windows_by_tli[tli] if w.contains(instant)]
-            if hits:
-                window = max(hits, key=self._window_rank)
-                return self._recoverable(instant, tli, window, instant, before=before, after=after)
+        for tli in sorted(self._ranked, reverse=True):
+            ranked = self._ranked[tli]
+            # Of the windows starting by the instant, the highest ranked one still open at it.
+            for i in range(bisect.bisect_right(self._ranked_starts[tli], instant) - 1, -1, -1):
+                if ranked[i].contains(instant):
+                    return self._recoverable(instant, tli, ranked[i], instant, before=before, after=after)
         return CursorDetails(
             instant,
             self.latest_tli,

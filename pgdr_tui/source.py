@@ -3,8 +3,8 @@
 The App takes a ``Source`` in its constructor (as Harlequin takes its adapter) so tests hand it a
 real catalog written by the backend, a frozen clock and a fixed time zone, and screenshots come out
 the same every run. Nothing here imports Textual: each method is a plain blocking call that the
-screens run in thread workers. Modules other engineers are still writing (verify, the daemon) are
-imported lazily and their absence degrades to "unknown", never to a crash.
+screens run in thread workers. A module other engineers are still writing (the daemon) is imported
+lazily and its absence degrades to "unknown", never to a crash.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from backend.progress import ProgressCallback, no_progress
 from pgdr_tui import fmt
 
 if TYPE_CHECKING:
+    from backend.catalog import Catalog
     from backend.manifest import BackupManifest
     from backend.recovery import RecoveryView
+    from backend.repository import Repository
     from backend.restore.plan import RestorePlan
     from pgdr_tui.request import RestoreRequest
 
@@ -97,11 +99,15 @@ class Source:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def load_view(self, on_progress: ProgressCallback = no_progress) -> RecoveryView:
+    def load_view(
+        self,
+        on_progress: ProgressCallback = no_progress,
+        on_catalog: Callable[[Catalog, list[Repository]], None] | None = None,
+    ) -> RecoveryView:
         from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
 
         # Bounded: the console must open on an archive nobody indexed yet; each refresh goes on.
-        view = load_view(self.cfg, on_progress=on_progress, index_budget_s=VIEW_INDEX_BUDGET_S)
+        view = load_view(self.cfg, on_progress=on_progress, index_budget_s=VIEW_INDEX_BUDGET_S, on_catalog=on_catalog)
         self._repos = list(view.repositories)
         return view
 
@@ -128,20 +134,11 @@ class Source:
         return ServerState(True, f"up, PG {str(row[0]).split()[0]}, {role}, TL {row[2]}")
 
     def last_verified(self, names: list[str]) -> dict[str, Verified]:
-        """The newest verify record of each backup; empty when verify is not available."""
-        try:
-            from backend.verify import last_verified
-        except ImportError:
-            return {}
-        repos = self._repositories()
+        """The newest verify record of each backup that has one (a listing, then a read per record)."""
+        from backend.catalog import verified_records
+
         out: dict[str, Verified] = {}
-        for name in names:
-            try:
-                record = last_verified(repos, name)
-            except Exception:
-                continue
-            if not record:
-                continue
+        for name, record in verified_records(names, self._repositories()).items():
             try:
                 when = datetime.fromisoformat(str(record["time"]))
             except (KeyError, ValueError):

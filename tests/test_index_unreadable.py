@@ -271,3 +271,22 @@ def test_segments_read_ahead_in_batches_come_to_pg_waldump_in_order(
     done = ensure_indexes(cfg, [archived], catalog.columns, SIZE, budget_s=60.0)
     assert ran == [segment(i) for i in reversed(range(10))]  # newest first
     assert (done.indexed, done.unreadable, done.pending) == (10, 1, 0)
+
+
+def test_pgdr_timeline_tells_the_operator_how_many_segments_cannot_be_indexed(
+    tmp_path: Path, repo: LocalRepository, capsys: pytest.CaptureFixture[str], monkeypatch: MonkeyPatch
+) -> None:
+    from pgdr_tui.cli import main
+
+    monkeypatch.setenv("PGDR_STATE_DIR", str(tmp_path / "state"))
+    for i in range(4):
+        archive(repo, i)
+    path = tmp_path / "pgdr.toml"
+    path.write_text(f'[cluster]\nname = "main"\n[local]\npath = "{repo.root.parent}"\n')
+    path.chmod(0o600)
+    assert main(["--config", str(path), "timeline", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert (body["unreadable_segments"], body["unindexed_segments"]) == (4, 0)
+    assert [w["base_backup"] for w in body["windows"]] == ["20260301T000000Z"]  # no gap for them
+    assert main(["--config", str(path), "timeline"]) == 0
+    assert "4 archived segments cannot be indexed (damaged copies, or not WAL)" in capsys.readouterr().out

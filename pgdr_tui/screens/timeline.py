@@ -13,7 +13,6 @@ from textual.widgets import Static
 from pgdr_tui.model import CursorDetails
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.screens.base import BaseScreen
-from pgdr_tui.screens.dialogs import GotoModal
 from pgdr_tui.widgets.details import DetailsPanel
 from pgdr_tui.widgets.timeline import TimelineView
 
@@ -51,7 +50,7 @@ class TimelineScreen(BaseScreen):
         super().on_mount()
         view = self.query_one(TimelineView)
         view.focus()
-        self.query_one("#legend", Static).update(view.legend())
+        self.query_one("#legend", Static).update(view.legend(), layout=False)
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -59,7 +58,8 @@ class TimelineScreen(BaseScreen):
         model = self.pgdr.model
         view = self.query_one(TimelineView)
         if model is None:
-            self.query_one("#timeline-title", Static).update(Text(f" Recovery timeline: {self.pgdr.load_status}"))
+            title = Text(f" Recovery timeline: {self.pgdr.load_status}")
+            self.query_one("#timeline-title", Static).update(title, layout=False)
             return
         if view.model is not model:
             view.set_model(model, self.pgdr.source.now())
@@ -89,11 +89,11 @@ class TimelineScreen(BaseScreen):
             no_wrap=True,
             overflow="ellipsis",
         )
-        # Only touch what changed: a Static update re-lays the screen out, and refreshing the
-        # bindings rebuilds the footer, each far dearer than the scrub step itself.
+        # Only touch what changed: refreshing the bindings rebuilds the footer, far dearer than the
+        # scrub step itself. The title is one line whatever it says (pgdr.tcss): a repaint, no layout.
         if title != self._shown_title:
             self._shown_title = title
-            self.query_one("#timeline-title", Static).update(title)
+            self.query_one("#timeline-title", Static).update(title, layout=False)
         keys = (self.check_action("restore", ()), self.check_action("dry_run", ()))
         if keys != self._shown_keys:
             self._shown_keys = keys
@@ -136,6 +136,8 @@ class TimelineScreen(BaseScreen):
             self.pgdr.confirm_restore(request)
 
     def action_goto(self) -> None:
+        from pgdr_tui.screens.dialogs import GotoModal
+
         def done(when: datetime | None) -> None:
             if when is not None:
                 self.query_one(TimelineView).move_to(when.timestamp())

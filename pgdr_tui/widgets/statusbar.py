@@ -55,7 +55,8 @@ def status_text(facts: StatusFacts, now: datetime) -> Text:
 
 class StatusBar(Static):
     def show(self, facts: StatusFacts, now: datetime) -> None:
-        self.update(status_text(facts, now))
+        # One line whatever it says (pgdr.tcss): a repaint, not a layout of the whole screen.
+        self.update(status_text(facts, now), layout=False)
 
 
 #: The screens, their keys and labels, in the order the navigation line shows them.

@@ -162,6 +162,7 @@ class TimelineView(Widget, can_focus=True):
     def set_model(self, model: TimelineModel, now: datetime) -> None:
         """Show a (re)loaded catalog; the first load opens at the latest recoverable instant."""
         first = self.model is None
+        height = self._height()
         self.model = model
         self._now = now.timestamp()
         extent = model.extent()
@@ -178,7 +179,7 @@ class TimelineView(Widget, can_focus=True):
             self.cursor = model.latest_recoverable.timestamp()
             self.viewport = self.viewport.follow(self.cursor)
         self._recompute()
-        self.refresh(layout=True)
+        self.refresh(layout=self._height() != height)  # a row per timeline: a layout only when that changes
         self._announce()
 
     def _fit_right(self, viewport: Viewport) -> Viewport:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from pgdr_tui.restorejob import MODULE, RestoreJob, write_json
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal, GotoModal, HelpScreen
 from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
 from pgdr_tui.screens.timeline import TimelineScreen
+from pgdr_tui.source import Source
 from pgdr_tui.widgets.timeline import TimelineView
 from tests.tui.conftest import ZONE, run_async
 from tests.tui.fixture_repo import NOW, Story
@@ -219,6 +221,43 @@ async def test_reopening_during_a_restore_reattaches(make_app: MakeApp, tmp_path
         proc.kill()
         proc.wait()
     assert RestoreJob.active(state, "main") is None
+
+
+@run_async
+async def test_a_slow_wal_index_shows_the_timeline_from_archive_times_first(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backend.recovery
+    from pgdr_tui import app as app_module
+    from pgdr_tui.messages import ModelLoaded
+
+    slow = backend.recovery.ensure_indexes
+
+    def ensure_indexes(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # a WAL index cache nobody filled yet
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(backend.recovery, "ensure_indexes", ensure_indexes)
+    monkeypatch.setattr(app_module, "EARLY_TIMELINE_S", 0.1)
+    shown: list[tuple[bool, int]] = []
+    handle = PgdrApp.on_model_loaded
+
+    def on_model_loaded(self: PgdrApp, message: ModelLoaded) -> None:
+        shown.append((message.final, len(message.model.events)))
+        handle(self, message)
+
+    monkeypatch.setattr(PgdrApp, "on_model_loaded", on_model_loaded)
+    app = PgdrApp(Source(load_config(story.config), zone=ZONE, probe_server=False))  # live: no frozen clock
+    async with app.run_test(size=(120, 40)) as pilot:
+        while app.model is None:
+            await pilot.pause(0.02)
+        screen, view = timeline(app)
+        assert view.model is app.model and app.model.view.unindexed == len(app.model.catalog.segments)
+        assert app_module.EARLY_STATUS in str(screen.query_one("#timeline-title").render())
+        await settle(pilot)
+        assert shown[0] == (False, 0) and shown[-1][0] and shown[-1][1] > 0  # then the full one, with events
+        assert view.model is app.model and not app.model.view.unindexed
+        assert app_module.EARLY_STATUS not in str(screen.query_one("#timeline-title").render())
 
 
 @run_async
