@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import struct
 from pathlib import Path
 
 from backend.config import Config
@@ -46,11 +48,53 @@ def config_file(cfg: Config, data_dir: Path) -> Path | None:
     return None
 
 
-def start(cfg: Config, data_dir: Path, log_file: Path) -> int:
-    """Start the server; returns pg_ctl's exit code (a recovery that shuts down at its target "fails" to start)."""
+def start(cfg: Config, data_dir: Path, log_file: Path, settings: dict[str, str] | None = None) -> int:
+    """Start the server; returns pg_ctl's exit code (a recovery that shuts down at its target "fails" to start).
+
+    ``settings`` go on the server's command line: they hold for this start (and a ``pg_ctl restart``
+    of it) and are written to no configuration file.
+    """
     argv = [program(cfg, "pg_ctl"), "start", "-D", str(data_dir), "-l", str(log_file), "-w", "-t", "120"]
     conf = config_file(cfg, data_dir)
     if conf is not None:
         argv += ["-o", f"-c config_file={shlex.quote(str(conf))}"]
+    for name, value in (settings or {}).items():
+        argv += ["-o", f"-c {shlex.quote(f'{name}={value}')}"]
     result = run_server_program(argv, data_dir, check=False)
     return result.returncode
+
+
+def postmaster_running(data_dir: Path) -> bool:
+    """Whether postmaster.pid names a live process, as pg_ctl status decides: reading one small file,
+    cheap enough to watch closely, which starting pg_ctl is not."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and another user's
+    return True
+
+
+#: pg_control's DBState once recovery is over (DB_IN_PRODUCTION in src/include/catalog/pg_control.h).
+_IN_PRODUCTION = 6
+#: The state field follows system_identifier (8 bytes) and two 4-byte version numbers.
+_STATE = struct.Struct("=16xi")
+
+
+def in_production(data_dir: Path) -> bool:
+    """Whether pg_control says recovery is over, as ``pg_ctl promote -w`` watches for it.
+
+    postmaster.pid cannot tell: it says "ready" for a hot standby as for a primary. The control file
+    is written in the server's byte order, on this machine.
+    """
+    try:
+        with (data_dir / "global" / "pg_control").open("rb") as fh:
+            head = fh.read(_STATE.size)
+    except OSError:
+        return False
+    return len(head) == _STATE.size and _STATE.unpack(head)[0] == _IN_PRODUCTION

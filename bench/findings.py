@@ -160,7 +160,8 @@ def _restore(results: Results, d: dict[str, Any]) -> list[str]:
             f"{whole.pgdr.show()} vs pgBackRest restore + start {whole.anchor.show() if whole.anchor else ''} "
             f"(ratio {whole.ratio:.2f}). Planning alone (`--dry-run`: catalog, WAL index, plan) takes {_ms(plan)}; "
             f"the rest beyond the unpack, {_ms(rest)}, is pgdr's start of the server, replay of the backup's WAL "
-            f"through `pgdr wal-fetch`, its 0.2 s polling for promotion and the report, where pgBackRest's "
+            "from the restore's own prefetcher (restore_command: `mv` of a prefetched, verified file, else a bare "
+            f"interpreter asking it), promotion and the report, where pgBackRest's "
             f"start-to-promoted took {_ms(start)}."
         )
     return out

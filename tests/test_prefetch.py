@@ -18,6 +18,7 @@ from backend.archive import prefetch
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
+from backend.walnames import SegmentName
 from tests.harness.cluster import Cluster, clean_env, pgdr_executable
 
 
@@ -50,15 +51,22 @@ def test_prefetch_stops_at_a_corrupt_segment_and_fetch_refuses_it(cluster: Clust
 
     folder = tmp_path / "pgdr-prefetch"
     folder.mkdir()
-    assert pgdr(cluster, "wal-prefetch", str(folder), "--after", names[0]).returncode == 0
-    prefetched = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
-    assert names[1] in prefetched and names[2] not in prefetched, "only verified segments are placed"
+    command = [str(pgdr_executable()), "--config", str(cluster.config_path), "wal-prefetch", str(folder)]
+    running = subprocess.Popen([*command, "--after", names[0]], env=clean_env())
+    try:
+        wait_until((folder / names[1]).exists, "a prefetched segment")
+        wait_until(lambda: names[3] in os.listdir(folder) or running.poll() is not None, "the window")
+        prefetched = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+        assert names[1] in prefetched and names[2] not in prefetched, "only verified segments are placed"
 
-    # restore_command takes the prefetched segment by rename, and refuses the corrupt one.
-    assert pgdr(cluster, "wal-fetch", names[1], str(tmp_path / "RECOVERYXLOG")).returncode == 0
-    assert not (folder / names[1]).exists() and (tmp_path / "RECOVERYXLOG").stat().st_size == 16 << 20
-    refused = pgdr(cluster, "wal-fetch", names[2], str(tmp_path / "RECOVERYXLOG2"))
-    assert refused.returncode == 2 and not (tmp_path / "RECOVERYXLOG2").exists()
+        # restore_command takes the prefetched segment by rename, and refuses the corrupt one.
+        assert pgdr(cluster, "wal-fetch", names[1], str(tmp_path / "RECOVERYXLOG")).returncode == 0
+        assert not (folder / names[1]).exists() and (tmp_path / "RECOVERYXLOG").stat().st_size == 16 << 20
+        refused = pgdr(cluster, "wal-fetch", names[2], str(tmp_path / "RECOVERYXLOG2"))
+        assert refused.returncode == 2 and not (tmp_path / "RECOVERYXLOG2").exists()
+        assert "no intact copy" in refused.stderr
+    finally:
+        assert running.wait(timeout=60) == 0  # it leaves after LINGER
 
 
 def test_restore_uses_prefetch_and_cleans_it_up(cluster: Cluster) -> None:
@@ -68,6 +76,11 @@ def test_restore_uses_prefetch_and_cleans_it_up(cluster: Cluster) -> None:
     assert "Restore finished" in result.stdout, result.stdout
     assert cluster.sql("SELECT count(*) FROM t")[0][0] == 6000
     assert not (cluster.data_dir / "pg_wal" / "pgdr-prefetch").exists()
+    # The restore's own prefetcher answered through the quick restore_command of that one start; the
+    # configuration keeps the plain one.
+    assert "prefetch import main" not in (cluster.data_dir / "postgresql.auto.conf").read_text()
+    if cluster.pgdr_for_server == pgdr_executable():  # the server's user can run this interpreter
+        assert "prefetch import main" in (cluster.data_dir / "postmaster.opts").read_text()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -107,9 +120,8 @@ def test_one_prefetcher_follows_recovery_and_a_waiting_fetch_gets_its_segment(
 
     # Recovery skips ahead: the request moves the window, the waiting fetch gets the segment.
     destination = pg_wal / "RECOVERYXLOG"
-    cfg = load_config(cluster.config_path)
-    assert prefetch.request(cfg, names[3], destination), "the running prefetcher is found, none is started"
-    assert prefetch.take(names[3], destination, wait=True)
+    config = prefetch.identity(load_config(cluster.config_path))
+    assert prefetch.obtain(names[3], destination, config) == prefetch.TAKEN, "the running prefetcher answers"
     assert intact(cluster, names[3], destination)
     wait_until((folder / names[4]).exists, "the window to follow the request")
     assert not (folder / names[1]).exists() and not (folder / names[2]).exists(), "passed segments are dropped"
@@ -119,26 +131,114 @@ def test_one_prefetcher_follows_recovery_and_a_waiting_fetch_gets_its_segment(
     assert {names[1], names[2], names[3], names[4]} <= set(placed)
 
 
-def test_a_fetch_waits_only_for_what_a_running_prefetcher_can_still_bring(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def answering(folder: Path, verdict: str, *, nonce: str | None = None) -> threading.Thread:
+    """A stand-in prefetcher's answer to the next request: ``verdict`` for its nonce (or ``nonce``)."""
+
+    def answer() -> None:
+        wait_until(lambda: len(prefetch._read_note(folder / prefetch.WANTED).split()) == 2, "a request")
+        name, asked = prefetch._read_note(folder / prefetch.WANTED).split()
+        (folder / prefetch.FAILED).write_text(f"{name} {nonce or asked} {verdict}")
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return thread
+
+
+def test_a_fetch_takes_only_a_fresh_answer_to_its_own_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prefetch, "WAIT_LIMIT", 0.5)
     destination = tmp_path / "RECOVERYXLOG"
-    folder = prefetch.prefetch_dir(destination)
+    folder = Path(prefetch.prefetch_dir(destination))
     folder.mkdir()
-    first, later = "000000010000000000000005", "000000010000000000000007"
+    name = "000000010000000000000005"
     started = time.monotonic()
-    assert not prefetch.take(first, destination, wait=True), "no prefetcher runs: nothing to wait for"
+    assert prefetch.obtain(name, destination, "pgdr.toml") == "", "no prefetcher runs: nothing to wait for"
+    assert time.monotonic() - started < 0.4, "without waiting"
     fd = os.open(folder / prefetch.LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher is running
-        (folder / prefetch.FAILED).write_text("000000010000000000000006")
-        assert not prefetch.take(later, destination, wait=True), "it gave up at an earlier segment"
-        assert time.monotonic() - started < 0.4, "without waiting"
-        assert not prefetch.take(first, destination, wait=True), "WAIT_LIMIT bounds the wait"
+        os.write(fd, b"pgdr.toml")
+        (folder / name).write_bytes(b"placed by a prefetcher of another config")
+        assert prefetch.obtain(name, destination, "other.toml") == "", "another config's prefetcher is no help"
+        (folder / name).unlink()
+        for verdict, expected in ((prefetch.ABSENT, prefetch.ABSENT), (prefetch.DAMAGED, "")):
+            (folder / prefetch.WANTED).unlink(missing_ok=True)
+            answer = answering(folder, verdict)
+            assert prefetch.obtain(name, destination, "pgdr.toml") == expected, f"{verdict}: by itself when damaged"
+            answer.join()
+        (folder / prefetch.WANTED).unlink()
+        answer = answering(folder, prefetch.ABSENT, nonce="1.2")
+        started = time.monotonic()
+        assert prefetch.obtain(name, destination, "pgdr.toml") == "", "an answer to another request is no answer"
+        assert time.monotonic() - started >= 0.5, "WAIT_LIMIT bounds the wait"
+        answer.join()
     finally:
         os.close(fd)
     assert not destination.exists()
+
+
+def test_the_restores_prefetcher_answers_any_request_freshly(cluster: Cluster, tmp_path: Path) -> None:
+    """What pgdr restore's own prefetcher tells its restore_command: history files, a segment asked
+    for again, the end of the archive as it is when asked, and the plain command for a damaged copy."""
+    names = make_segments(cluster, 3)
+    cfg = load_config(cluster.config_path)
+    repos = [open_repository(cfg, "local")]
+    stored = cluster.local_repo / "main" / find_archived(repos[0], names[2])[0].key
+    stored.write_bytes(stored.read_bytes()[:-100] + bytes(100))
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    thread = prefetch.serve_restore(cfg, repos, pg_wal, SegmentName.parse(names[0]), None)
+    assert thread is not None
+    restore_command = prefetch.restore_command(cfg, "echo plain %f; exit 3")
+
+    def ask(name: str) -> subprocess.CompletedProcess[str]:
+        """As PostgreSQL runs it: %f and %p replaced, through the shell, from the data directory."""
+        destination = "pg_wal/RECOVERYHISTORY" if name.endswith(".history") else "pg_wal/RECOVERYXLOG"
+        command = restore_command.replace("%f", name).replace("%p", destination)
+        return subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=False)
+
+    try:
+        for name in (names[0], names[1], names[0]):  # the first one again, as recovery asks at its end
+            assert ask(name).returncode == 0, name
+            assert intact(cluster, name, pg_wal / "RECOVERYXLOG")
+        absent = ask("00000002.history")
+        assert (absent.returncode, absent.stderr) == (1, "pgdr: 00000002.history is not in any repository\n")
+        refused = ask(names[2])
+        assert (refused.returncode, refused.stdout.strip()) == (3, f"plain {names[2]}"), "damaged: the plain command"
+        following = SegmentName.parse(names[2]).next().name
+        assert ask(following).returncode == 1, "not archived yet"
+        cluster.sql("INSERT INTO t SELECT 1")
+        assert cluster.switch_wal() == following
+        cluster.wait_archived(following)
+        assert ask(following).returncode == 0, "archived since it was last asked for: the answer is fresh"
+        assert intact(cluster, following, pg_wal / "RECOVERYXLOG")
+    finally:
+        prefetch.clean(tmp_path)
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert sorted(os.listdir(pg_wal)) == ["RECOVERYXLOG"]
+
+
+def test_the_window_follows_files_taken_without_a_note(cluster: Cluster, tmp_path: Path) -> None:
+    """The quick restore_command takes placed files with mv, writing no ``.wanted``: gone is taken."""
+    names = make_segments(cluster, 5)
+    cfg = load_config(cluster.config_path)
+    cfg = replace(cfg, restore=replace(cfg.restore, prefetch=2, prefetch_workers=1))
+    pg_wal = tmp_path / "pg_wal"
+    pg_wal.mkdir()
+    folder = pg_wal / prefetch.FOLDER
+    thread = prefetch.serve_restore(cfg, [open_repository(cfg, "local")], pg_wal, SegmentName.parse(names[0]), None)
+    assert thread is not None
+    try:
+        wait_until((folder / names[1]).exists, "the first window")
+        assert not (folder / names[2]).exists(), "no further ahead than restore.prefetch"
+        for name in names[:4]:  # each one taken brings the one after the next
+            wait_until((folder / name).exists, name)
+            os.rename(folder / name, pg_wal / "RECOVERYXLOG")
+        wait_until((folder / names[4]).exists, "the window to follow")
+    finally:
+        prefetch.clean(tmp_path)
+        thread.join(timeout=30)
+    assert not thread.is_alive()
 
 
 def test_clean_stops_a_running_prefetcher_and_leaves_nothing(cluster: Cluster, tmp_path: Path) -> None:

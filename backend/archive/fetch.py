@@ -22,9 +22,9 @@ from backend.walnames import wal_kind
 def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, prefetch: bool = True) -> str:
     """Write ``filename`` to ``destination``; returns where it came from (a repository, or "prefetch").
 
-    With ``prefetch`` (restore_command), a segment the background prefetcher fetched and verified is
-    taken from there (waiting for it when a running prefetcher has it in hand), and the prefetcher is
-    started when none runs, so the next segments are downloaded while PostgreSQL replays this one.
+    With ``prefetch`` (restore_command), a running prefetcher is asked first: a file it fetched and
+    verified is taken from it, and its fresh "absent" is the answer; when none runs, one is started,
+    so the next segments are downloaded while PostgreSQL replays this one.
     """
     try:
         wal_kind(filename)
@@ -34,11 +34,13 @@ def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, pr
     if prefetch and cfg.restore.prefetch > 0:
         from backend.archive import prefetch as ahead
 
-        running = False
-        with contextlib.suppress(OSError):  # never let the optimisation fail the fetch
-            running = ahead.request(cfg, filename, target)
-        if ahead.take(filename, target, wait=running):
+        answer = ahead.obtain(filename, target, ahead.identity(cfg))
+        if answer == ahead.TAKEN:
             return "prefetch"
+        if answer == ahead.ABSENT:
+            raise ObjectNotFound(f"{filename} is not in any repository")
+        with contextlib.suppress(OSError):  # never let the optimisation fail the fetch
+            ahead.start(cfg, filename, target)
     return fetch_from(open_repositories(cfg), filename, target)
 
 
@@ -47,10 +49,15 @@ def fetch_from(
     filename: str,
     destination: Path,
     find: Callable[[Repository, str], list[WalObject]] = find_archived,
+    *,
+    owner: tuple[int, int] | None = None,
+    sync: bool = True,
 ) -> str:
     """Write the first intact copy in ``repos`` to ``destination``; returns the repository's name.
 
-    ``find`` lists a file's stored versions (the prefetcher passes one that lists a folder once).
+    ``find`` lists a file's stored versions (the prefetcher passes one that lists a folder once);
+    ``owner`` gets the file (pgdr as root writing for the server, which must own its WAL); without
+    ``sync`` it is not fsynced (the prefetcher's answer to a request, taken at once).
     """
     problems: list[str] = []
     for repo in repos:
@@ -60,7 +67,7 @@ def fetch_from(
                 if checksum(data) != obj.checksum:
                     problems.append(f"{repo.name} copy fails its sha256 check")
                     continue
-                _write_atomically(destination, data)
+                _write_atomically(destination, data, owner, sync=sync)
                 return repo.name
         except ValueError as exc:
             problems.append(f"{repo.name} copy is corrupt ({exc})")
@@ -71,13 +78,16 @@ def fetch_from(
     raise ObjectNotFound(f"{filename} is not in any repository")
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def _write_atomically(path: Path, data: bytes, owner: tuple[int, int] | None = None, *, sync: bool = True) -> None:
     temp = path.with_name(f".{path.name}.pgdr-fetch.{os.getpid()}")
     try:
         with temp.open("wb") as fh:
+            if owner is not None:
+                os.fchown(fh.fileno(), *owner)
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.rename(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)

@@ -31,7 +31,7 @@ from backend.backup.pgbasebackup import MANIFEST, TAR_OBJECT
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
-from backend.postgres import connect_params, owner_of
+from backend.postgres import connect_params, owner_of, run_server_program
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.plan import RestorePlan
@@ -125,13 +125,17 @@ def execute(
         os.rename(data_dir, plan.safety_copy)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
+    if owner is not None:  # already: the server's user tries the quick restore_command during the unpack
+        os.chown(data_dir, *owner)
     check_cancel(cancel, "restore")
     faults.point("restore-after-safety-copy")
     refused: list[str] = []
     try:
-        source = restore_base_backup(
-            plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=refused
-        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
+            quick_fetch_runs = beside.submit(_quick_fetch_runs, cfg, data_dir)
+            source = restore_base_backup(
+                plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=refused
+            )
     except PgdrError as exc:
         if exc.exit_code == 130:  # cancelled (``Cancelled``): the caller knows it by its type
             raise
@@ -143,16 +147,65 @@ def execute(
     log_file.parent.mkdir(exist_ok=True)
     if owner is not None:
         os.chown(log_file.parent, *owner)
-    on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
-    server.start(cfg, data_dir, log_file)
-    report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
-    prefetch.clean(data_dir)
+    serving = _serve_wal(cfg, plan, repos, owner)
+    try:
+        settings = {}
+        quick = prefetch.restore_command(cfg, recovery_command(cfg, data_dir))
+        if serving is not None and not set(quick) & UNQUOTABLE and quick_fetch_runs.result():
+            settings["restore_command"] = quick
+        on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
+        threading.Thread(target=_load_psycopg, name="pgdr-import", daemon=True).start()
+        server.start(cfg, data_dir, log_file, settings)
+        report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
+    finally:
+        prefetch.clean(data_dir)  # returns once the prefetcher let go of its folder
     marker.unlink(missing_ok=True)
     report.safety_copy = plan.safety_copy
     report.data_dir = data_dir
     report.base_backup_from = source
     report.refused_copies = refused
     return report
+
+
+#: What postmaster.opts cannot carry: it puts each argument in double quotes, and ``pg_ctl restart``
+#: hands them to a shell as they are.
+UNQUOTABLE = frozenset('"\\$`')
+
+
+def _serve_wal(
+    cfg: Config, plan: RestorePlan, repos: list[Repository], owner: tuple[int, int] | None
+) -> threading.Thread | None:
+    """This process's prefetcher for the recovery, from the backup's first segment (None: prefetch is off).
+
+    By the time the server asks, the backup's WAL is fetched and verified, and every later request
+    is answered by a process that has the repositories open; it fetches from every configured
+    repository, as ``wal-fetch`` does.
+    """
+    if cfg.restore.prefetch <= 0 or not plan.wal:
+        return None
+    if [repo.name for repo in repos] != cfg.repository_names:  # the plan read one repository (--repo)
+        from backend.repository import open_repositories
+
+        repos = open_repositories(cfg)
+    return prefetch.serve_restore(cfg, repos, plan.data_dir / "pg_wal", plan.wal[0].segment, owner)
+
+
+def _quick_fetch_runs(cfg: Config, data_dir: Path) -> bool:
+    """Whether the server's user can run the quick restore_command, as PostgreSQL will (in the data directory).
+
+    Tried once (it asks for no WAL file and ends in ``true``) before the server depends on it: a
+    restore_command that fails to start at all would tell PostgreSQL the archive ends there.
+    """
+    probe = ["/bin/sh", "-c", prefetch.restore_command(cfg, "true")]
+    try:
+        return run_server_program(probe, data_dir, check=False, cwd=data_dir).returncode == 0
+    except (OSError, PgdrError):
+        return False
+
+
+def _load_psycopg() -> None:
+    """Imported while the server starts, rather than on the way to the first look at its recovery."""
+    import psycopg  # noqa: F401
 
 
 def _untouched(plan: RestorePlan) -> str:
@@ -429,6 +482,12 @@ LOG_PATTERNS = {
 }
 
 
+#: How often postmaster.pid and pg_control are read while recovery runs: the end of the wait shows there.
+WATCH_EVERY = 0.005
+#: How often the server itself is asked how far replay got, and whether it paused at the target.
+PROBE_EVERY = 0.5
+
+
 def follow_recovery(
     cfg: Config,
     plan: RestorePlan,
@@ -437,31 +496,40 @@ def follow_recovery(
     on_progress: ProgressCallback = no_progress,
     timeout: float | None = None,
 ) -> RestoreReport:
-    """Watch replay until the server promotes, pauses or stops; then read where it really stopped."""
+    """Watch replay until the server promotes, pauses or stops; then read where it really stopped.
+
+    Whether the server still runs (postmaster.pid) and whether recovery is over (pg_control's state)
+    are read every WATCH_EVERY from two small files, with no process or connection. The server is
+    asked (pg_is_in_recovery, replay position, pause state) once pg_control says so, and every
+    PROBE_EVERY in between: "promoted" is only ever its own pg_is_in_recovery() = false.
+    """
     deadline = time.monotonic() + (timeout or max(600.0, plan.estimated_seconds * 10))
     first = plan.wal[0].segment.number if plan.wal else 0
     total = len(plan.wal) or None
     state = "stopped"
     lsn: str | None = None
     replay_time: datetime | None = None
+    probed = float("-inf")
     while time.monotonic() < deadline:
-        if not server.is_running(cfg, plan.data_dir):
-            state = "stopped"
+        if not server.postmaster_running(plan.data_dir) and not server.is_running(cfg, plan.data_dir):
+            state = "stopped"  # (on pg_ctl's word too)
             break
-        row = _probe(cfg, plan)
-        if row is not None:
-            in_recovery, lsn, replay_time, pause = row
-            if lsn:
-                done = parse_lsn(lsn) // (plan.backup.wal_segment_size or 1) - first + 1
-                when = f", replayed up to {replay_time:%Y-%m-%d %H:%M:%S} UTC" if replay_time else ""
-                on_progress(Progress("replay", max(done, 0), total, f"replaying WAL at {lsn}{when}"))
-            if not in_recovery:
-                state = "running (promoted)"
-                break
-            if pause == "paused":
-                state = "running, recovery paused at the target"
-                break
-        time.sleep(0.2)
+        if server.in_production(plan.data_dir) or time.monotonic() - probed >= PROBE_EVERY:
+            probed = time.monotonic()
+            row = _probe(cfg, plan)
+            if row is not None:
+                in_recovery, lsn, replay_time, pause = row
+                if lsn:
+                    done = parse_lsn(lsn) // (plan.backup.wal_segment_size or 1) - first + 1
+                    when = f", replayed up to {replay_time:%Y-%m-%d %H:%M:%S} UTC" if replay_time else ""
+                    on_progress(Progress("replay", max(done, 0), total, f"replaying WAL at {lsn}{when}"))
+                if not in_recovery:
+                    state = "running (promoted)"
+                    break
+                if pause == "paused":
+                    state = "running, recovery paused at the target"
+                    break
+        time.sleep(WATCH_EVERY)
     else:
         state = "still recovering (pgdr stopped waiting)"
     return _report(plan, log_file, state, lsn, replay_time)

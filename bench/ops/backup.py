@@ -10,8 +10,11 @@ pushes to both pgdr's and pgBackRest's repository), so they do the same work on 
 Restore, per round:
 * ``pgdr restore ... --dry-run``: the planning alone (catalog, WAL index, plan).
 * ``pgdr restore --immediate --backup NAME --target-dir DIR --port P --yes``: plan (catalog, WAL index),
-  unpack, recovery settings, ``pg_ctl start``, replay to consistency through ``pgdr wal-fetch``,
-  promotion, report; the command returns when the server is up and promoted.
+  unpack, recovery settings, ``pg_ctl start``, replay to consistency (the restore's own prefetcher has
+  the backup's WAL verified before the server asks; the server's restore_command, for this start, is
+  a bare interpreter that takes from it, ``pgdr wal-fetch`` being its fallback), promotion, report;
+  the command returns when the server is up and promoted (pg_control watched every 5 ms, then
+  confirmed with ``pg_is_in_recovery()``).
 * pgdr's unpack alone (``backend.restore.run.restore_base_backup`` in a fresh process): what
   ``pgbackrest restore`` does.
 * ``pgbackrest restore --type=immediate``: files only (the server is not started), then, timed
@@ -341,8 +344,9 @@ def op_restore(
             anchor=Measure("pgbackrest restore + pg_ctl start until promoted", pgbr_total),
             target=1.0,
             note=(
-                "pgdr's whole command (plan from the catalog and WAL index, unpack, start, replay via wal-fetch, "
-                f"promote; its planning alone, `--dry-run`, takes {_ms(median(samples['pgdr_plan']))}) vs "
+                "pgdr's whole command (plan from the catalog and WAL index, unpack, start, replay from its own "
+                "prefetcher via a bare-interpreter restore_command, promote; its planning alone, `--dry-run`, takes "
+                f"{_ms(median(samples['pgdr_plan']))}) vs "
                 f"pgBackRest's restore plus start and replay via archive-get ({_ms(start_median)} of it)"
             ),
         )

@@ -10,8 +10,8 @@ A restore's ``restore_command`` is the backup's own ``archive_command`` with ``w
 ``wal-fetch``, so it reads the config file the archiver used. The op therefore rewrites that one file
 between restores: S3 only, then local only. Each timed figure is the whole
 ``pgdr restore --latest --target-dir DIR --port P --yes``: plan, unpack, start, replay every segment
-through ``pgdr wal-fetch`` (and its prefetcher), promote. Local and S3 rounds alternate, so drifting
-load on the shared cores hits both alike.
+through the restore's in-process prefetcher (``pgdr wal-fetch`` as fallback), promote. Local and S3
+rounds alternate, so drifting load on the shared cores hits both alike.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def op_replay(ctx: Context) -> None:
             target=1.5,
             note=(
                 f"the whole `pgdr restore --latest --target-dir` (plan, unpack a small base backup, start, replay "
-                f"through `pgdr wal-fetch` and its prefetcher, promote), local and S3 rounds alternating; WAL from "
+                f"through the restore's in-process prefetcher, `pgdr wal-fetch` as fallback, promote), local and S3 "
+                f"rounds alternating; WAL from "
                 f"{rounds} rounds of pgbench -i -s {ROUND_SCALE}; planning alone (`--dry-run`): {plan_note}"
             ),
         )
