@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from backend import jobs
+from backend import jobs, pids
 from backend.config import MASK, Config
 from backend.errors import ConfigError, PgdrError
 from backend.metrics import Metrics, MetricsServer
@@ -171,28 +171,16 @@ def _daemon_alive(cfg: Config, pid: object) -> bool:
     except FileNotFoundError:
         return False
     except OSError:
-        return _pid_alive(pid)
+        return pids.alive(pid)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     except OSError:
-        return _pid_alive(pid)
+        return pids.alive(pid)
     finally:
         os.close(fd)
     return False
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass

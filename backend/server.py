@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import struct
 from pathlib import Path
 
+from backend import pids
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import program, run_server_program
@@ -71,13 +71,7 @@ def postmaster_running(data_dir: Path) -> bool:
         pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, and another user's
-    return True
+    return pids.alive(pid)
 
 
 #: pg_control's DBState once recovery is over (DB_IN_PRODUCTION in src/include/catalog/pg_control.h).

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backend import pids
 from backend.config import Config
 from pgdr_tui.request import RestoreRequest
 
@@ -168,12 +169,8 @@ class RestoreJob:
         """Whether the restore process still runs (a reused pid running something else does not count)."""
         if self._proc is not None:
             return self._proc.poll() is None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
+        if not pids.alive(self.pid):
             return False
-        except PermissionError:
-            pass
         try:
             cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:

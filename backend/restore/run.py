@@ -514,21 +514,22 @@ def follow_recovery(
         if not server.postmaster_running(plan.data_dir) and not server.is_running(cfg, plan.data_dir):
             state = "stopped"  # (on pg_ctl's word too)
             break
-        if server.in_production(plan.data_dir) or time.monotonic() - probed >= PROBE_EVERY:
+        due = server.in_production(plan.data_dir) or time.monotonic() - probed >= PROBE_EVERY
+        row = _probe(cfg, plan) if due else None
+        if due:
             probed = time.monotonic()
-            row = _probe(cfg, plan)
-            if row is not None:
-                in_recovery, lsn, replay_time, pause = row
-                if lsn:
-                    done = parse_lsn(lsn) // (plan.backup.wal_segment_size or 1) - first + 1
-                    when = f", replayed up to {replay_time:%Y-%m-%d %H:%M:%S} UTC" if replay_time else ""
-                    on_progress(Progress("replay", max(done, 0), total, f"replaying WAL at {lsn}{when}"))
-                if not in_recovery:
-                    state = "running (promoted)"
-                    break
-                if pause == "paused":
-                    state = "running, recovery paused at the target"
-                    break
+        if row is not None:
+            in_recovery, lsn, replay_time, pause = row
+            if lsn:
+                done = parse_lsn(lsn) // (plan.backup.wal_segment_size or 1) - first + 1
+                when = f", replayed up to {replay_time:%Y-%m-%d %H:%M:%S} UTC" if replay_time else ""
+                on_progress(Progress("replay", max(done, 0), total, f"replaying WAL at {lsn}{when}"))
+            if not in_recovery:
+                state = "running (promoted)"
+                break
+            if pause == "paused":
+                state = "running, recovery paused at the target"
+                break
         time.sleep(WATCH_EVERY)
     else:
         state = "still recovering (pgdr stopped waiting)"
