@@ -46,6 +46,14 @@ def fixture_root_held() -> Iterator[Path]:
             shutil.rmtree(FIXTURE_ROOT, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the fixture repository runs in one xdist worker: a worker holds the fixed root's
+    lock for its whole session, so a second worker wanting it would wait for the first to finish."""
+    for item in items:
+        if "story" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tui-fixture"))
+
+
 @pytest.fixture(scope="session")
 def story() -> Iterator[Story]:
     with fixture_root_held() as root:
