@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Hidden (no help): the push server wal-push starts for the next segments (backend/archive/pushd.py).
     p = sub.add_parser("wal-pushd")
     p.set_defaults(command="wal-pushd", handler=cmd_wal_pushd)
+    p.add_argument("--after", default="")  # the segment its starter pushes: push the ready ones behind it
 
     p = command("wal-prefetch", cmd_wal_prefetch, "fetch WAL ahead of recovery (started by wal-fetch)")
     p.add_argument("folder", help="the prefetch folder in pg_wal")
@@ -308,7 +309,7 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
     from backend.archive.push import push
 
     cfg = load(args)
-    pushd.ensure_server(cfg, args.config)
+    pushd.ensure_server(cfg, args.config, args.path)
     push(cfg, args.path, ahead=not cfg.archive.server)  # the server pushes ahead itself
     return 0
 
@@ -316,7 +317,7 @@ def cmd_wal_push(args: argparse.Namespace) -> int:
 def cmd_wal_pushd(args: argparse.Namespace) -> int:
     from backend.archive.pushd import serve
 
-    serve(args.config)
+    serve(args.config, after=args.after)
     return 0
 
 

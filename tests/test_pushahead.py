@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from backend.archive.push import read_wal
 from backend.archive.pushahead import PushAhead
+from backend.archive.pushd import serve
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import Repository, open_repository
@@ -22,8 +24,8 @@ def segment_bytes(fill: int) -> bytes:
     return header + bytes([fill]) * (SEGMENT_SIZE - len(header))
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> tuple[PushAhead, Path, Repository]:
+def ready_backlog(tmp_path: Path, archive: str = "") -> tuple[Path, Path]:
+    """pg_wal with six segments marked ready, and a config pushing 3 ahead: (pg_wal, config)."""
     pg_wal = tmp_path / "data" / "pg_wal"
     (pg_wal / "archive_status").mkdir(parents=True)
     for n in range(1, 7):
@@ -33,12 +35,17 @@ def setup(tmp_path: Path) -> tuple[PushAhead, Path, Repository]:
     config = tmp_path / "pgdr.toml"
     config.write_text(
         f'[cluster]\nname = "main"\n[postgres]\ndata_dir = "{tmp_path / "data"}"\n'
-        f'[local]\npath = "{tmp_path / "repo"}"\n[archive]\npush_ahead = 3\n'
+        f'[local]\npath = "{tmp_path / "repo"}"\n[archive]\npush_ahead = 3\n{archive}'
     )
     config.chmod(0o600)
+    return pg_wal, config
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[PushAhead, Path, Repository]:
+    pg_wal, config = ready_backlog(tmp_path)
     cfg = load_config(config)
-    repositories = {"local": open_repository(cfg, "local")}
-    return PushAhead(cfg, repositories), pg_wal, repositories["local"]
+    return PushAhead(cfg, {}), pg_wal, open_repository(cfg, "local")
 
 
 def test_workers_store_the_next_ready_segments_and_the_request_takes_them(
@@ -74,3 +81,21 @@ def test_a_segment_the_worker_cannot_store_is_not_taken(setup: tuple[PushAhead, 
     assert not find_archived(repo, fourth.name)
     assert ahead.take(str(pg_wal / f"{5:024X}")), "the others are still taken"
     ahead.close()
+
+
+def test_a_server_started_by_a_push_stores_the_ready_segments_behind_it_unasked(tmp_path: Path) -> None:
+    """A cold wal-push starts the server with the segment it pushes itself: the server's workers take
+    the backlog behind it at once instead of after the archiver's next request."""
+    pg_wal, config = ready_backlog(tmp_path, "server_idle = 1\n")
+    answered = serve(str(config), after=str(pg_wal / f"{1:024X}"))
+    repo = open_repository(load_config(config), "local")
+    assert answered == 0
+    assert [n for n in range(1, 7) if find_archived(repo, f"{n:024X}")] == [2, 3, 4], "push_ahead behind the first"
+
+
+def test_each_read_holds_exactly_its_file_though_the_buffer_is_reused(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(b"a" * 5000)
+    second.write_bytes(b"b" * 3000)
+    assert bytes(read_wal(first)) == b"a" * 5000
+    assert bytes(read_wal(second)) == b"b" * 3000, "nothing of the longer file before it shows"

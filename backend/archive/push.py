@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from backend.walnames import WalKind, wal_kind
 
 #: The queue target that builds the WAL index; not a repository.
 INDEX_TARGET = "index"
+#: Files up to this size are read into a buffer each thread keeps (see read_wal).
+REUSED_BUFFER_MAX = 64 << 20
+_buffers = threading.local()
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def push(
     if pushing_ahead and _spool_confirms(cfg, path):
         return PushResult(filename, [], list(cfg.sync_repositories), [])
     try:
-        data = path.read_bytes()
+        data = read_wal(path)
     except OSError as exc:
         raise PgdrError(f"cannot read {path}: {exc.strerror} (archive_command runs in the data directory)") from None
     data_dir = Path(cfg.postgres.data_dir) if cfg.postgres.data_dir else Path.cwd()
@@ -105,14 +109,40 @@ def _spool_kick(cfg: Config, path: Path) -> None:
         spool.kick(cfg, path)
 
 
-def _checksum_and_encode(data: bytes, filename: str, cfg: Config) -> tuple[WalObject, bytes]:
+def read_wal(path: Path) -> memoryview:
+    """The whole file, in this thread's buffer: valid until the thread's next push.
+
+    In the push server a fresh 16 MB bytes object per segment costs about 6 ms of page faults (the
+    allocator hands the memory back between requests), a sixth of the push; a buffer kept per
+    thread is faulted in once. Larger files (a 1 GB wal_segment_size) get a buffer of their own."""
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        buffer: bytearray | None = getattr(_buffers, "buffer", None)
+        if buffer is None or len(buffer) < size + 1:
+            buffer = bytearray(size + 1)  # one byte more: a file that grew since the stat fills it
+            if size < REUSED_BUFFER_MAX:
+                _buffers.buffer = buffer
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(buffer):
+            n = fh.readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+        if filled == len(buffer):
+            return memoryview(bytes(view) + fh.read())
+        return view[:filled]
+
+
+def _checksum_and_encode(data: memoryview, filename: str, cfg: Config) -> tuple[WalObject, bytes]:
     """sha256 in a second thread while zstd compresses: both release the GIL on large buffers."""
+    if cfg.archive.compression == "none":
+        raw = bytes(data)  # stored as it is: it must outlive this thread's buffer
+        return WalObject(filename, checksum(raw), "none"), raw
     if len(data) < 1 << 20:
         return WalObject(filename, checksum(data), cfg.archive.compression), encode(
             data, cfg.archive.compression, cfg.archive.compression_level
         )
-    import threading
-
     digest: list[str] = []
     hasher = threading.Thread(target=lambda: digest.append(checksum(data)))
     hasher.start()

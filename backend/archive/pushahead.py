@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from backend.archive.push import push
 from backend.archive.spool import ready_segments
 from backend.errors import PgdrError
+from backend.repository import open_repository
 from backend.walnames import SEGMENT_RE
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ class PushAhead:
 
     def __init__(self, cfg: Config, repositories: dict[str, Repository]) -> None:
         self.cfg = cfg
-        #: Shared with the server's own pushes; filled by the request that precedes any scheduling.
+        #: Shared with the server's own pushes; opened by the thread that schedules (boto3 sessions
+        #: are not to be built by two threads at once).
         self.repositories = repositories
         self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers), thread_name_prefix="push-ahead")
         self.pending: dict[str, Future[_Identity | None]] = {}
@@ -63,6 +65,12 @@ class PushAhead:
         folder, name = os.path.split(os.path.normpath(path))
         if limit <= 0 or not SEGMENT_RE.match(name):
             return
+        try:
+            for repo in self.cfg.sync_repositories:
+                if repo not in self.repositories:
+                    self.repositories[repo] = open_repository(self.cfg, repo)
+        except PgdrError:
+            return  # the archiver's own requests push, and report why this fails
         for key in [k for k in self.pending if os.path.dirname(k) == folder and os.path.basename(k) <= name]:
             del self.pending[key]  # asked for meanwhile, or archived another way: its result has no taker
         for later in ready_segments(Path(folder)):

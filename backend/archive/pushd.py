@@ -137,11 +137,13 @@ def _read_all(sock: _socket.socket) -> bytes:
     raise OSError("message too long")
 
 
-def ensure_server(cfg: Config, explicit_config: str | None) -> None:
+def ensure_server(cfg: Config, explicit_config: str | None, wal_path: str) -> None:
     """Start a detached server for the next push when the config wants one and none holds the lock.
 
-    Called by a push that found no server, before it pushes in-process, so the server's start-up
-    overlaps with this push instead of delaying the archiver."""
+    Called by a push that found no server, before it pushes ``wal_path`` in-process, so the server's
+    start-up overlaps with this push instead of delaying the archiver, and the server starts on the
+    segments ready behind it at once rather than after the archiver's next request: when a backlog
+    built up while no server ran, that request finds its segment stored or under way."""
     if not cfg.archive.server:
         return
     import fcntl
@@ -166,15 +168,17 @@ def ensure_server(cfg: Config, explicit_config: str | None) -> None:
     from backend.spawn import spawn_detached
 
     with contextlib.suppress(OSError):  # failing to start a helper must never fail the push that follows
-        spawn_detached(*(["--config", spec] if spec else []), "wal-pushd", cwd="/")
+        after = os.path.join(os.getcwd(), wal_path)
+        spawn_detached(*(["--config", spec] if spec else []), "wal-pushd", "--after", after, cwd="/")
 
 
 # --- the server: wal-pushd -----------------------------------------------------------------------
 
 
-def serve(explicit_config: str | None) -> int:
+def serve(explicit_config: str | None, *, after: str = "") -> int:
     """Serve push requests until ``archive.server_idle`` seconds pass without one; returns how many
-    were answered. Returns at once when another server holds the lock or the config turns it off."""
+    were answered. Returns at once when another server holds the lock or the config turns it off.
+    With ``after`` (the segment the push that started it has in hand), push ahead from there at once."""
     import fcntl
 
     from backend.config import load_config
@@ -200,6 +204,8 @@ def serve(explicit_config: str | None) -> int:
         if before is None or state is None or state[:2] != before[:2]:
             return 0  # rewritten while it was read: the next push starts a server on the new one
         server = _Server(cfg, spec, fp, os.path.join(folder, fp + ".sock"), lock_fd=lock_fd, state=state)
+        if after:
+            server.ahead.schedule(after)
         return server.run()
     finally:
         os.close(lock_fd)  # also releases the lock, if the server did not already

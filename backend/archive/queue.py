@@ -18,6 +18,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from backend.archive.push import INDEX_TARGET, store
 from backend.archive.walfile import find_archived
@@ -32,6 +33,10 @@ QUEUE_PREFIX = "queue/"
 #: Seconds a background uploader waits for more entries once its queue is empty.
 LINGER = 2.0
 _POLL = 0.1
+#: The background WAL indexer starts a segment only once nothing was queued for it this long. Pushes
+#: closer together are a bulk load or a backlog draining, and pg_waldump on the other core slowed
+#: each of them from 30 to 42 ms here, SCHED_IDLE or not (cache and memory bandwidth are shared).
+ARCHIVER_QUIET_S = 0.3
 
 
 def _local(cfg: Config) -> LocalRepository:
@@ -79,15 +84,18 @@ def ensure_uploader(cfg: Config, targets: list[str]) -> None:
         spawn_pgdr(cfg, "wal-upload", "--repo", target, "--quiet", "--background")
 
 
-def drain(cfg: Config, target: str, *, wait: bool = True, linger: float = 0.0) -> list[str]:
+def drain(
+    cfg: Config, target: str, *, wait: bool = True, linger: float = 0.0, defer_to_archiver: bool = False
+) -> list[str]:
     """Copy every queued file to ``target``; returns what was uploaded.
 
     With ``linger``, keep the lock and look for new entries that many seconds after the queue
     empties. After letting go of the lock it looks once more, so an entry written by a ``wal-push``
-    that saw the lock still held is never left behind.
+    that saw the lock still held is never left behind. With ``defer_to_archiver``, each index entry
+    waits until the archiver has been quiet for ``ARCHIVER_QUIET_S``.
     """
     uploaded: list[str] = []
-    uploader = _Uploader(cfg, target)
+    uploader = _Uploader(cfg, target, defer_to_archiver=defer_to_archiver)
     while True:
         with uploader_lock(cfg, target, wait=wait) as held:
             if not held:
@@ -114,24 +122,36 @@ def drain_in_background(cfg: Config, target: str) -> list[str]:
 
     Indexing (pg_waldump decoding every record of every segment) is the least urgent work on the
     host: it runs only on what the server and the archiver leave idle, instead of slowing both
-    during a bulk load. Its queue entries wait durably meanwhile. SCHED_IDLE, not just nice 19: the
-    kernel then also counts a core running only the indexer as free when it places a waking process,
-    so a ``wal-push`` starts at once rather than sharing a core with pg_waldump.
+    during a bulk load. Its queue entries wait durably meanwhile, and a timeline read indexes what
+    it needs. SCHED_IDLE, not just nice 19: the kernel then also counts a core running only the
+    indexer as free when it places a waking process, so a ``wal-push`` starts at once rather than
+    sharing a core with pg_waldump. Even so it waits for a pause in archiving (ARCHIVER_QUIET_S).
     """
-    if target == INDEX_TARGET:
-        os.nice(19)  # clamped at the lowest priority; both are inherited by pg_waldump
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    return drain(cfg, target, linger=LINGER)
+    if target != INDEX_TARGET:
+        return drain(cfg, target, linger=LINGER)
+    os.nice(19)  # clamped at the lowest priority; both are inherited by pg_waldump
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return drain(cfg, target, linger=LINGER, defer_to_archiver=True)
+
+
+def archiver_busy(cfg: Config) -> bool:
+    """Whether a segment was queued for indexing within ``ARCHIVER_QUIET_S``: every push queues one.
+
+    A queue entry stamped in the future (the clock was set back) does not count as busy, or the
+    indexer would wait for the clock to catch up."""
+    newest = max((info.modified for info in _local(cfg).list(f"{QUEUE_PREFIX}{INDEX_TARGET}/")), default=None)
+    return newest is not None and 0 <= (datetime.now(UTC) - newest).total_seconds() < ARCHIVER_QUIET_S
 
 
 class _Uploader:
     """Copies queued files to one target; the repositories are opened once per drain, not per file
     (building an S3 client costs about 100 ms of CPU)."""
 
-    def __init__(self, cfg: Config, target: str) -> None:
+    def __init__(self, cfg: Config, target: str, *, defer_to_archiver: bool = False) -> None:
         self.cfg = cfg
         self.target = target
+        self.defer_to_archiver = defer_to_archiver
         self._repos: list[Repository] = []
 
     def repos(self) -> list[Repository]:
@@ -145,6 +165,8 @@ class _Uploader:
         if self.target == INDEX_TARGET:
             from backend.archive.index import index_one
 
+            while self.defer_to_archiver and archiver_busy(self.cfg):
+                time.sleep(_POLL)
             identity = read_identity(local)
             # A failure leaves it unindexed: the next timeline read indexes it (and verify names a bad segment).
             with contextlib.suppress(PgdrError):

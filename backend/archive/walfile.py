@@ -21,6 +21,8 @@ WAL_PREFIX = "wal/"
 XLOG_PAGE_MAGIC_MIN = 0xD100  # every PostgreSQL release since 9.x stamps 0xD1xx
 XLP_LONG_HEADER = 0x0002
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
+#: A WAL file's bytes: wal-push reads into a buffer its thread reuses (backend/archive/push.py).
+Buffer = bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,13 @@ def archived_under(repo: Repository, prefix: str) -> dict[str, list[WalObject]]:
     return found
 
 
-def checksum(data: bytes) -> str:
+def checksum(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def encode(data: bytes, compression: str, level: int) -> bytes:
+def encode(data: Buffer, compression: str, level: int) -> bytes:
     if compression == "none":
-        return data
+        return bytes(data)  # no copy when it is bytes already
     import zstandard
 
     return zstandard.ZstdCompressor(level=level).compress(data)
@@ -86,7 +88,7 @@ def decode(blob: bytes, compression: str) -> bytes:
         raise ValueError(f"not a valid zstd frame: {exc}") from exc
 
 
-def identity_of(data: bytes, kind: WalKind, filename: str, data_dir: Path | None) -> ClusterIdentity | None:
+def identity_of(data: Buffer, kind: WalKind, filename: str, data_dir: Path | None) -> ClusterIdentity | None:
     """The cluster a WAL file belongs to: from a segment's long page header, else from pg_control.
 
     Reading the segment itself (not the config) is what lets ``wal-push`` refuse a segment of
