@@ -17,6 +17,7 @@ SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})\Z")
 PARTIAL_RE = re.compile(r"^([0-9A-F]{24})\.partial\Z")
 BACKUP_RE = re.compile(r"^([0-9A-F]{24})\.([0-9A-F]{8})\.backup\Z")
 HISTORY_RE = re.compile(r"^([0-9A-F]{8})\.history\Z")
+LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
 class WalKind(Enum):
@@ -94,7 +95,7 @@ def wal_directory(filename: str) -> str:
 
 def parse_lsn(text: str) -> int:
     """'16/B374D848' -> int; raises ValueError on anything else."""
-    match = re.fullmatch(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})", text.strip())
+    match = LSN_RE.fullmatch(text.strip())
     if not match:
         raise ValueError(f"not an LSN: {text!r} (expected the form 16/B374D848)")
     return (int(match.group(1), 16) << 32) | int(match.group(2), 16)

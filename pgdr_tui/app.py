@@ -27,7 +27,7 @@ from backend.errors import PgdrError
 from backend.progress import Cancelled, Progress
 from pgdr_tui import glyphs as glyph_sets
 from pgdr_tui.commands import PgdrCommands
-from pgdr_tui.messages import LoadProgress, ModelLoaded, ServerChecked
+from pgdr_tui.messages import LoadProgress, ModelLoaded, ServerChecked, VerifyResults
 from pgdr_tui.model import TimelineModel
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.restorejob import RestoreJob
@@ -182,12 +182,11 @@ class PgdrApp(App[int]):
             _freeze_once("first catalog")
         if early is not None:
             early.cancel()
-        # The timeline first, with the verify results known so far: reading them is a request per
-        # backup on S3, and only the header's "last verify" and the backups screen show them.
-        self.post_message(ModelLoaded(model, self.verified))
-        verified = self.source.last_verified([b.manifest.name for b in view.catalog.backups])
-        if verified != self.verified:
-            self.post_message(ModelLoaded(model, verified))
+        self.post_message(ModelLoaded(model))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="verified", name="read the verify results")
+    def _read_verified(self, names: list[str]) -> None:
+        self.post_message(VerifyResults(self.source.last_verified(names)))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="server", name="check the server")
     def check_server(self) -> None:
@@ -195,13 +194,22 @@ class PgdrApp(App[int]):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.model = message.model
-        self.verified = message.verified
         self.load_status = "" if message.final else EARLY_STATUS
         model = message.model
         physical = [b for b in model.catalog.backups if b.manifest.kind == "physical"]
         self.facts.loading = False
         self.facts.newest_archive = model.newest_archive
         self.facts.last_backup = max((b.manifest.stop_time for b in physical), default=None)
+        self.changed.publish(None)
+        if message.final:
+            # After the timeline is drawn: on S3 this is a request per backup, and only the header's
+            # "last verify" and the backups screen show the results.
+            self.call_after_refresh(self._read_verified, [b.manifest.name for b in model.catalog.backups])
+
+    def on_verify_results(self, message: VerifyResults) -> None:
+        if message.verified == self.verified:
+            return
+        self.verified = message.verified
         newest = max(self.verified.values(), key=lambda v: v.time, default=None)
         self.facts.last_verify = newest.time if newest else None
         self.facts.last_verify_ok = newest.ok if newest else None
@@ -311,7 +319,7 @@ class _EarlyTimeline:
         model = TimelineModel(view)
         with self.lock:  # never after the full timeline
             if not self.cancelled:
-                self.app.post_message(ModelLoaded(model, self.app.verified, final=False))
+                self.app.post_message(ModelLoaded(model, final=False))
 
     def cancel(self) -> None:
         with self.lock:

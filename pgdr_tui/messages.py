@@ -20,11 +20,18 @@ if TYPE_CHECKING:
 class ModelLoaded(Message):
     """A catalog to show; ``final`` False while the WAL index is still being read (archive times)."""
 
-    def __init__(self, model: TimelineModel, verified: dict[str, Verified], *, final: bool = True) -> None:
+    def __init__(self, model: TimelineModel, *, final: bool = True) -> None:
         super().__init__()
         self.model = model
-        self.verified = verified
         self.final = final
+
+
+class VerifyResults(Message):
+    """The newest verify result of each backup that has one."""
+
+    def __init__(self, verified: dict[str, Verified]) -> None:
+        super().__init__()
+        self.verified = verified
 
 
 class LoadProgress(Message):

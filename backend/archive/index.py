@@ -34,6 +34,7 @@ from backend.archive.indexcache import (
     IndexCache,
     add_entry,
     copy_entry,
+    entry_events,
     entry_index,
     no_entries,
 )
@@ -208,8 +209,7 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         """Every segment's events (restore points, destructive transactions), in LSN order."""
         found = [event for index in self._built.values() for event in index.events]
         for entries in self._folders.values():
-            if any(entries[5]):
-                found += [e for row, text in enumerate(entries[5]) if text for e in entry_index(entries, row).events]
+            found += [event for text in entries[5] if text for event in entry_events(text)]
         return sorted(found, key=lambda e: e.lsn)
 
     def entries(self, names: list[str], checksums: list[str]) -> FolderEntries:

@@ -131,8 +131,13 @@ def entry_index(entries: FolderEntries, row: int) -> SegmentIndex:
         first_commit=_time(firsts[row]),
         last_commit=_time(lasts[row]),
         tail_complete=tails[row],
-        events=[WalEvent.from_json(e) for e in json.loads(events[row])] if events[row] else [],
+        events=entry_events(events[row]),
     )
+
+
+def entry_events(text: str) -> list[WalEvent]:
+    """One cached segment's events (its ``events`` column): the timeline's events need nothing else."""
+    return [WalEvent.from_json(e) for e in json.loads(text)] if text else []
 
 
 def _time(value: float) -> datetime | None:

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
+from pgdr_tui.widgets.keys import KeysFooter
 from pgdr_tui.widgets.statusbar import NavBar, StatusBar
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ class BaseScreen(Screen[None]):
         yield NavBar(self.pgdr.current_mode, id="nav")
 
     def compose_footer(self) -> ComposeResult:
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.pgdr.changed.subscribe(self, self._changed)

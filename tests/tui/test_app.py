@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widgets import Input
+from textual.widgets._footer import FooterKey  # the footer's key widget has no public name
 
 from backend.audit import audit_path
 from backend.config import load_config
@@ -26,6 +27,7 @@ from pgdr_tui.screens.dialogs import ConfirmRestoreModal, GotoModal, HelpScreen
 from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
 from pgdr_tui.screens.timeline import TimelineScreen
 from pgdr_tui.source import Source
+from pgdr_tui.widgets.keys import KeysFooter
 from pgdr_tui.widgets.timeline import TimelineView
 from tests.tui.conftest import ZONE, run_async
 from tests.tui.fixture_repo import NOW, Story
@@ -232,9 +234,10 @@ async def test_a_slow_wal_index_shows_the_timeline_from_archive_times_first(
     from pgdr_tui.messages import ModelLoaded
 
     slow = backend.recovery.ensure_indexes
+    release = threading.Event()
 
     def ensure_indexes(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)  # a WAL index cache nobody filled yet
+        release.wait(60)  # a WAL index cache nobody filled yet: read until the early timeline was seen
         return slow(*args, **kwargs)
 
     monkeypatch.setattr(backend.recovery, "ensure_indexes", ensure_indexes)
@@ -254,6 +257,7 @@ async def test_a_slow_wal_index_shows_the_timeline_from_archive_times_first(
         screen, view = timeline(app)
         assert view.model is app.model and app.model.view.unindexed == len(app.model.catalog.segments)
         assert app_module.EARLY_STATUS in str(screen.query_one("#timeline-title").render())
+        release.set()
         await settle(pilot)
         assert shown[0] == (False, 0) and shown[-1][0] and shown[-1][1] > 0  # then the full one, with events
         assert view.model is app.model and not app.model.view.unindexed
@@ -304,3 +308,25 @@ def test_settings_write_never_writes_a_masked_secret(tmp_path: Path) -> None:
     assert configfile.coerce("audit", "copy_to_repositories", "True") is True
     with pytest.raises(Exception, match="true or false"):
         configfile.coerce("audit", "copy_to_repositories", "yes")
+
+
+@run_async
+async def test_the_footer_is_rebuilt_only_when_its_keys_change(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen, _ = timeline(app)
+        footer = screen.query_one(KeysFooter)
+        keys = list(footer.query(FooterKey))
+        restore = next(k for k in keys if k.action == "restore")
+        assert restore.has_class("-disabled"), "greyed until a dry run"
+        screen.refresh_bindings()  # what a focus change sends: the same keys
+        await settle(pilot)
+        assert list(footer.query(FooterKey)) == keys, "the same widgets: not rebuilt"
+        monkeypatch.setattr(app, "restore_allowed", lambda request: True)
+        screen.refresh_bindings()
+        await settle(pilot)
+        restore = next(k for k in footer.query(FooterKey) if k.action == "restore")
+        assert not restore.has_class("-disabled"), "a key that changed is shown as it now is"
