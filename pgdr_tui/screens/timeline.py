@@ -121,14 +121,14 @@ class TimelineScreen(BaseScreen):
         if action == "restore":
             request = self.current_request()
             return True if request is not None and self.pgdr.restore_allowed(request) else None
-        if action == "dry_run":
-            return True if self.pgdr.model is not None else None
-        return True
+        return True  # dry run too: offered while the catalog is read, so the footer is not rebuilt when it arrives
 
     def action_dry_run(self) -> None:
         request = self.current_request()
         if request is not None:
             self.pgdr.open_plan(request)
+        elif self.pgdr.model is None:
+            self.notify("The catalog is still being read: try again in a moment.", title="Dry run")
 
     def action_restore(self) -> None:
         request = self.current_request()

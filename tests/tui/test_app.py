@@ -29,7 +29,7 @@ from pgdr_tui.screens.timeline import TimelineScreen
 from pgdr_tui.source import Source
 from pgdr_tui.widgets.keys import KeysFooter
 from pgdr_tui.widgets.timeline import TimelineView
-from tests.tui.conftest import ZONE, run_async
+from tests.tui.conftest import ZONE, fixture_app, run_async
 from tests.tui.fixture_repo import NOW, Story
 
 MakeApp = Callable[..., PgdrApp]
@@ -330,3 +330,34 @@ async def test_the_footer_is_rebuilt_only_when_its_keys_change(
         await settle(pilot)
         restore = next(k for k in footer.query(FooterKey) if k.action == "restore")
         assert not restore.has_class("-disabled"), "a key that changed is shown as it now is"
+
+
+@run_async
+async def test_a_dry_run_asked_for_while_the_catalog_is_read_says_so(
+    story: Story, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    load_view = Source.load_view
+
+    def slow_load_view(self: Source, *args: Any, **kwargs: Any) -> Any:
+        release.wait(60)  # the catalog of a large repository, still being read
+        return load_view(self, *args, **kwargs)
+
+    monkeypatch.setattr(Source, "load_view", slow_load_view)
+    app = fixture_app(story)
+    said: list[str] = []
+    monkeypatch.setattr(app, "notify", lambda message, **_: said.append(message))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen, _ = timeline(app)
+        try:
+            await pilot.press("d")
+            await pilot.pause()
+            assert app.screen is screen, "no plan without a catalog"
+            assert any("still being read" in m for m in said), said
+        finally:
+            release.set()
+        await settle(pilot)
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, RestorePlanScreen)
