@@ -18,7 +18,6 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from backend.archive.push import INDEX_TARGET, store
 from backend.archive.walfile import find_archived
@@ -138,10 +137,19 @@ def drain_in_background(cfg: Config, target: str) -> list[str]:
 def archiver_busy(cfg: Config) -> bool:
     """Whether a segment was queued for indexing within ``ARCHIVER_QUIET_S``: every push queues one.
 
-    A queue entry stamped in the future (the clock was set back) does not count as busy, or the
+    Only the newest entry is looked at (WAL file names sort in the order PostgreSQL writes them), so
+    the check costs one listing without a stat per entry, however long the queue grew during a bulk
+    load. An entry stamped in the future (the clock was set back) does not count as busy, or the
     indexer would wait for the clock to catch up."""
-    newest = max((info.modified for info in _local(cfg).list(f"{QUEUE_PREFIX}{INDEX_TARGET}/")), default=None)
-    return newest is not None and 0 <= (datetime.now(UTC) - newest).total_seconds() < ARCHIVER_QUIET_S
+    folder = _local(cfg).root / QUEUE_PREFIX / INDEX_TARGET
+    try:
+        newest = max((e.name for e in os.scandir(folder) if not e.name.startswith(".")), default=None)
+        if newest is None:
+            return False
+        age = time.time() - os.stat(folder / newest).st_mtime
+    except FileNotFoundError:  # no queue yet, or the entry was indexed meanwhile
+        return False
+    return 0 <= age < ARCHIVER_QUIET_S
 
 
 class _Uploader:
