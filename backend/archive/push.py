@@ -63,11 +63,9 @@ def push(
     identity = identity_of(data, kind, filename, data_dir)
     obj, blob = _checksum_and_encode(data, filename, cfg)
 
-    opened = {} if repositories is None else repositories
+    opened = open_sync_repositories(cfg, {} if repositories is None else repositories)
     stored, already = [], []
     for name in cfg.sync_repositories:
-        if name not in opened:
-            opened[name] = open_repository(cfg, name)
         repo = opened[name]
         if store(repo, obj, blob, identity, cfg.cluster.name):
             stored.append(name)
@@ -107,6 +105,14 @@ def _spool_kick(cfg: Config, path: Path) -> None:
 
     with contextlib.suppress(OSError):
         spool.kick(cfg, path)
+
+
+def open_sync_repositories(cfg: Config, opened: dict[str, Repository]) -> dict[str, Repository]:
+    """``opened`` with every ``archive.sync`` repository in it, opening those it lacks (kept across pushes)."""
+    for name in cfg.sync_repositories:
+        if name not in opened:
+            opened[name] = open_repository(cfg, name)
+    return opened
 
 
 def read_wal(path: Path) -> memoryview:

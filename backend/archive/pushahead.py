@@ -18,10 +18,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backend.archive.push import push
+from backend.archive.push import open_sync_repositories, push
 from backend.archive.spool import ready_segments
 from backend.errors import PgdrError
-from backend.repository import open_repository
 from backend.walnames import SEGMENT_RE
 
 if TYPE_CHECKING:
@@ -66,9 +65,7 @@ class PushAhead:
         if limit <= 0 or not SEGMENT_RE.match(name):
             return
         try:
-            for repo in self.cfg.sync_repositories:
-                if repo not in self.repositories:
-                    self.repositories[repo] = open_repository(self.cfg, repo)
+            open_sync_repositories(self.cfg, self.repositories)
         except PgdrError:
             return  # the archiver's own requests push, and report why this fails
         for key in [k for k in self.pending if os.path.dirname(k) == folder and os.path.basename(k) <= name]:
