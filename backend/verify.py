@@ -1027,8 +1027,9 @@ def _rehearse(
     cancel: threading.Event | None,
 ) -> Rehearsal:
     """Restore ``manifest`` into a scratch directory, prove it with pg_verifybackup, start it, query it."""
-    from backend.restore.run import recovery_command, restore_base_backup
+    from backend.restore.run import recovery_command
     from backend.restore.target import RecoveryTarget
+    from backend.restore.unpack import restore_base_backup
 
     result = Rehearsal()
     began = time.monotonic()

@@ -10,31 +10,28 @@ is non-zero.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
-import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from backend import faults, server
 from backend.archive import prefetch
-from backend.backup.pgbasebackup import MANIFEST, TAR_OBJECT
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.manifest import BackupManifest, StoredObject
 from backend.postgres import connect_params, owner_of, run_server_program
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.plan import RestorePlan
+from backend.restore.unpack import restore_base_backup
 from backend.walnames import parse_lsn
 
 RECOVERY_MARK = "# added by pgdr restore"
@@ -283,161 +280,6 @@ def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
         os.chown(folder, *owner)
         for name in dirs + files:
             os.lchown(os.path.join(folder, name), *owner)
-
-
-class _HashingReader:
-    """A read-through wrapper that counts (and, with ``hashing``, hashes) what passes: no second read."""
-
-    def __init__(self, raw: IO[bytes], *, hashing: bool = True) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256() if hashing else None
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        if self.hash is not None:
-            self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def hexdigest(self) -> str:
-        return self.hash.hexdigest() if self.hash is not None else ""
-
-    def readable(self) -> bool:
-        return True
-
-
-def restore_base_backup(
-    manifest: BackupManifest,
-    repos: list[Repository],
-    target: Path,
-    *,
-    on_progress: ProgressCallback = no_progress,
-    cancel: threading.Event | None = None,
-    refused: list[str] | None = None,
-) -> str:
-    """Unpack the base backup into ``target`` from the first repository whose copy verifies.
-
-    Returns that repository's name. A copy that fails its checks is emptied out of ``target`` and
-    described in ``refused`` (repository, object, what is wrong), so the caller can tell the operator
-    which copy is damaged even when another repository's copy saved the restore.
-
-    Every file is fsynced as soon as it is written, by two threads beside the unpacking, so the disk
-    writes back while zstd decompresses the next files; the unpack returns once all are durable.
-    PostgreSQL also syncs the whole data directory when it starts on a base backup, and then finds
-    nothing left to write: left to it alone, a large restore's writeback would all happen after the
-    unpack, in series.
-    """
-    tar_object = next(o for o in manifest.objects if o.key == TAR_OBJECT)
-    problems = []
-    for repo in repos:
-        try:
-            _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
-            _place_pg_manifest(manifest, repo, target)
-        except _CorruptCopy as exc:
-            problems.append(f"{repo.name}: {exc}")
-            _empty(target)
-            continue
-        except PgdrError as exc:
-            if exc.exit_code == 130:
-                raise
-            problems.append(f"{repo.name}: {exc}")
-            _empty(target)
-            continue
-        if problems:
-            on_progress(Progress("base backup", 1, 1, f"restored from the {repo.name} repository instead"))
-        if refused is not None:
-            refused.extend(problems)
-        return repo.name
-    raise PgdrError(f"no intact copy of backup {manifest.name} could be restored ({'; '.join(problems)})")
-
-
-class _CorruptCopy(Exception):
-    pass
-
-
-def _unpack(
-    *,
-    manifest: BackupManifest,
-    obj: StoredObject,
-    repo: Repository,
-    target: Path,
-    on_progress: ProgressCallback,
-    cancel: threading.Event | None,
-) -> None:
-    import zstandard
-
-    key = manifest.object_key(obj)
-    with repo.open(key) as stored:
-        hashed = _HashingReader(stored)
-        # A backup PostgreSQL compressed records no sha256 of its tar (raw_sha256 ""): its stored bytes
-        # are checked here, every file's checksum by pg_verifybackup (pgdr verify --deep).
-        decompressed = _HashingReader(
-            cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed))),
-            hashing=bool(obj.raw_sha256),
-        )
-        try:
-            with (
-                tarfile.open(fileobj=cast(IO[bytes], decompressed), mode="r|") as tar,
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgdr-fsync") as syncer,
-            ):
-                synced = []
-                for member in tar:
-                    check_cancel(cancel, "restore")
-                    if member.name.startswith("/") or ".." in Path(member.name).parts:
-                        raise _CorruptCopy(f"{key} holds an unsafe path {member.name!r}")
-                    tar.extract(member, target, set_attrs=member.isdir() is False)
-                    if member.isreg():
-                        synced.append(syncer.submit(_fsync, target / member.name))
-                    on_progress(Progress("base backup", decompressed.size, obj.raw_size, f"unpacking {member.name}"))
-                for done in synced:
-                    done.result()
-            # tarfile stops at the end-of-archive blocks: read the rest (padding, then the end of the
-            # zstd frame) so both checksums cover every byte that was stored.
-            while decompressed.read(1 << 20):
-                pass
-            while hashed.read(1 << 20):
-                pass
-        except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
-            raise _CorruptCopy(f"{key} is damaged and fails to unpack ({exc})") from None
-    if hashed.size != obj.size or hashed.hexdigest() != obj.sha256:
-        raise _CorruptCopy(f"{key} fails its sha256 check")
-    if decompressed.hexdigest() != obj.raw_sha256:
-        raise _CorruptCopy(f"{key} unpacks to different bytes than were backed up")
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise PgdrError(f"cannot make {path} durable: {exc.strerror} (a full or failing disk?)") from None
-
-
-def _place_pg_manifest(manifest: BackupManifest, repo: Repository, target: Path) -> None:
-    """Put backup_manifest in the data directory, as a plain-format pg_basebackup leaves it.
-
-    A tar the server compressed does not carry it (pg_basebackup stores it beside the tar), and
-    pg_verifybackup looks for it there.
-    """
-    obj = next((o for o in manifest.objects if o.key == MANIFEST), None)
-    if obj is None or (target / MANIFEST).exists():
-        return
-    data = repo.get(manifest.object_key(obj))
-    if len(data) != obj.size or hashlib.sha256(data).hexdigest() != obj.sha256:
-        raise _CorruptCopy(f"{manifest.object_key(obj)} fails its sha256 check")
-    (target / MANIFEST).write_bytes(data)
-
-
-def _empty(folder: Path) -> None:
-    for child in folder.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def recovery_command(cfg: Config, data_dir: Path) -> str:

@@ -15,7 +15,7 @@ Restore, per round:
   a bare interpreter that takes from it, ``pgdr wal-fetch`` being its fallback), promotion, report;
   the command returns when the server is up and promoted (pg_control watched every 5 ms, then
   confirmed with ``pg_is_in_recovery()``).
-* pgdr's unpack alone (``backend.restore.run.restore_base_backup`` in a fresh process): what
+* pgdr's unpack alone (``backend.restore.unpack.restore_base_backup`` in a fresh process): what
   ``pgbackrest restore`` does.
 * ``pgbackrest restore --type=immediate``: files only (the server is not started), then, timed
   separately, ``pg_ctl start`` and replay through ``pgbackrest archive-get`` until promoted.
@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 from backend.manifest import BackupManifest
 from backend.repository.local import LocalRepository
-from backend.restore.run import restore_base_backup
+from backend.restore.unpack import restore_base_backup
 repo = LocalRepository(sys.argv[1], sys.argv[2])
 manifest = BackupManifest.from_json(repo.get(f"backups/{sys.argv[3]}/manifest.json"), "bench")
 restore_base_backup(manifest, [repo], Path(sys.argv[4]))

@@ -1,0 +1,272 @@
+"""Unpack a base backup into a data directory: checked as it streams, durable when it returns.
+
+The work is decompressing zstd (which releases the GIL), writing files, and making them durable.
+Done naively these happen in series: a 1 GB relation segment sits in the page cache until its
+fsync, then the disk writes it back while the CPU idles (this machine keeps 2 GB of dirty pages
+before the kernel starts on its own). So the writer asks for writeback every ``WRITEBACK_STEP`` bytes
+of a file, on two sync threads, and the disk works beside zstd; each file is fsynced as soon as it is
+complete, and the unpack returns once every one is. PostgreSQL also syncs the whole data directory
+when it starts on a base backup, and then finds nothing left to write.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tarfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, cast
+
+from backend.backup.pgbasebackup import MANIFEST, TAR_OBJECT
+from backend.errors import PgdrError
+from backend.manifest import BackupManifest, StoredObject
+from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
+from backend.repository import Repository
+from backend.tarstream import MemberSink, TarStream
+
+READ_SIZE = 4 << 20  # decompressed bytes per read: member data passes on as slices of it
+WRITEBACK_STEP = 32 << 20  # bytes written to a file between writeback requests
+
+
+def restore_base_backup(
+    manifest: BackupManifest,
+    repos: list[Repository],
+    target: Path,
+    *,
+    on_progress: ProgressCallback = no_progress,
+    cancel: threading.Event | None = None,
+    refused: list[str] | None = None,
+) -> str:
+    """Unpack the base backup into ``target`` from the first repository whose copy verifies.
+
+    Returns that repository's name. A copy that fails its checks is emptied out of ``target`` and
+    described in ``refused`` (repository, object, what is wrong), so the caller can tell the operator
+    which copy is damaged even when another repository's copy saved the restore.
+    """
+    tar_object = next(o for o in manifest.objects if o.key == TAR_OBJECT)
+    problems = []
+    for repo in repos:
+        try:
+            _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
+            _place_pg_manifest(manifest, repo, target)
+        except _CorruptCopy as exc:
+            problems.append(f"{repo.name}: {exc}")
+            _empty(target)
+            continue
+        except PgdrError as exc:
+            if exc.exit_code == 130 or isinstance(exc, _TargetFailed):
+                raise
+            problems.append(f"{repo.name}: {exc}")
+            _empty(target)
+            continue
+        if problems:
+            on_progress(Progress("base backup", 1, 1, f"restored from the {repo.name} repository instead"))
+        if refused is not None:
+            refused.extend(problems)
+        return repo.name
+    raise PgdrError(f"no intact copy of backup {manifest.name} could be restored ({'; '.join(problems)})")
+
+
+class _CorruptCopy(Exception):
+    pass
+
+
+class _TargetFailed(PgdrError):
+    """The target cannot take the files (full, failing, not writable): another repository's copy would not help."""
+
+
+class _HashingReader:
+    """A read-through wrapper that hashes what passes: the stored bytes are checked without a second read."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+def _unpack(
+    *,
+    manifest: BackupManifest,
+    obj: StoredObject,
+    repo: Repository,
+    target: Path,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> None:
+    import zstandard
+
+    key = manifest.object_key(obj)
+    # A backup PostgreSQL compressed records no sha256 of its tar (raw_sha256 ""): its stored bytes
+    # are checked here, every file's checksum by pg_verifybackup (pgdr verify --deep).
+    raw_hash = hashlib.sha256() if obj.raw_sha256 else None
+    raw_size = 0
+    buffer = bytearray(READ_SIZE)
+    view = memoryview(buffer)
+    with repo.open(key) as stored, ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgdr-fsync") as syncer:
+        hashed = _HashingReader(stored)
+        writer = _Writer(key, target, syncer)
+        tar = TarStream(writer.open)
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed), read_size=1 << 20)
+            # Past the end-of-archive blocks the rest (padding, the end of the zstd frame) is still
+            # read, so both checksums cover every byte that was stored.
+            while n := reader.readinto(buffer):
+                check_cancel(cancel, "restore")
+                if raw_hash is not None:
+                    raw_hash.update(view[:n])
+                raw_size += n
+                tar.feed(view[:n])
+                on_progress(Progress("base backup", raw_size, obj.raw_size, f"unpacking {writer.current}"))
+            while hashed.read(1 << 20):
+                pass
+        except (tarfile.TarError, zstandard.ZstdError) as exc:
+            raise _CorruptCopy(f"{key} is damaged and fails to unpack ({exc})") from None
+        finally:
+            writer.abandon()
+        if not tar.ended:
+            raise _CorruptCopy(f"{key} ends before the end of its tar archive (a truncated copy)")
+        for done in writer.syncs:
+            done.result()
+    if hashed.size != obj.size or hashed.hash.hexdigest() != obj.sha256:
+        raise _CorruptCopy(f"{key} fails its sha256 check")
+    if raw_hash is not None and raw_hash.hexdigest() != obj.raw_sha256:
+        raise _CorruptCopy(f"{key} unpacks to different bytes than were backed up")
+
+
+class _Writer:
+    """Creates each member under ``target`` as the tar stream reaches it (the TarStream opener)."""
+
+    def __init__(self, key: str, target: Path, syncer: ThreadPoolExecutor) -> None:
+        self._key = key
+        self._target = target
+        self._syncer = syncer
+        self._open_file: _FileWriter | None = None
+        self.syncs: list[Future[None]] = []
+        self.current = ""
+
+    def open(self, info: tarfile.TarInfo) -> MemberSink | None:
+        name = info.name
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise _CorruptCopy(f"{self._key} holds an unsafe path {name!r}")
+        self.current = name
+        path = os.path.join(self._target, name)
+        if info.isreg():
+            self._open_file = _FileWriter(path, info, self)
+            return self._open_file
+        try:
+            if info.isdir():
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            elif info.issym():
+                os.symlink(info.linkname, path)
+            else:
+                raise _CorruptCopy(f"{self._key} holds {name!r}, a kind of tar entry pg_basebackup never writes")
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        return None
+
+    def sync(self, fd: int, mtime: float | None) -> None:
+        """Hand ``fd`` to a sync thread, which closes it: with ``mtime``, the file is complete."""
+        self.syncs.append(self._syncer.submit(_sync_and_close, fd, mtime))
+
+    def closed(self, file: _FileWriter) -> None:
+        if self._open_file is file:
+            self._open_file = None
+
+    def abandon(self) -> None:
+        """After an error mid-file: close the file being written (the caller empties the directory)."""
+        if self._open_file is not None:
+            os.close(self._open_file.fd)
+            self._open_file = None
+
+
+class _FileWriter:
+    def __init__(self, path: str, info: tarfile.TarInfo, writer: _Writer) -> None:
+        self.path = path
+        self.mtime = float(info.mtime)
+        self.writer = writer
+        self.unsynced = 0
+        self.fd = _create(path, info.mode & 0o7777)
+
+    def write(self, data: memoryview) -> None:
+        self.unsynced += len(data)
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
+        if self.unsynced >= WRITEBACK_STEP:
+            self.writer.sync(os.dup(self.fd), None)
+            self.unsynced = 0
+
+    def close(self) -> None:
+        self.writer.closed(self)
+        self.writer.sync(self.fd, self.mtime)
+
+
+def _create(path: str, mode: int) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, flags, 0o600)
+        os.fchmod(fd, mode)  # exactly the backed-up mode, whatever the umask
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    return fd
+
+
+def _sync_and_close(fd: int, mtime: float | None) -> None:
+    """Writeback of what is written so far (``mtime`` None), or the complete file's mtime and fsync."""
+    try:
+        if mtime is None:
+            os.fdatasync(fd)
+        else:
+            os.utime(fd, (mtime, mtime))
+            os.fsync(fd)
+    except OSError as exc:
+        raise _TargetFailed(f"cannot make a restored file durable: {exc.strerror} (a full or failing disk?)") from None
+    finally:
+        os.close(fd)
+
+
+def _write_error(path: str, exc: OSError) -> _TargetFailed:
+    hint = "free space on that file system" if exc.errno == errno.ENOSPC else "check the target directory"
+    return _TargetFailed(f"cannot write {path}: {exc.strerror}; {hint}, then restore again")
+
+
+def _place_pg_manifest(manifest: BackupManifest, repo: Repository, target: Path) -> None:
+    """Put backup_manifest in the data directory, as a plain-format pg_basebackup leaves it.
+
+    A tar the server compressed does not carry it (pg_basebackup stores it beside the tar), and
+    pg_verifybackup looks for it there.
+    """
+    obj = next((o for o in manifest.objects if o.key == MANIFEST), None)
+    if obj is None or (target / MANIFEST).exists():
+        return
+    data = repo.get(manifest.object_key(obj))
+    if len(data) != obj.size or hashlib.sha256(data).hexdigest() != obj.sha256:
+        raise _CorruptCopy(f"{manifest.object_key(obj)} fails its sha256 check")
+    (target / MANIFEST).write_bytes(data)
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
