@@ -310,7 +310,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, require_file:
             "run `pgdr init`, or pass --config PATH / set PGDR_CONFIG"
         )
     where = str(path) if path else "the environment"
-    cfg = _build(raw, where, source=path)
+    cfg = _build(raw, where, source=path.absolute() if path else None)
     if path is not None:
         _check_secret_file(path, raw)
     return _validate(cfg, where)

@@ -328,6 +328,9 @@ LOG_PATTERNS = {
 WATCH_EVERY = 0.005
 #: How often the server itself is asked how far replay got, and whether it paused at the target.
 PROBE_EVERY = 0.5
+#: How long pg_control may say "in production" while the server refuses pgdr's connections (a socket
+#: directory the config does not name): then pg_control's word is taken, as ``pg_ctl promote -w`` does.
+UNREACHABLE_GRACE = 10.0
 
 
 def follow_recovery(
@@ -343,7 +346,8 @@ def follow_recovery(
     Whether the server still runs (postmaster.pid) and whether recovery is over (pg_control's state)
     are read every WATCH_EVERY from two small files, with no process or connection. The server is
     asked (pg_is_in_recovery, replay position, pause state) once pg_control says so, and every
-    PROBE_EVERY in between: "promoted" is only ever its own pg_is_in_recovery() = false.
+    PROBE_EVERY in between: "promoted" is its own pg_is_in_recovery() = false, or pg_control's state
+    when the server cannot be reached for UNREACHABLE_GRACE (the report then says why).
     """
     deadline = time.monotonic() + (timeout or max(600.0, plan.estimated_seconds * 10))
     first = plan.wal[0].segment.number if plan.wal else 0
@@ -352,14 +356,25 @@ def follow_recovery(
     lsn: str | None = None
     replay_time: datetime | None = None
     probed = float("-inf")
+    produced: float | None = None  # when pg_control first said recovery is over
+    unreachable = ""
     while time.monotonic() < deadline:
         if not server.postmaster_running(plan.data_dir) and not server.is_running(cfg, plan.data_dir):
             state = "stopped"  # (on pg_ctl's word too)
             break
-        due = server.in_production(plan.data_dir) or time.monotonic() - probed >= PROBE_EVERY
+        if produced is None and server.in_production(plan.data_dir):
+            produced = time.monotonic()
+        due = produced is not None or time.monotonic() - probed >= PROBE_EVERY
         row = _probe(cfg, plan) if due else None
         if due:
             probed = time.monotonic()
+        if isinstance(row, str):
+            unreachable = row
+            if produced is not None and time.monotonic() - produced >= UNREACHABLE_GRACE:
+                state = "running (promoted, by pg_control; pgdr cannot connect to it)"
+                break
+            time.sleep(PROBE_EVERY if produced is not None else WATCH_EVERY)
+            continue
         if row is not None:
             in_recovery, lsn, replay_time, pause = row
             if lsn:
@@ -375,10 +390,18 @@ def follow_recovery(
         time.sleep(WATCH_EVERY)
     else:
         state = "still recovering (pgdr stopped waiting)"
-    return _report(plan, log_file, state, lsn, replay_time)
+    report = _report(plan, log_file, state, lsn, replay_time)
+    if unreachable and "by pg_control" in state:
+        where = cfg.postgres.host or "the default socket directory"
+        report.problems.append(
+            f"pgdr cannot connect to the restored server at {where}, port {plan.port} ({unreachable}); "
+            "its unix_socket_directories or listen_addresses differ from the config's [postgres] host"
+        )
+    return report
 
 
-def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime | None, str] | None:
+def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime | None, str] | str | None:
+    """The server's answer, or why it could not be asked (a string)."""
     import psycopg
 
     params = connect_params(cfg, port=plan.port, timeout=3, application="pgdr-restore")
@@ -388,8 +411,8 @@ def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime |
                 "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp(),"
                 " CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() ELSE '' END"
             ).fetchone()
-    except psycopg.Error:
-        return None
+    except psycopg.Error as exc:
+        return next(iter(str(exc).strip().splitlines()), type(exc).__name__)
     if row is None:
         return None
     return bool(row[0]), row[1], row[2], str(row[3])
