@@ -159,3 +159,28 @@ def wait_for(condition: object, timeout: float, what: str, interval: float = 0.0
             raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def cpu_busy(interval: float = 1.0) -> float:
+    """The fraction of all cores' time spent busy over ``interval`` (from /proc/stat's first line)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_quiet(threshold: float = 0.1, timeout: float = 180) -> tuple[float, float]:
+    """Wait until the cores are idle (busy below ``threshold`` over a second): what earlier operations
+    left running (servers checkpointing, background indexers) must not be timed with a CPU-bound open.
+    Returns (seconds waited, the last busy fraction); gives up at ``timeout`` and says so in the results."""
+    start = time.monotonic()
+    busy = cpu_busy()
+    while busy >= threshold and time.monotonic() - start < timeout:
+        busy = cpu_busy()
+    return time.monotonic() - start, busy

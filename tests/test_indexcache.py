@@ -50,9 +50,19 @@ def setup(tmp_path: Path) -> tuple[Config, LocalRepository, dict[str, str]]:
 
 def test_cached_entries_serve_the_same_segment_only(tmp_path: Path) -> None:
     cfg, repo, sums = setup(tmp_path)
-    point = WalEvent("restore_point", lsn=0x1000100, time=START, name="before")
+    point = WalEvent("restore_point", lsn=0x1000100, time=START, name="before", time_source="record")
+    drop = WalEvent(
+        "drop",
+        lsn=0x1000200,
+        time=START + timedelta(microseconds=123457),
+        xid=901,
+        relations=["public.loans"],
+        oids=[16384, 16390],
+        time_source="commit",
+    )
+    unknown = WalEvent("restore_point", lsn=0x1000300, time=None, name="when?")
     for name in NAMES:
-        store_entry(repo, name, events=[point] if name == NAMES[1] else None)
+        store_entry(repo, name, events=[point, drop, unknown] if name == NAMES[1] else None)
 
     first = ensure_indexes(cfg, [repo], columns(sums), SIZE)
     assert sorted(first) == NAMES
@@ -61,7 +71,7 @@ def test_cached_entries_serve_the_same_segment_only(tmp_path: Path) -> None:
     again = ensure_indexes(cfg, [repo], columns(sums), SIZE)
     assert {n: i.last_commit for n, i in again.items()} == {n: i.last_commit for n, i in first.items()}
     assert again.commit_columns(NAMES) == first.commit_columns(NAMES)
-    assert [e.name for e in again.events()] == ["before"]
+    assert again.events() == first.events() == [point, drop, unknown]  # every field, to the microsecond
 
     other = {**sums, NAMES[1]: "f" * 64}  # another segment under the same name: not from the cache
     third = ensure_indexes(cfg, [repo], columns(other), SIZE)

@@ -209,7 +209,7 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         """Every segment's events (restore points, destructive transactions), in LSN order."""
         found = [event for index in self._built.values() for event in index.events]
         for entries in self._folders.values():
-            found += [event for text in entries[5] if text for event in entry_events(text)]
+            found += [event for rows in entries[5] if rows for event in entry_events(rows)]
         return sorted(found, key=lambda e: e.lsn)
 
     def entries(self, names: list[str], checksums: list[str]) -> FolderEntries:

@@ -4,7 +4,7 @@ The repository stays the source of truth (``walindex/`` objects); this SQLite fi
 only remembers what was already read, keyed by repository location and segment name, with each
 segment's sha256, so a different segment under the same name (another cluster reusing a path) is
 never mistaken for a cached one. Only what the timeline needs is kept: commit times, whether the
-tail was complete, and the events (rare) as JSON.
+tail was complete, and the events (rare) as plain tuples.
 
 Entries are stored as one row per WAL folder (``wal_directory``: a timeline's 4 GiB of WAL), its
 segments as columns: a year of WAL is 105,000 segments but 410 folders, and reading 410 blobs and
@@ -21,22 +21,27 @@ repository out of reach) after ``index.RETRY_AFTER_S``. Deleting the file loses 
 
 from __future__ import annotations
 
-import json
 import marshal
 import math
 import sqlite3
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from backend.cachefile import cache_path, open_cache
-from backend.walindex import SegmentIndex, WalEvent
+from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent
 
-SCHEMA = 3
+SCHEMA = 4
 
+#: One WAL event as cached: kind, LSN, time (microseconds since the epoch, UTC) or None, xid, name,
+#: relations, oids, time source. Tuples of plain values: a year's thousands of events load with the
+#: folder's blob (marshal), where JSON text cost a tenth of the console's open to decode.
+EventRow = tuple[
+    EventKind, int, int | None, int | None, str | None, tuple[str, ...], tuple[int, ...], TimeSource | None
+]
 #: One folder's cached entries as columns, sorted by name: segments, sha256s, first and last commit
-#: (POSIX seconds, NaN when none), tail complete, events as JSON ("" when none).
-FolderEntries = tuple[list[str], list[str], list[float], list[float], list[bool], list[str]]
+#: (POSIX seconds, NaN when none), tail complete, events (an empty tuple when none).
+FolderEntries = tuple[list[str], list[str], list[float], list[float], list[bool], list[tuple[EventRow, ...]]]
 
 #: The stored copies of some segments as the catalog lists them, one row per copy: segment,
 #: repository, sha256 in its key, stored size, archived at (POSIX seconds). A copy replaced or
@@ -114,7 +119,7 @@ def add_entry(entries: FolderEntries, checksum: str, index: SegmentIndex) -> Non
     firsts.append(index.first_commit.timestamp() if index.first_commit else math.nan)
     lasts.append(index.last_commit.timestamp() if index.last_commit else math.nan)
     tails.append(index.tail_complete)
-    events.append(json.dumps([e.to_json() for e in index.events]) if index.events else "")
+    events.append(tuple(_event_row(e) for e in index.events))
 
 
 def copy_entry(source: FolderEntries, row: int, target: FolderEntries) -> None:
@@ -135,9 +140,30 @@ def entry_index(entries: FolderEntries, row: int) -> SegmentIndex:
     )
 
 
-def entry_events(text: str) -> list[WalEvent]:
+def entry_events(rows: tuple[EventRow, ...]) -> list[WalEvent]:
     """One cached segment's events (its ``events`` column): the timeline's events need nothing else."""
-    return [WalEvent.from_json(e) for e in json.loads(text)] if text else []
+    return [
+        WalEvent(
+            kind=kind,
+            lsn=lsn,
+            time=None if micros is None else _EPOCH + timedelta(microseconds=micros),
+            xid=xid,
+            name=name,
+            relations=list(relations),
+            oids=list(oids),
+            time_source=source,
+        )
+        for kind, lsn, micros, xid, name, relations, oids, source in rows
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_row(event: WalEvent) -> EventRow:
+    micros = None if event.time is None else (event.time - _EPOCH) // timedelta(microseconds=1)
+    relations, oids = tuple(event.relations), tuple(event.oids)
+    return (event.kind, event.lsn, micros, event.xid, event.name, relations, oids, event.time_source)
 
 
 def _time(value: float) -> datetime | None:

@@ -331,8 +331,9 @@ def op_restore(
             target=1.0,
             note=(
                 f"both write the data directory and stop there; floor `tar -I zstd -x` of pg_basebackup's tar "
-                f"plus sync: {_ms(median(samples['floor']))}; CPU {_ms(median(cpu.get('pgdr_unpack', [])))} (pgdr: zstd "
-                f"and the writes in one thread, writeback and fsync on two) vs {_ms(median(cpu.get('pgbr_files', [])))} (pgBackRest)" + sync_note
+                f"plus sync: {_ms(median(samples['floor']))}; CPU {_ms(median(cpu.get('pgdr_unpack', [])))} "
+                "(pgdr: zstd and the writes in one thread, writeback and fsync on two) vs "
+                f"{_ms(median(cpu.get('pgbr_files', [])))} (pgBackRest)" + sync_note
             ),
         )
     )
