@@ -1,8 +1,13 @@
 """Operation 2: sustained archiving of a bulk load, and the drain rate of a backlog.
 
 pgBackRest runs ``archive-async`` with process-max 2 (its archive-push only confirms what the async
-process has already stored, pushing the next ``.ready`` segments ahead in parallel); pgdr has no async
-spool yet, so its synchronous ``wal-push`` is measured in the same place.
+process has already stored, pushing the next ``.ready`` segments ahead in parallel); pgdr runs its
+``wal-push`` as configured by default (a push server storing the next segments ahead).
+
+Each round measures both tools, the one that goes first alternating from round to round (each load
+drops the tables the one before made, and the cluster's checkpoints fall differently); the figures
+are medians over the rounds. Every measurement starts after a checkpoint, with pgdr's background
+work from the round before finished and the cores idle.
 
 * live: ``pgbench -i -s N`` with archiving on; the archiver's backlog (``.ready`` files) is sampled
   every 0.1 s; the figure is the time from the start of the load until every completed segment is
@@ -20,7 +25,7 @@ from typing import Any
 from bench.cluster import SEGMENT_SIZE
 from bench.context import Context
 from bench.ops.wal import wait_pgdr_background
-from bench.proc import wait_for
+from bench.proc import wait_for, wait_quiet
 from bench.report import Measure, Row
 
 
@@ -28,8 +33,9 @@ def live(ctx: Context, command: str, *, pgdr: bool) -> dict[str, Any]:
     cluster = ctx.ws.cluster
     cluster.set_archive_command(command)
     cluster.wait_archive_idle()
-    if pgdr:
-        wait_pgdr_background(ctx)
+    wait_pgdr_background(ctx)
+    cluster.sql("CHECKPOINT")
+    wait_quiet()
     samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     (archived0, failed0, _) = cluster.archiver()
@@ -76,10 +82,10 @@ def live(ctx: Context, command: str, *, pgdr: bool) -> dict[str, Any]:
 def drain(ctx: Context, command: str, *, pgdr: bool) -> dict[str, Any]:
     cluster = ctx.ws.cluster
     cluster.set_archive_command("")
-    if pgdr:
-        wait_pgdr_background(ctx)
+    wait_pgdr_background(ctx)
     cluster.pgbench_init(ctx.settings.scale)
     cluster.sql("CHECKPOINT")
+    wait_quiet()
     backlog = cluster.ready_count()
     (archived0, failed0, _) = cluster.archiver()
     t0 = time.monotonic()
@@ -123,29 +129,39 @@ def op_bulk(ctx: Context) -> None:
     push_ahead = pgdr_async_settings()
     ctx.results.details["pgdr_push_ahead"] = push_ahead
 
-    ctx.log(f"op 2: drain of a pgbench -i -s {scale} backlog: pgBackRest async")
-    d_pgbr = drain(ctx, pgbr_cmd, pgdr=False)
-    ctx.log(f"op 2: drain of a pgbench -i -s {scale} backlog: pgdr")
-    d_pgdr = drain(ctx, pgdr_cmd, pgdr=True)
-    ctx.log(f"op 2: pgbench -i -s {scale} with archiving live: pgBackRest async")
-    l_pgbr = live(ctx, pgbr_cmd, pgdr=False)
-    ctx.log(f"op 2: pgbench -i -s {scale} with archiving live: pgdr")
-    l_pgdr = live(ctx, pgdr_cmd, pgdr=True)
+    tools = [("pgbackrest_async", "pgBackRest async", pgbr_cmd), ("pgdr", "pgdr", pgdr_cmd)]
+    drains: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in tools}
+    lives: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in tools}
+    rounds = max(1, ctx.settings.repeats)
+    for i in range(rounds):
+        order = tools if i % 2 == 0 else tools[::-1]
+        for key, name, command in order:
+            ctx.log(f"op 2: round {i + 1}/{rounds}: drain of a pgbench -i -s {scale} backlog: {name}")
+            drains[key].append(drain(ctx, command, pgdr=key == "pgdr"))
+        for key, name, command in order:
+            ctx.log(f"op 2: round {i + 1}/{rounds}: pgbench -i -s {scale} with archiving live: {name}")
+            lives[key].append(live(ctx, command, pgdr=key == "pgdr"))
+    d_pgbr, d_pgdr = (_median_run(drains[key], "seg_per_s") for key, _, _ in tools)
+    l_pgbr, l_pgdr = (_median_run(lives[key], "until_archived_s") for key, _, _ in tools)
     ctx.results.details["wal_async"] = {
         "drain": {"pgbackrest_async": d_pgbr, "pgdr": d_pgdr},
         "live": {"pgbackrest_async": l_pgbr, "pgdr": l_pgdr},
+        "rounds": {"drain": drains, "live": lives},
     }
-    for name, d in (("pgBackRest", d_pgbr), ("pgdr", d_pgdr)):
-        if d["failed"]:
-            ctx.results.errors.append(f"op 2: {name} failed {d['failed']} archive attempts during the drain")
+    failed = {key: sum(d["failed"] for d in drains[key]) for key, _, _ in tools}
+    for key, name, _ in tools:
+        if failed[key]:
+            ctx.results.errors.append(f"op 2: {name} failed {failed[key]} archive attempts during the drains")
+    d_pgbr_rates = [d["seg_per_s"] for d in drains["pgbackrest_async"]]
+    d_pgdr_rates = [d["seg_per_s"] for d in drains["pgdr"]]
     ctx.results.add(
         Row(
             key="wal_async_drain",
             operation="2. WAL push, async 2 processes: drain rate of a backlog",
             pgdr=Measure(
                 "pgdr wal-push" + (f" (default config: {push_ahead})" if push_ahead else ""),
+                d_pgdr_rates,
                 unit="seg/s",
-                value=d_pgdr["seg_per_s"],
                 text=(
                     f"{d_pgdr['seg_per_s']:.1f} seg/s, {d_pgdr['ms_per_segment']:.0f} ms/seg"
                     if push_ahead
@@ -154,15 +170,15 @@ def op_bulk(ctx: Context) -> None:
             ),
             anchor=Measure(
                 "pgBackRest archive-async, process-max 2",
+                d_pgbr_rates,
                 unit="seg/s",
-                value=d_pgbr["seg_per_s"],
                 text=f"{d_pgbr['seg_per_s']:.1f} seg/s, {d_pgbr['ms_per_segment']:.0f} ms/seg",
             ),
             higher_is_better=True,
             target=1.0,
             note=(
                 f"backlog of {d_pgbr['backlog']} / {d_pgdr['backlog']} .ready segments from pgbench -i -s {scale} "
-                "with archiving paused, then the tool switched in"
+                f"with archiving paused, then the tool switched in; median of {rounds} rounds"
                 + ("" if push_ahead else "; pgdr has no async mode in this checkout: the ratio uses its sync rate")
             ),
         )
@@ -180,17 +196,31 @@ def op_bulk(ctx: Context) -> None:
             operation=f"2b. bulk load (pgbench -i -s {scale}) with archiving live: until all archived",
             pgdr=Measure(
                 "pgdr wal-push" + (" (default config)" if push_ahead else " (sync)"),
-                value=l_pgdr["until_archived_s"],
+                [d["until_archived_s"] for d in lives["pgdr"]],
                 text=live_text(l_pgdr),
             ),
             anchor=Measure(
-                "pgBackRest archive-async, process-max 2", value=l_pgbr["until_archived_s"], text=live_text(l_pgbr)
+                "pgBackRest archive-async, process-max 2",
+                [d["until_archived_s"] for d in lives["pgbackrest_async"]],
+                text=live_text(l_pgbr),
             ),
             target=1.0,
             note=(
                 f"the load generates {l_pgbr['generated_seg_per_s']:.1f} / {l_pgdr['generated_seg_per_s']:.1f} "
                 "segments/s (pgBackRest run / pgdr run); keeping up means the backlog stays near 0 and the "
-                "figure equals the load time"
+                f"figure equals the load time; the run with the median figure of {rounds} rounds is shown "
+                f"(load times alone: pgdr runs {_range([d['load_s'] for d in lives['pgdr']])}, pgBackRest runs "
+                f"{_range([d['load_s'] for d in lives['pgbackrest_async']])})"
             ),
         )
     )
+
+
+def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r[key])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _range(seconds: list[float]) -> str:
+    return f"{min(seconds):.1f} to {max(seconds):.1f} s"
