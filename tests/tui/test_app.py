@@ -255,8 +255,19 @@ async def test_a_slow_wal_index_shows_the_timeline_from_archive_times_first(
         while app.model is None:
             await pilot.pause(0.02)
         screen, view = timeline(app)
-        assert view.model is app.model and app.model.view.unindexed == len(app.model.catalog.segments)
-        assert app_module.EARLY_STATUS in str(screen.query_one("#timeline-title").render())
+
+        def early_timeline_shown() -> bool:
+            title = str(screen.query_one("#timeline-title").render())
+            return view.model is app.model and app_module.EARLY_STATUS in title
+
+        # The app hands a model to its screens through a signal, and the title follows the view's
+        # cursor: both a message or two later.
+        for _ in range(250):
+            if early_timeline_shown():
+                break
+            await pilot.pause(0.02)
+        assert early_timeline_shown()
+        assert app.model is not None and app.model.view.unindexed == len(app.model.catalog.segments)
         release.set()
         await settle(pilot)
         assert shown[0] == (False, 0) and shown[-1][0] and shown[-1][1] > 0  # then the full one, with events
