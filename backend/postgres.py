@@ -132,6 +132,14 @@ def owner_of(path: Path) -> tuple[int, int]:
     return st.st_uid, st.st_gid
 
 
+def chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    """Give a data directory pgdr wrote as root to the server's user (PostgreSQL refuses any other owner)."""
+    for folder, dirs, files in os.walk(root):
+        os.chown(folder, *owner)
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), *owner)
+
+
 def run_server_program(
     argv: list[str], data_dir: Path, *, check: bool = True, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:

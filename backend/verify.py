@@ -65,7 +65,7 @@ from backend.audit import state_dir
 from backend.config import Config
 from backend.errors import ObjectNotFound, PgdrError, RepositoryError
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
-from backend.postgres import owner_of, program, run_server_program
+from backend.postgres import chown_tree, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
 from backend.timeline import History, estimate_restore_seconds, timeline_path
@@ -1009,13 +1009,6 @@ def _free_port() -> int:
         return port
 
 
-def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
-    for folder, dirs, files in os.walk(root):
-        os.chown(folder, *owner)
-        for entry in dirs + files:
-            os.lchown(os.path.join(folder, entry), *owner)
-
-
 def _rehearse(
     cfg: Config,
     manifest: BackupManifest,
@@ -1100,7 +1093,7 @@ def _rehearse(
         (data_dir / "standby.signal").unlink(missing_ok=True)
         log_file = scratch / "server.log"
         if owner is not None:
-            _chown_tree(scratch, owner)
+            chown_tree(scratch, owner)
 
         pg_ctl = program(cfg, "pg_ctl", version)
         wait = int(max(300.0, estimate_restore_seconds(manifest.size_bytes, len(wal_segments) * segment_size) * 5))

@@ -27,7 +27,7 @@ from backend import faults, server
 from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.postgres import connect_params, owner_of, run_server_program
+from backend.postgres import chown_tree, connect_params, owner_of, run_server_program
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.plan import RestorePlan
@@ -139,7 +139,7 @@ def execute(
         raise PgdrError(f"{exc}; {_untouched(plan)}", exit_code=exc.exit_code) from None
     write_recovery_settings(cfg, plan, data_dir)
     if owner is not None:
-        _chown_tree(data_dir, owner)
+        chown_tree(data_dir, owner)
     log_file = data_dir / "log" / f"pgdr-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
     log_file.parent.mkdir(exist_ok=True)
     if owner is not None:
@@ -273,13 +273,6 @@ def _owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
 
     user = pwd.getpwnam("postgres")
     return user.pw_uid, user.pw_gid
-
-
-def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
-    for folder, dirs, files in os.walk(root):
-        os.chown(folder, *owner)
-        for name in dirs + files:
-            os.lchown(os.path.join(folder, name), *owner)
 
 
 def recovery_command(cfg: Config, data_dir: Path) -> str:
