@@ -91,6 +91,9 @@ def test_a_killed_pusher_loses_nothing(cluster: Cluster) -> None:
             wait_for(a_frozen_pusher, 60, "the pusher to stop at spool-stored")
             for pid in frozen:
                 subprocess.run(["kill", "-9", pid], check=False)
+            # runuser stops itself when its child stops (as su does); if it had not yet when the pusher
+            # was found frozen, it is stopped now, waiting for a SIGCONT that would resume nothing.
+            pusher.kill()
             pusher.wait(timeout=30)
         finally:
             pusher.kill()
