@@ -17,8 +17,7 @@ from backend.config import ClusterConfig, Config, LocalConfig
 from backend.errors import PgdrError
 from backend.recovery import RecoveryView, perform_restore
 from backend.repository.local import LocalRepository
-from backend.restore.plan import RestorePlan
-from backend.restore.target import RecoveryTarget
+from tests.harness.plans import immediate_plan
 from tests.test_listcache import add_backup
 
 
@@ -34,22 +33,7 @@ def test_a_restore_of_a_backup_gone_since_planning_changes_nothing(
     safety = tmp_path / "data.before-restore"
     data_dir.mkdir()
     (data_dir / "PG_VERSION").write_text("15\n")
-    plan = RestorePlan(
-        cluster="main",
-        target=RecoveryTarget("immediate"),
-        backup=catalog.backups[0].manifest,
-        backup_repository="local",
-        timeline=1,
-        wal=[],
-        wal_complete=True,
-        data_dir=data_dir,
-        in_place=True,
-        port=None,
-        safety_copy=safety,
-        space_needed=0,
-        space_free=1 << 30,
-        estimated_seconds=1.0,
-    )
+    plan = immediate_plan(catalog.backups[0].manifest, data_dir, in_place=True, safety_copy=safety, space_free=1 << 30)
     told: list[str] = []
     monkeypatch.setattr(listcache, "invalidate", told.append)
 

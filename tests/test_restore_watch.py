@@ -13,7 +13,7 @@ from backend.config import load_config
 from backend.manifest import BackupManifest
 from backend.restore import run
 from backend.restore.plan import RestorePlan
-from backend.restore.target import RecoveryTarget
+from tests.harness.plans import immediate_plan
 
 
 def test_restore_command_names_the_config_by_its_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,22 +30,7 @@ def test_restore_command_names_the_config_by_its_absolute_path(tmp_path: Path, m
 def plan(data_dir: Path) -> RestorePlan:
     now = datetime(2026, 12, 6, tzinfo=UTC)
     backup = BackupManifest("b1", "physical", "main", 1, "15", now, now, [], wal_segment_size=16 << 20)
-    return RestorePlan(
-        cluster="main",
-        target=RecoveryTarget("immediate"),
-        backup=backup,
-        backup_repository="local",
-        timeline=1,
-        wal=[],
-        wal_complete=True,
-        data_dir=data_dir,
-        in_place=False,
-        port=5499,
-        safety_copy=None,
-        space_needed=0,
-        space_free=0,
-        estimated_seconds=1.0,
-    )
+    return immediate_plan(backup, data_dir, port=5499)
 
 
 def test_a_promoted_server_pgdr_cannot_reach_is_reported_not_waited_on(

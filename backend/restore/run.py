@@ -350,7 +350,7 @@ def follow_recovery(
     replay_time: datetime | None = None
     probed = float("-inf")
     produced: float | None = None  # when pg_control first said recovery is over
-    unreachable = ""
+    problem = ""
     while time.monotonic() < deadline:
         if not server.postmaster_running(plan.data_dir) and not server.is_running(cfg, plan.data_dir):
             state = "stopped"  # (on pg_ctl's word too)
@@ -362,9 +362,13 @@ def follow_recovery(
         if due:
             probed = time.monotonic()
         if isinstance(row, str):
-            unreachable = row
             if produced is not None and time.monotonic() - produced >= UNREACHABLE_GRACE:
                 state = "running (promoted, by pg_control; pgdr cannot connect to it)"
+                where = cfg.postgres.host or "the default socket directory"
+                problem = (
+                    f"pgdr cannot connect to the restored server at {where}, port {plan.port} ({row}); "
+                    "its unix_socket_directories or listen_addresses differ from the config's [postgres] host"
+                )
                 break
             time.sleep(PROBE_EVERY if produced is not None else WATCH_EVERY)
             continue
@@ -384,12 +388,8 @@ def follow_recovery(
     else:
         state = "still recovering (pgdr stopped waiting)"
     report = _report(plan, log_file, state, lsn, replay_time)
-    if unreachable and "by pg_control" in state:
-        where = cfg.postgres.host or "the default socket directory"
-        report.problems.append(
-            f"pgdr cannot connect to the restored server at {where}, port {plan.port} ({unreachable}); "
-            "its unix_socket_directories or listen_addresses differ from the config's [postgres] host"
-        )
+    if problem:
+        report.problems.append(problem)
     return report
 
 
