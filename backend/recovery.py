@@ -129,6 +129,7 @@ def plan_restore(
     dry_run: bool = False,
 ) -> tuple[RecoveryView, RestorePlan]:
     from backend.restore.plan import make_plan
+    from backend.restore.preflight import run_checks
 
     view = load_view(cfg, only, persist_index=not dry_run)
     plan = make_plan(
@@ -141,6 +142,7 @@ def plan_restore(
         port=port,
         events=view.events,
     )
+    plan.checks = run_checks(cfg, plan)
     return view, plan
 
 

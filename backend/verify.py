@@ -19,7 +19,9 @@ Levels:
 * deep: also every archived WAL object's content, and a restore rehearsal: the newest physical backup
   (or the named one) is restored into a scratch directory, checked with ``pg_verifybackup``, started
   as a real server that replays to its consistency point through the real ``restore_command``, and
-  queried; the scratch directory is removed whatever happens.
+  queried; the scratch directory is removed whatever happens. A rehearsal this host cannot hold (no
+  room or no permission for the scratch directory, too few open files, shared memory) proves nothing
+  about the backup: it is an error of the run, "could not rehearse", never a BAD backup.
 
 WAL holes are classified so that normal archive lag never raises a data-loss alarm: a segment missing
 after a repository's newest one is not a hole at all (it simply has not arrived); a hole that is
@@ -63,7 +65,7 @@ from backend.archive import queue
 from backend.archive.walfile import WalObject, decode
 from backend.audit import state_dir
 from backend.config import Config
-from backend.errors import ObjectNotFound, PgdrError, RepositoryError
+from backend.errors import ConfigError, ObjectNotFound, PgdrError, RepositoryError
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
 from backend.postgres import chown_tree, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
@@ -82,6 +84,13 @@ DELAY_GRACE = timedelta(minutes=10)
 DEBRIS_GRACE = timedelta(hours=1)
 #: WAL statuses that are a real problem; "uploading" and "delayed" are normal lag.
 PROBLEM_STATUSES = frozenset({"lost", "corrupt"})
+#: What a rehearsal server's log says when the host, not the backup, kept it from starting.
+HOST_FAILURES = re.compile(
+    r"shared memory|semaphore|could not create lock file|could not bind|Address already in use"
+    r"|No space left on device|Too many open files|Cannot allocate memory|out of memory|Permission denied"
+    r"|wrong ownership|invalid permissions",
+    re.IGNORECASE,
+)
 #: Settings that make the rehearsal server a private, throwaway copy beside the production server: no
 #: archiving (it must never push a divergent history), no TCP, a socket only its owner can use, its own
 #: client authentication (production's pg_hba.conf may only allow peers it cannot match), and modest
@@ -134,10 +143,18 @@ class Rehearsal:
     relations: int = 0
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    #: Why this host could not hold the rehearsal: it says nothing of the backup, which is neither
+    #: proven restorable nor failed (the run is incomplete instead).
+    could_not: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.problems and self.restored_from is not None
+        return not self.problems and self.could_not is None and self.restored_from is not None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the backup failed its rehearsal (and is BAD)."""
+        return not self.ok and self.could_not is None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +166,7 @@ class Rehearsal:
             "relations": self.relations,
             "seconds": round(self.seconds, 1),
             "problems": self.problems,
+            "could_not": self.could_not,
         }
 
 
@@ -167,11 +185,12 @@ class BackupResult:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and (self.rehearsal is None or self.rehearsal.ok)
+        return not self.problems and not (self.rehearsal is not None and self.rehearsal.failed)
 
     @property
     def level(self) -> str:
-        return "deep" if self.rehearsal is not None else "checksums"
+        """How far the backup was proven: a rehearsal that could not be held leaves it at checksums."""
+        return "deep" if self.rehearsal is not None and self.rehearsal.could_not is None else "checksums"
 
     def copy_ok(self, repository: str) -> bool:
         """Whether this repository's copy is sound on its own (the rehearsal is judged separately)."""
@@ -277,8 +296,8 @@ class VerifyReport:
     finished: datetime
     backups: list[BackupResult] = field(default_factory=list)
     wal: list[WalResult] = field(default_factory=list)
-    #: Problems not tied to one backup or one repository's WAL (a repository that cannot be read, a
-    #: PostgreSQL program that is missing): verification is incomplete, so not ok.
+    #: What left verification incomplete, rather than found damage (a repository that cannot be read,
+    #: a PostgreSQL program that is missing, a rehearsal this host could not hold): so not ok.
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -305,7 +324,9 @@ class VerifyReport:
             size = humanize.naturalsize(b.bytes_checked)
             if b.ok:
                 deep = ""
-                if b.rehearsal is not None:
+                if b.rehearsal is not None and b.rehearsal.could_not is not None:
+                    deep = "; not rehearsed (the ERROR above)"
+                elif b.rehearsal is not None:
                     r = b.rehearsal
                     deep = (
                         f"; rehearsal ok from {r.restored_from}: consistent at {r.consistent_lsn or '?'}, "
@@ -414,10 +435,11 @@ def _store_results(report: VerifyReport, repos: dict[str, Repository], when: dat
                 "problems": result.problem_lines(),
                 "last_deep": None,
             }
-            if result.rehearsal is not None:
+            if result.level == "deep":
                 record["last_deep"] = {"time": when.isoformat(), "ok": result.ok}
             else:
-                # A quick run must not erase when the backup was last proven restorable.
+                # A quick run (or a rehearsal the host could not hold) must not erase when the backup
+                # was last proven restorable.
                 previous = last_verified(repo, result.name)
                 if previous is not None:
                     record["last_deep"] = previous.get("last_deep")
@@ -1019,10 +1041,15 @@ def _rehearse(
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
 ) -> Rehearsal:
-    """Restore ``manifest`` into a scratch directory, prove it with pg_verifybackup, start it, query it."""
+    """Restore ``manifest`` into a scratch directory, prove it with pg_verifybackup, start it, query it.
+
+    What the backup's content causes is a problem (a BAD backup); what this host causes is
+    ``could_not`` (see the module docstring).
+    """
     from backend.restore.run import recovery_command
+    from backend.restore.settings import write_recovery_settings
     from backend.restore.target import RecoveryTarget
-    from backend.restore.unpack import restore_base_backup
+    from backend.restore.unpack import TargetFailed, restore_base_backup
 
     result = Rehearsal()
     began = time.monotonic()
@@ -1032,16 +1059,18 @@ def _rehearse(
     wal_segments = [SegmentName(first.timeline, n, segment_size) for n in range(first.number, last.number + 1)]
     parent = _scratch_parent(cfg)
     needed = manifest.size_bytes + 2 * len(wal_segments) * segment_size
-    free = shutil.disk_usage(parent).free
-    if needed > free:
-        result.problems.append(f"not rehearsed: it needs about {needed} bytes in {parent}, {free} are free")
-        return result
     version = _version_num(manifest.pg_version)
     try:
         owner = _server_owner(cfg)
+        if needed > (free := shutil.disk_usage(parent).free):
+            result.could_not = f"it needs about {needed} bytes in {parent}, {free} are free"
+            return result
         scratch = Path(tempfile.mkdtemp(prefix="pgdr-verify-", dir=parent))
-    except (PgdrError, OSError) as exc:
-        result.problems.append(f"not rehearsed: cannot make a scratch directory in {parent}: {exc}")
+    except PgdrError as exc:
+        result.could_not = str(exc)
+        return result
+    except OSError as exc:
+        result.could_not = f"cannot make a scratch directory in {parent}: {exc}"
         return result
     data_dir = scratch / "data"
     started = False
@@ -1086,11 +1115,7 @@ def _rehearse(
             "hba_file": str(scratch / "pg_hba.conf"),
             "ident_file": str(scratch / "pg_ident.conf"),
         }
-        with (data_dir / "postgresql.auto.conf").open("a") as fh:
-            fh.write(f"\n# added by pgdr verify --deep: a throwaway rehearsal of backup {manifest.name}\n")
-            fh.writelines(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in settings.items())
-        (data_dir / "recovery.signal").touch()
-        (data_dir / "standby.signal").unlink(missing_ok=True)
+        write_recovery_settings(data_dir, settings, f"verify --deep: a throwaway rehearsal of backup {manifest.name}")
         log_file = scratch / "server.log"
         if owner is not None:
             chown_tree(scratch, owner)
@@ -1114,12 +1139,16 @@ def _rehearse(
             wait=wait,
             cancel=cancel,
         )
+    except TargetFailed as exc:  # too few open files, a full disk, a permission
+        result.could_not = f"the scratch directory cannot take the backup's files: {exc}"
+    except ConfigError as exc:  # a PostgreSQL program missing
+        result.could_not = str(exc)
     except PgdrError as exc:
         if exc.exit_code == 130:
             raise
         result.problems.append(str(exc))
     except OSError as exc:  # the scratch directory: a full disk, a permission
-        result.problems.append(f"the rehearsal failed in {scratch}: {exc}")
+        result.could_not = f"the rehearsal failed in {scratch}: {exc}"
     finally:
         if started:
             stopped = run_server_program(
@@ -1129,7 +1158,7 @@ def _rehearse(
             )
             if stopped.returncode != 0 and (data_dir / "postmaster.pid").exists():
                 result.problems.append(f"the rehearsal server in {scratch} did not stop: {stopped.stderr.strip()}")
-        if result.problems and (scratch / "server.log").exists():
+        if (result.problems or result.could_not) and (scratch / "server.log").exists():
             _keep_log(scratch / "server.log", manifest.name, result)
         shutil.rmtree(scratch, ignore_errors=True)
         result.seconds = time.monotonic() - began
@@ -1144,7 +1173,10 @@ def _keep_log(log: Path, name: str, result: Rehearsal) -> None:
         shutil.copyfile(log, kept)
     except OSError:
         return
-    result.problems[-1] += f" (server log kept at {kept})"
+    if result.could_not is not None:
+        result.could_not += f" (server log kept at {kept})"
+    else:
+        result.problems[-1] += f" (server log kept at {kept})"
 
 
 def _fetch_wal(
@@ -1218,7 +1250,10 @@ def _query_rehearsal(
     if not promoted:
         fatal = [m.group(1).strip() for m in re.finditer(r"(?:FATAL|PANIC):\s+(.*)", log)]
         reason = "; ".join(dict.fromkeys(fatal)) or f"no promotion within {wait} s"
-        result.problems.append(f"the restored backup did not start and reach consistency: {reason}")
+        if HOST_FAILURES.search(reason):
+            result.could_not = f"the rehearsal server cannot start on this host: {reason}"
+        else:
+            result.problems.append(f"the restored backup did not start and reach consistency: {reason}")
         return
     try:
         with psycopg.connect(dbname=cfg.postgres.dbname or "postgres", autocommit=True, **params) as conn:
@@ -1368,6 +1403,8 @@ def _verify(
             result.rehearsal = _rehearse(
                 cfg, manifest, holding, scans, segment_size, on_progress=on_progress, cancel=cancel
             )
+            if result.rehearsal.could_not is not None:
+                report.errors.append(f"could not rehearse backup {manifest.name}: {result.rehearsal.could_not}")
         if not targets and name is None:
             report.notes.append("no physical backup to rehearse a restore of: take one with `pgdr backup`")
         elif not targets:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from backend.config import Config
     from backend.progress import Progress
+    from backend.restore.plan import RestorePlan
 
     Handler = Callable[[argparse.Namespace], int]
 
@@ -32,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     hot = _hot_path(words)
     if hot is not None:
-        return _run(hot)
+        return _run(hot)  # a few files open at a time: the open-files limit stays as it is
+    from backend.limits import raise_open_files_limit
+
+    raise_open_files_limit()
     parser = build_parser()
     args = parser.parse_args(words)
     if args.command is None and not args.daemon:
@@ -208,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--list-s3", action="store_true", help="list the S3 repository's backups")
     p.add_argument("--backup", metavar="NAME", help="the base backup to start from (default: newest before the target)")
     p.add_argument("--exclusive", action="store_true", help="stop just before the target")
-    p.add_argument("--target-timeline", default="latest", help="latest (default), current or a number")
+    # No default value: an explicit latest is followed as typed, the default may follow an older timeline.
+    p.add_argument("--target-timeline", help="latest (default), current or a number")
     p.add_argument("--target-action", default="promote", help="promote (default), pause or shutdown")
     p.add_argument("--tz", help="time zone of --timestamp without an offset (default: [restore] timezone, UTC)")
     p.add_argument(
@@ -553,7 +558,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 0
     print(plan.render())
     if not args.yes:
-        _confirm(cfg.cluster.name, plan.data_dir)
+        _confirm(cfg.cluster.name, plan)
     report = perform_restore(cfg, view, plan, on_progress=_progress_printer())
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return 0 if report.reached_target else 3
@@ -581,11 +586,27 @@ def _restore_logical(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(cluster: str, replaced: object) -> None:
-    """The operator types the cluster name; anything else, or no answer at all, cancels."""
-    sys.stdout.write(
-        f"\nThis replaces {replaced}. Type the cluster name ({cluster}) to restore, anything else cancels: "
-    )
+def _confirm(cluster: str, replaced: RestorePlan | str) -> None:
+    """The operator types the cluster name; anything else, or no answer at all, cancels.
+
+    The question says what happens to what exists: a restore beside replaces nothing, and saying it
+    does would alarm for nothing; in place it names the directory replaced and where it is kept.
+    """
+    if isinstance(replaced, str):
+        effect = f"This replaces {replaced}"
+    elif not replaced.in_place:
+        effect = (
+            f"This creates a new cluster in {replaced.data_dir} (port {replaced.port}); "
+            "the running cluster is left alone"
+        )
+    elif replaced.safety_copy is not None:
+        effect = (
+            f"This replaces the data directory {replaced.data_dir} (the server is stopped first); "
+            f"the current one is kept as the safety copy {replaced.safety_copy}, never deleted"
+        )
+    else:
+        effect = f"This replaces the data directory {replaced.data_dir}, empty or missing: there is nothing to keep"
+    sys.stdout.write(f"\n{effect}. Type the cluster name ({cluster}) to restore, anything else cancels: ")
     sys.stdout.flush()
     answer = sys.stdin.readline().strip()
     if answer != cluster:

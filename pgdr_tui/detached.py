@@ -25,7 +25,7 @@ from typing import Any
 from backend.errors import PgdrError
 from backend.progress import Progress
 from pgdr_tui.request import RestoreRequest
-from pgdr_tui.restorejob import write_json
+from pgdr_tui.restorejob import command_line, write_json
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         request = RestoreRequest.from_json(json.loads((folder / "request.json").read_text()))
         cfg = load_config(args.config)
         print(f"pgdr restore job {folder.name}: {request.describe()}", flush=True)
-        print("equivalent command: pgdr restore " + " ".join(request.cli_args()) + " --yes", flush=True)
+        print("equivalent command: " + command_line(request, "--yes", config=args.config), flush=True)
         on_progress(Progress("plan", 0, 1, "planning"))
         view, plan = plan_restore(
             cfg,

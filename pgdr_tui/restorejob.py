@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +41,15 @@ MODULE = "pgdr_tui.detached"
 
 def jobs_dir(state_dir: Path) -> Path:
     return state_dir / "restore"
+
+
+def command_line(request: RestoreRequest, *extra: str, config: str | Path | None = None) -> str:
+    """``pgdr restore ...`` for ``request``, quoted for a POSIX shell: pasted, it runs this same restore.
+
+    A timestamp holds a space, and a directory or config path may hold anything.
+    """
+    where = ["--config", str(config)] if config is not None else []
+    return shlex.join(["pgdr", *where, "restore", *request.cli_args(), *extra])
 
 
 @dataclass

@@ -65,7 +65,11 @@ def config(tmp_path: Path) -> Config:
 
 
 def plan_for(
-    tmp_path: Path, manifests: list[BackupManifest], archive: RecoveryTimeline, timestamp: str, timeline: str = "latest"
+    tmp_path: Path,
+    manifests: list[BackupManifest],
+    archive: RecoveryTimeline,
+    timestamp: str,
+    timeline: str | None = None,
 ) -> RestorePlan:
     catalog = Catalog(backups=[CatalogBackup(m, ["local"]) for m in manifests], wal=[], history_files={})
     return make_plan(config(tmp_path), catalog, archive, make_target(timestamp=timestamp, timeline=timeline))
@@ -121,6 +125,93 @@ def test_a_gap_between_two_backups_is_named_with_the_reachable_instants_around_i
     # Both instants the refusal names can be pasted back as --timestamp and are planned.
     for pasted, name in (("2024-01-15 12:03:59.999999 UTC", b1.name), ("2024-01-15 12:08:30.000000 UTC", b2.name)):
         assert plan_for(tmp_path, [b1, b2], timeline, timestamp=pasted).backup.name == name
+
+
+def test_a_time_after_the_newest_archived_commit_says_how_to_archive_it(tmp_path: Path) -> None:
+    """The commits of the segment the server is writing are not archived: the fix is on the server."""
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    segments = table(1, [1, 2, 3, 4, 5, 6])
+    segments.indexed = [True] * 6
+    segments.last_commit = [(T0 + timedelta(minutes=n, seconds=-20)).timestamp() for n in segments.numbers]
+    segments.last_commit[-1] = (T0 + timedelta(minutes=5, seconds=42, microseconds=123456)).timestamp()
+    timeline = build_timeline([b1], {1: segments}, {}, SEG)
+
+    with pytest.raises(PgdrError) as refused:
+        plan_for(tmp_path, [b1], timeline, timestamp="2024-01-15 12:07:00")
+    message = str(refused.value)
+    assert message.startswith("2024-01-15 12:07:00.000000 UTC is not reachable on timeline 1 (")
+    assert "after the newest archived commit, 2024-01-15 12:05:42.123456 UTC: the WAL after it is not" in message
+    assert "run SELECT pg_switch_wal() on the server, or wait for archive_timeout, then plan again" in message
+    assert "latest reachable before it: 2024-01-15 12:05:42.123455 UTC (backup 20240115T120230Z)" in message
+    assert "\n" not in message
+    assert plan_for(tmp_path, [b1], timeline, timestamp="2024-01-15 12:05:42.123455 UTC").backup.name == b1.name
+
+
+def promoted() -> tuple[list[BackupManifest], RecoveryTimeline]:
+    """Timeline 2 branched off timeline 1 in segment 5 and began at 12:15; timeline 1 ran on to 12:40.
+
+    Timeline 1's segments 5..40 after the branch are an abandoned future (archived at 12:05..12:40);
+    timeline 2's own segments 5..10 were archived at 12:25..12:30. One backup, b1, on timeline 1.
+    """
+    history = History.parse(
+        2, f"1\t{format_lsn(5 * SEG + 0x2000)}\tno recovery target specified\n", created=T0 + timedelta(minutes=15)
+    )
+    tables = {1: table(1, list(range(1, 41))), 2: table(2, [5, 6, 7, 8, 9, 10], minutes_from=20)}
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    return [b1], build_timeline([b1], tables, {2: history}, SEG)
+
+
+@pytest.mark.parametrize("timeline", [None, "latest"])
+def test_a_time_before_the_branch_is_planned_on_the_older_timeline(tmp_path: Path, timeline: str | None) -> None:
+    """Timeline 2's history reads timeline 1's WAL before the branch, so both reach the same state.
+
+    Unnamed, the timeline current at 12:03:30 (1) is named in the settings; an explicit latest is
+    kept, since following it reaches the instant too (through segment 4 of timeline 1).
+    """
+    manifests, archive = promoted()
+
+    plan = plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:03:30", timeline=timeline)
+
+    assert plan.timeline == 1
+    assert [s.segment.name[:8] for s in plan.wal] == ["00000001"] * 3  # segments 2..4, all before the branch
+    assert plan.target.recovery_settings()["recovery_target_timeline"] == (timeline or "1")
+
+
+def test_an_explicit_latest_is_not_traded_for_an_abandoned_timeline(tmp_path: Path) -> None:
+    """12:07 lies on timeline 1 after timeline 2 branched off it: following latest never reaches it.
+
+    Unnamed, the timeline current then (1) is followed; named latest, the plan refuses, naming the
+    timeline that holds the instant and the first instant timeline 2 holds.
+    """
+    manifests, archive = promoted()
+
+    unnamed = plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:07:00")
+    assert (unnamed.timeline, unnamed.target.recovery_settings()["recovery_target_timeline"]) == (1, "1")
+
+    with pytest.raises(PgdrError) as refused:
+        plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:07:00", timeline="latest")
+    message = str(refused.value)
+    assert message.startswith("2024-01-15 12:07:00.000000 UTC is not reachable on timeline 2 (")
+    assert "it lies on timeline 1; pass --target-timeline 1 to restore that timeline's state" in message
+    assert "earliest reachable after it: 2024-01-15 12:15:00.000000 UTC (backup 20240115T120230Z)" in message
+    assert "\n" not in message
+
+
+def test_after_the_newest_timeline_began_its_unarchived_wal_is_named_not_an_older_timeline(tmp_path: Path) -> None:
+    """12:35 is after timeline 2's newest commit (12:30) but on timeline 1's abandoned future (to 12:40).
+
+    PostgreSQL's default follows timeline 2, whose WAL after 12:30 is not archived yet: the plan says
+    so rather than restoring timeline 1's abandoned state at 12:35.
+    """
+    manifests, archive = promoted()
+
+    with pytest.raises(PgdrError) as refused:
+        plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:35:00")
+    message = str(refused.value)
+    assert "is not reachable on timeline 2 (it is after the newest archived commit, 2024-01-15 12:30:00" in message
+    assert "pg_switch_wal()" in message
+    # Named, timeline 1's abandoned future is restored as asked.
+    assert plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:35:00", timeline="1").timeline == 1
 
 
 @pytest.mark.parametrize(

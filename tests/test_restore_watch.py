@@ -33,22 +33,46 @@ def plan(data_dir: Path) -> RestorePlan:
     return immediate_plan(backup, data_dir, port=5499)
 
 
-def test_a_promoted_server_pgdr_cannot_reach_is_reported_not_waited_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def follow_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: str, log_text: str
+) -> run.RestoreReport:
+    """Follow a recovery whose server pg_control says has promoted, and which pgdr cannot connect to."""
     (tmp_path / "pgdr.toml").write_text(
-        f'[cluster]\nname = "main"\n\n[postgres]\nhost = "/nowhere"\n\n[local]\npath = "{tmp_path / "repo"}"\n'
+        f'[cluster]\nname = "main"\n\n[postgres]\n{postgres}\n\n[local]\npath = "{tmp_path / "repo"}"\n'
     )
-    cfg = load_config(tmp_path / "pgdr.toml")
     log = tmp_path / "restore.log"
-    log.write_text("LOG:  recovery stopping after reaching consistency\nLOG:  selected new timeline ID: 2\n")
+    log.write_text("LOG:  recovery stopping after reaching consistency\nLOG:  selected new timeline ID: 2\n" + log_text)
     monkeypatch.setattr(server, "postmaster_running", lambda data_dir: True)
     monkeypatch.setattr(server, "in_production", lambda data_dir: True)
     monkeypatch.setattr(run, "UNREACHABLE_GRACE", 0.2)
-    report = run.follow_recovery(cfg, plan(tmp_path / "data"), log, timeout=30)
+    return run.follow_recovery(load_config(tmp_path / "pgdr.toml"), plan(tmp_path / "data"), log, timeout=30)
+
+
+def test_a_promoted_server_pgdr_cannot_reach_is_reported_not_waited_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = follow_unreachable(tmp_path, monkeypatch, 'host = "/nowhere"', "")
     assert report.reached_target, report
     assert report.server_state == "running (promoted, by pg_control; pgdr cannot connect to it)"
     assert report.new_timeline == 2
     (problem,) = report.problems
     assert problem.startswith("pgdr cannot connect to the restored server at /nowhere, port 5499 (")
     assert problem.endswith("differ from the config's [postgres] host")
+
+
+def test_peer_authentication_is_diagnosed_once_with_the_user_to_run_as(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgdr run as root against a server that only lets the OS user postgres in as postgres."""
+    refused = 'FATAL:  Peer authentication failed for user "postgres"'
+    monkeypatch.setattr(run, "_probe", lambda cfg, plan: refused.removeprefix("FATAL:  "))
+    report = follow_unreachable(
+        tmp_path,
+        monkeypatch,
+        'user = "postgres"',
+        f"{refused}\nDETAIL:  Connection matched pg_hba.conf line 90\n" * 21,
+    )
+    (problem,) = report.problems
+    assert "Peer authentication failed" in problem and "runuser -u postgres -- pgdr" in problem
+    assert "unix_socket_directories" not in problem
+    assert report.render().count("problem:") == 1

@@ -3,6 +3,7 @@ stored bytes by hand, exactly as a disk or an operator would, and verify must na
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -10,12 +11,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from backend.archive import queue
 from backend.archive.walfile import find_archived
 from backend.config import Config, load_config
 from backend.manifest import BackupManifest
 from backend.repository import open_repositories, open_repository
-from backend.verify import VerifyReport, last_verified, verify, wal_continuity
+from backend.restore import unpack
+from backend.verify import HOST_FAILURES, VerifyReport, last_verified, verify, wal_continuity
 from backend.walnames import SegmentName
 from tests.harness.cluster import Cluster, wait_for
 
@@ -277,6 +281,74 @@ def test_deep_rehearsal_restores_starts_and_cleans_up(cluster: Cluster) -> None:
     assert listed_backup["last_verified"]["last_deep"] == {"time": record["time"], "ok": True}
     (row,) = list_rows(cluster, name)
     assert row.endswith(f" checksums ok, deep {datetime.fromisoformat(record['time']):%Y-%m-%d}"), row
+
+
+def test_a_rehearsal_the_host_cannot_hold_does_not_make_the_backup_bad(cluster: Cluster) -> None:
+    """As the cluster's owner, with no room for a scratch directory beside the data directory: the
+    run is incomplete (not ok, exit 1), but the backup is not BAD and is recorded as checksums-verified."""
+    name = backup(cluster)
+    cluster.root.chmod(0o555)
+    try:
+        deep = cluster.pgdr_as_owner("verify", "--deep", "--json", check=False)
+        text = cluster.pgdr_as_owner("verify", "--deep", check=False)
+    finally:
+        cluster.root.chmod(0o755)
+    assert deep.returncode == text.returncode == 1, deep.stderr
+    report = json.loads(deep.stdout)
+    (error,) = report["errors"]
+    assert error.startswith(f"could not rehearse backup {name}: cannot make a scratch directory in {cluster.root}")
+    assert "Permission denied" in error
+    result = entry(report, name)
+    assert result["ok"] and result["level"] == "checksums" and result["problems"] == []
+    assert result["rehearsal"]["could_not"] and result["rehearsal"]["problems"] == []
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith(": PROBLEMS FOUND") and lines[1].startswith(f"  ERROR  could not rehearse backup {name}")
+    assert any(line.startswith(f"  ok     backup {name} ") and "not rehearsed" in line for line in lines), text.stdout
+    assert "BAD" not in text.stdout
+    record = last_verified(open_repositories(config(cluster)), name)
+    assert record is not None and record["ok"] is True and record["level"] == "checksums"
+    assert record["last_deep"] is None
+    (row,) = list_rows(cluster, name)
+    assert row.endswith(" checksums ok"), row
+
+
+def test_a_target_that_cannot_take_the_files_is_not_a_bad_backup(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unpack's "Too many open files" (or a full disk) is the host's, whichever copy is restored."""
+    name = backup(cluster)
+
+    def create(path: str, mode: int) -> int:
+        raise unpack._write_error(path, OSError(errno.EMFILE, os.strerror(errno.EMFILE)))
+
+    monkeypatch.setattr(unpack, "_create", create)
+    report = verify(config(cluster), deep=True)
+    assert not report.ok
+    (error,) = report.errors
+    assert error.startswith(f"could not rehearse backup {name}: the scratch directory cannot take the backup's files")
+    assert "Too many open files" in error
+    (result,) = report.backups
+    assert result.ok and result.level == "checksums"
+    assert "BAD" not in report.render()
+    assert not list(cluster.root.glob("pgdr-verify-*")), "the scratch directory is removed"
+
+
+def test_host_failures_of_the_rehearsal_server_are_told_from_the_backups() -> None:
+    """FATAL lines of a rehearsal server that did not start: the host's fault, or the backup's."""
+    host = [
+        "could not create shared memory segment: No space left on device",
+        'could not create lock file "/tmp/x/.s.PGSQL.5432.lock": Permission denied',
+        "could not map anonymous shared memory: Cannot allocate memory",
+        'data directory "/tmp/x/data" has invalid permissions',
+    ]
+    backup = [
+        "could not locate required checkpoint record",
+        "WAL ends before end of online backup",
+        "requested timeline 2 is not a child of this server's history",
+        "could not find redo location referenced by checkpoint record",
+    ]
+    assert all(HOST_FAILURES.search(line) for line in host)
+    assert not any(HOST_FAILURES.search(line) for line in backup)
 
 
 def test_wal_continuity_rules() -> None:

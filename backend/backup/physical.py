@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ from backend.manifest import BACKUPS_PREFIX, BackupManifest, StoredObject
 from backend.postgres import ServerInfo, connect, libpq_env, server_info
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
+from backend.restore.settings import strip_recovery_settings
 from backend.walnames import SegmentName, parse_lsn
 
 CHUNK = 1 << 20
@@ -58,6 +60,7 @@ def take_base_backup(
         row = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
         estimate = int(row[0]) if row and row[0] else None
     check_repositories(cfg, repos, info)
+    _forget_finished_recovery(cfg, info, on_progress)
     clean_debris(repos)
     staged.clean_staging(repos)
     started = datetime.now(UTC)
@@ -104,6 +107,29 @@ def take_base_backup(
     final = max(reached, manifest.size_bytes)
     on_progress(Progress("backup", final, final, f"{name}: done"))
     return manifest
+
+
+def _forget_finished_recovery(cfg: Config, info: ServerInfo, on_progress: ProgressCallback) -> None:
+    """Remove the recovery settings a finished restore left in the data directory, before it is copied.
+
+    A restore that paused at its target leaves them for the operator, who promotes by hand; copied
+    into this backup they would stop every restore of it at that old target. Only a server out of
+    recovery, whose data directory this is (its pg_control names the same system), is touched; a
+    restore strips them from any backup anyway, so a data directory pgdr cannot write is left alone.
+    """
+    if info.in_recovery or not cfg.postgres.data_dir:
+        return
+    data_dir = Path(cfg.postgres.data_dir)
+    try:
+        with (data_dir / "global" / "pg_control").open("rb") as fh:
+            system = int.from_bytes(fh.read(8), sys.byteorder)
+        if system != info.system_identifier:
+            return
+        removed = strip_recovery_settings(data_dir)
+    except OSError:
+        return
+    if removed:
+        on_progress(Progress("backup", 0, None, f"removed a finished recovery's settings: {'; '.join(removed)}"))
 
 
 def _stream(

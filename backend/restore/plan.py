@@ -18,6 +18,7 @@ from backend.catalog import Catalog
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
+from backend.restore.preflight import Check
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
 from backend.walindex import WalEvent
@@ -46,6 +47,8 @@ class RestorePlan:
     estimated_seconds: float
     target_instant: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    #: What the restore needs from the host (``backend.restore.preflight``), as found when planning.
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def wal_bytes(self) -> int:
@@ -104,6 +107,11 @@ class RestorePlan:
         )
         for note in self.notes:
             lines.append(f"  note: {note}")
+        if self.checks:
+            failed = [check for check in self.checks if not check.ok]
+            passed = ", ".join(check.name for check in self.checks if check.ok)
+            row("checked", f"{passed}: ok" if passed else "nothing passed")
+            lines += [f"  {check.render()}" for check in failed]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -131,6 +139,7 @@ class RestorePlan:
             "space_free": self.space_free,
             "estimated_seconds": round(self.estimated_seconds, 1),
             "notes": self.notes,
+            "checks": [check.to_json() for check in self.checks],
         }
 
 
@@ -156,14 +165,18 @@ def make_plan(
                 f"{backup_name} is a logical dump: restore it with `pgdr restore --from-dump {backup_name}`"
             )
     tli = _target_timeline(timeline, target, backups, backup_name)
-    if target.kind == "time" and target.timeline == "latest" and target.time is not None:
-        # Before the newest timeline began, an instant is found on the timeline that was current then.
-        for older in sorted(timeline.timelines, reverse=True):
-            if any(w.contains(target.time) for w in timeline.windows_on(older)):
-                if older != tli:
-                    tli, target = older, replace(target, timeline=str(older))
-                break
+    if target.kind == "time" and target.timeline != "current":
+        tli, target = _timeline_at(timeline, tli, target)
     windows = timeline.windows_on(tli)
+    notes = []
+    if not windows and target.timeline == "latest":
+        newest = tli
+        tli, target, windows = _newest_recoverable(timeline, tli, target)
+        if tli != newest:
+            notes.append(
+                f"timeline {newest} has no archived WAL yet (a promotion began it); everything reachable so far "
+                f"lies on timeline {tli}, which recovery is told to follow"
+            )
     if not windows:
         raise PgdrError(
             f"nothing is recoverable on timeline {tli}: take a base backup (`pgdr backup`) and check archiving"
@@ -204,6 +217,7 @@ def make_plan(
         space_free=free,
         estimated_seconds=estimate_restore_seconds(chosen.manifest.size_bytes, len(wal) * segment_size),
         target_instant=instant,
+        notes=notes,
     )
     if in_place:
         from backend.restore.run import interrupted_restore
@@ -211,10 +225,6 @@ def make_plan(
         warning = interrupted_restore(data_dir)
         if warning:
             plan.notes.append(warning)
-    if needed > free:
-        plan.notes.append(
-            f"not enough disk space on {_existing_parent(data_dir)}: free some or restore elsewhere with --target-dir"
-        )
     return plan
 
 
@@ -232,6 +242,54 @@ def _target_timeline(
     if tli not in timeline.timelines:
         raise PgdrError(f"timeline {tli} is not in the archive (timelines: {', '.join(map(str, timeline.timelines))})")
     return tli
+
+
+def _timeline_at(timeline: RecoveryTimeline, tli: int, target: RecoveryTarget) -> tuple[int, RecoveryTarget]:
+    """The timeline whose windows hold a time target that timeline ``tli`` does not, and what recovery is told.
+
+    Windows on a timeline begin at its promotion, so an earlier instant is held only by an older
+    timeline. Unnamed (PostgreSQL's default, latest), the instant is found on the timeline current
+    then, and that timeline is named in the settings so recovery replays the WAL the plan counted.
+    Named, recovery follows the timeline given, and through its history it reaches the instant only
+    while that history still reads the older timeline's WAL there (before the branch): then the plan
+    counts that WAL and the settings keep the name; otherwise ``_choose`` refuses, naming the timeline
+    that holds the instant.
+    """
+    assert target.time is not None
+    instant = target.time
+    own = timeline.windows_on(tli)
+    if any(w.contains(instant) for w in own):
+        return tli, target
+    began = min((w.start for w in own), default=None)
+    if not target.timeline_named and began is not None and instant >= began:
+        return tli, target  # after the newest timeline began: its own WAL, archived or not yet
+    for older in sorted((t for t in timeline.timelines if t != tli), reverse=True):
+        hits = [w for w in timeline.windows_on(older) if w.contains(instant)]
+        if hits:
+            break
+    else:
+        return tli, target
+    if not target.timeline_named:
+        return older, replace(target, timeline=str(older))
+    reach = timeline.segment_reaching(older, min(w.first_segment.number for w in hits), instant)
+    read = timeline.segment_info(tli, reach) if reach is not None else None
+    return (older, target) if read is not None and read.segment.timeline == older else (tli, target)
+
+
+def _newest_recoverable(
+    timeline: RecoveryTimeline, tli: int, target: RecoveryTarget
+) -> tuple[int, RecoveryTarget, list[Window]]:
+    """The newest timeline anything is recoverable on, when the latest one holds no archived WAL yet.
+
+    Right after a restore promotes, its new timeline has a history file and nothing else in the
+    archive: every instant it can reach so far lies on its parent. Recovery is pinned to the
+    timeline planned, so PostgreSQL follows the WAL the plan counted.
+    """
+    for older in sorted((t for t in timeline.timelines if t < tli), reverse=True):
+        windows = timeline.windows_on(older)
+        if windows:
+            return older, replace(target, timeline=str(older)), windows
+    return tli, target, []
 
 
 def locate(target: RecoveryTarget, events: Sequence[WalEvent]) -> WalEvent | None:
@@ -309,15 +367,28 @@ def _unreachable(
 
     The operator acts on this at the worst moment: the instants are exact (microseconds, UTC) so
     either can be pasted back as ``--timestamp``, and a window cut short by a missing segment says
-    which segment, because the fix (putting that segment back) is not "pick another time".
+    which segment, because the fix (putting that segment back) is not "pick another time". Past the
+    newest archived commit the fix is on the server (archive the WAL holding the instant), and an
+    instant only another timeline holds is named with that timeline, because the fix is to name it.
     """
     reachable = [w for w in usable if w.end > w.start]  # a window without a commit after its start holds no instant
     before = max((w for w in reachable if w.end <= instant), key=lambda w: w.end, default=None)
     after = min((w for w in reachable if w.start > instant), key=lambda w: w.start, default=None)
     first = min((w.start for w in usable), default=None)
+    began = min((w.start for w in timeline.windows_on(tli)), default=None)
     gap = timeline.gap_after(before) if before is not None else None
+    holder = max(
+        (t for t in timeline.timelines if t != tli and any(w.contains(instant) for w in timeline.windows_on(t))),
+        default=None,
+    )
+    elsewhere = (
+        f"timeline {tli}'s history does not pass through it: it lies on timeline {holder}; "
+        f"pass --target-timeline {holder} to restore that timeline's state, or pick one of these instants"
+    )
     if first is None:
         why = "no base backup can reach any instant on it"
+    elif holder is not None and began is not None and instant < began:
+        why = elsewhere
     elif instant < first:
         why = (
             f"backup {backup_name} finished after it; pick an older backup"
@@ -337,6 +408,14 @@ def _unreachable(
             "no commit was archived after the base backup stopped, and recovery to a time stops at the first "
             "commit after it; use --latest or --immediate"
         )
+    elif after is None and before is not None and tli == timeline.latest_timeline():
+        why = (
+            f"it is after the newest archived commit, {_when(before.end)}: the WAL after it is not archived yet; "
+            "run SELECT pg_switch_wal() on the server, or wait for archive_timeout, then plan again; "
+            "if nothing was committed since, --latest reaches the same state"
+        )
+    elif after is None and holder is not None:
+        why = elsewhere
     else:
         why = "the archived WAL does not reach it"
     # Recovery to a time stops at the first commit after it, so a window's end itself is not reachable.

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -27,20 +28,24 @@ from backend import faults, server
 from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.postgres import chown_tree, connect_params, owner_of, run_server_program
-from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
+from backend.postgres import chown_tree, connect_params, owner_of, program, run_server_program
+from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
+from backend.restore import preflight
+from backend.restore import settings as recovery_settings
 from backend.restore.plan import RestorePlan
 from backend.restore.unpack import restore_base_backup
-from backend.walnames import parse_lsn
-
-RECOVERY_MARK = "# added by pgdr restore"
+from backend.walnames import SegmentName, format_lsn, parse_lsn
 
 
 @dataclass
 class RestoreReport:
     reached_target: bool
-    stopped_at_time: datetime | None = None
+    #: The last transaction recovery replayed: what the restored data contains, at most.
+    last_commit_time: datetime | None = None
+    last_commit_xid: int | None = None
+    #: The transaction recovery stopped at without replaying it (a time or an exclusive xid target).
+    stopped_before: str = ""
     stopped_at_lsn: str | None = None
     stop_reason: str = ""
     new_timeline: int | None = None
@@ -58,8 +63,11 @@ class RestoreReport:
         lines = ["Restore finished" if self.reached_target else "Restore did NOT reach its target"]
         if self.stop_reason:
             lines.append(f"  recovery stopped: {self.stop_reason}")
-        if self.stopped_at_time:
-            lines.append(f"  last replayed commit: {self.stopped_at_time:%Y-%m-%d %H:%M:%S.%f} UTC")
+        if self.last_commit_time:
+            xid = f" (transaction {self.last_commit_xid})" if self.last_commit_xid is not None else ""
+            lines.append(f"  last replayed commit: {self.last_commit_time:%Y-%m-%d %H:%M:%S.%f} UTC{xid}")
+        if self.stopped_before:
+            lines.append(f"  stopped before: {self.stopped_before}")
         if self.stopped_at_lsn:
             lines.append(f"  last replayed LSN: {self.stopped_at_lsn}")
         if self.new_timeline:
@@ -71,7 +79,7 @@ class RestoreReport:
         lines.append(f"  server: {self.server_state}; log {self.log_file}")
         if self.safety_copy:
             lines.append(f"  safety copy: {self.safety_copy}")
-        for problem in self.problems:
+        for problem in dict.fromkeys(self.problems):
             lines.append(f"  problem: {problem}")
         if not self.reached_target and self.safety_copy and self.data_dir:
             lines.append(
@@ -83,14 +91,16 @@ class RestoreReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "reached_target": self.reached_target,
-            "stopped_at_time": self.stopped_at_time.isoformat() if self.stopped_at_time else None,
+            "last_commit_time": self.last_commit_time.isoformat() if self.last_commit_time else None,
+            "last_commit_xid": self.last_commit_xid,
+            "stopped_before": self.stopped_before or None,
             "stopped_at_lsn": self.stopped_at_lsn,
             "stop_reason": self.stop_reason,
             "new_timeline": self.new_timeline,
             "server_state": self.server_state,
             "log_file": str(self.log_file) if self.log_file else None,
             "safety_copy": str(self.safety_copy) if self.safety_copy else None,
-            "problems": self.problems,
+            "problems": list(dict.fromkeys(self.problems)),
             "base_backup_from": self.base_backup_from or None,
             "refused_copies": self.refused_copies,
         }
@@ -105,41 +115,104 @@ def execute(
     cancel: threading.Event | None = None,
 ) -> RestoreReport:
     data_dir = plan.data_dir
-    owner = _owner(cfg, plan)
-    marker = interrupted_marker(data_dir)
+    preflight.refuse_unless_ready(cfg, plan)
+    owner = server_owner(cfg, plan)
     if plan.in_place and server.is_running(cfg, data_dir):
         on_progress(Progress("stop", 0, 1, f"stopping the server on {data_dir}"))
         server.stop(cfg, data_dir)
+    # From here on the server is stopped: whatever fails, the operator is told how things stand and
+    # how to put them back, in one line and never as a traceback (so everything is caught).
+    laid = _Laid()
+    try:
+        _lay_down(cfg, plan, repos, owner, laid, on_progress=on_progress, cancel=cancel)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        raise Cancelled(f"{str(exc) or 'restore interrupted'}; {_untouched(plan, laid)}") from None
+    except PgdrError as exc:
+        raise PgdrError(f"{exc}; {_untouched(plan, laid)}", exit_code=exc.exit_code) from None
+    except Exception as exc:
+        why = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else repr(exc)
+        raise PgdrError(f"the restore failed after the server was stopped ({why}); {_untouched(plan, laid)}") from None
+    try:
+        report = _replay(cfg, plan, repos, owner, laid, on_progress=on_progress)
+    except Exception as exc:
+        raise PgdrError(f"the restored server could not be started or followed: {exc}; {_roll_back(plan)}") from None
+    interrupted_marker(data_dir).unlink(missing_ok=True)
+    if "promoted" in report.server_state:
+        try:
+            recovery_settings.strip_recovery_settings(data_dir)
+        except OSError as exc:
+            report.problems.append(
+                f"the recovery settings could not be removed from {data_dir / recovery_settings.AUTO_CONF} "
+                f"({exc.strerror}): remove the block pgdr added before the next base backup"
+            )
+    report.safety_copy = plan.safety_copy
+    report.data_dir = data_dir
+    report.base_backup_from = laid.source
+    report.refused_copies = laid.refused
+    return report
+
+
+@dataclass
+class _Laid:
+    """How far a restore got in laying down the new data directory: what a roll-back must undo."""
+
+    moved_aside: bool = False
+    source: str = ""
+    refused: list[str] = field(default_factory=list)
+    quick_fetch: bool = False
+
+
+def _lay_down(
+    cfg: Config,
+    plan: RestorePlan,
+    repos: list[Repository],
+    owner: tuple[int, int] | None,
+    laid: _Laid,
+    *,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> None:
+    """Move the old data directory aside, unpack the base backup, and write the recovery settings."""
+    data_dir = plan.data_dir
     if plan.in_place:  # from here on the old data directory is being replaced
         started = {
             "started": datetime.now(UTC).isoformat(),
             "backup": plan.backup.name,
             "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
         }
-        marker.write_text(json.dumps(started))
+        interrupted_marker(data_dir).write_text(json.dumps(started))
     if plan.safety_copy is not None:
         on_progress(Progress("safety", 0, 1, f"moving {data_dir} aside to {plan.safety_copy}"))
         os.rename(data_dir, plan.safety_copy)
+        laid.moved_aside = True
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     if owner is not None:  # already: the server's user tries the quick restore_command during the unpack
         os.chown(data_dir, *owner)
     check_cancel(cancel, "restore")
     faults.point("restore-after-safety-copy")
-    refused: list[str] = []
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
-            quick_fetch_runs = beside.submit(_quick_fetch_runs, cfg, data_dir)
-            source = restore_base_backup(
-                plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=refused
-            )
-    except PgdrError as exc:
-        if exc.exit_code == 130:  # cancelled (``Cancelled``): the caller knows it by its type
-            raise
-        raise PgdrError(f"{exc}; {_untouched(plan)}", exit_code=exc.exit_code) from None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
+        quick_fetch_runs = beside.submit(_quick_fetch_runs, cfg, data_dir)
+        laid.source = restore_base_backup(
+            plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=laid.refused
+        )
+    laid.quick_fetch = quick_fetch_runs.result()
     write_recovery_settings(cfg, plan, data_dir)
     if owner is not None:
         chown_tree(data_dir, owner)
+
+
+def _replay(
+    cfg: Config,
+    plan: RestorePlan,
+    repos: list[Repository],
+    owner: tuple[int, int] | None,
+    laid: _Laid,
+    *,
+    on_progress: ProgressCallback,
+) -> RestoreReport:
+    """Start the server on the restored directory and follow its recovery to the end."""
+    data_dir = plan.data_dir
     log_file = data_dir / "log" / f"pgdr-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
     log_file.parent.mkdir(exist_ok=True)
     if owner is not None:
@@ -148,20 +221,14 @@ def execute(
     try:
         settings = {}
         quick = prefetch.restore_command(cfg, recovery_command(cfg, data_dir))
-        if serving is not None and not set(quick) & UNQUOTABLE and quick_fetch_runs.result():
+        if serving is not None and not set(quick) & UNQUOTABLE and laid.quick_fetch:
             settings["restore_command"] = quick
         on_progress(Progress("start", 0, 1, "starting the server to replay WAL"))
         threading.Thread(target=_load_psycopg, name="pgdr-import", daemon=True).start()
         server.start(cfg, data_dir, log_file, settings)
-        report = follow_recovery(cfg, plan, log_file, on_progress=on_progress)
+        return follow_recovery(cfg, plan, log_file, on_progress=on_progress)
     finally:
         prefetch.clean(data_dir)  # returns once the prefetcher let go of its folder
-    marker.unlink(missing_ok=True)
-    report.safety_copy = plan.safety_copy
-    report.data_dir = data_dir
-    report.base_backup_from = source
-    report.refused_copies = refused
-    return report
 
 
 #: What postmaster.opts cannot carry: it puts each argument in double quotes, and ``pg_ctl restart``
@@ -205,31 +272,45 @@ def _load_psycopg() -> None:
     import psycopg  # noqa: F401
 
 
-def _untouched(plan: RestorePlan) -> str:
-    """After the base backup could not be restored: put things back, and say how they are now.
+def _untouched(plan: RestorePlan, laid: _Laid) -> str:
+    """After the base backup could not be laid down: put things back, and say how they are now.
 
-    Nothing was started on a refused copy and nothing was written but the emptied data directory.
-    A restore beside removes the directory it created, so a retry starts clean; in place, the old
-    data directory goes back where it was (left stopped: the operator asked to replace it, and
-    decides whether it should run again), so a refused restore changes nothing at all.
+    No server was started on it, and nothing was written but the new data directory. A restore
+    beside removes the directory it created, so a retry starts clean; in place, the old data
+    directory goes back where it was (left stopped: the operator asked to replace it, and decides
+    whether it should run again), so a failed restore changes nothing at all.
     """
     data_dir, safety = plan.data_dir, plan.safety_copy
+    start = f"start it again with pg_ctl start -D {data_dir} (or the service manager) if it should run"
     if not plan.in_place:
         shutil.rmtree(data_dir, ignore_errors=True)
         return f"no server was started and {data_dir} was removed"
+    marker = interrupted_marker(data_dir)
     if safety is None:
-        interrupted_marker(data_dir).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
         return f"no server was started; {data_dir} is left empty"
+    if not laid.moved_aside:
+        marker.unlink(missing_ok=True)
+        return f"nothing was changed: {data_dir} was not moved, and its server is stopped: {start}"
     try:
-        data_dir.rmdir()
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # only what this restore wrote: the old directory is the safety copy
         os.rename(safety, data_dir)
     except OSError as exc:
         return (
             f"no server was started; the previous data directory is intact at {safety} (putting it back "
             f"failed: {exc.strerror}): to roll back, rm -r {data_dir}; mv {safety} {data_dir}"
         )
-    interrupted_marker(data_dir).unlink(missing_ok=True)
-    return f"nothing was changed: {data_dir} is back in place, and its server is stopped"
+    marker.unlink(missing_ok=True)
+    return f"nothing was changed: {data_dir} is back in place, and its server is stopped: {start}"
+
+
+def _roll_back(plan: RestorePlan) -> str:
+    """The exact commands that put the previous data directory back, once a server may run on the new one."""
+    data_dir, safety = plan.data_dir, plan.safety_copy
+    if safety is None:
+        return f"the server on {data_dir} may be running: see its log in {data_dir / 'log'}"
+    return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
 
 
 def interrupted_marker(data_dir: Path) -> Path:
@@ -246,6 +327,8 @@ def interrupted_restore(data_dir: Path) -> str | None:
     except (OSError, ValueError):
         return None
     safety = info.get("safety_copy")
+    if safety and not Path(safety).exists() and (data_dir / "PG_VERSION").exists():
+        return None  # the operator put the safety copy back by hand (the printed roll-back): nothing is half-done
     back = (
         f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
         if safety
@@ -257,8 +340,12 @@ def interrupted_restore(data_dir: Path) -> str | None:
     )
 
 
-def _owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
-    """Who must own the restored files: the replaced directory's owner (or the repository's) when root."""
+def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
+    """Who must own the restored files when pgdr is root (None: pgdr is not root, and the server runs as it).
+
+    The replaced directory's owner, else its parent's, the configured data directory's or the
+    repository's, else ``postgres``: PostgreSQL never runs as root.
+    """
     if os.geteuid() != 0:
         return None
     for candidate in (
@@ -271,7 +358,13 @@ def _owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
             return owner_of(candidate)
     import pwd
 
-    user = pwd.getpwnam("postgres")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise PgdrError(
+            f"pgdr runs as root, {plan.data_dir} and its parent belong to root, and there is no postgres user to "
+            "run the restored server as: chown the data directory's parent to the server's user"
+        ) from None
     return user.pw_uid, user.pw_gid
 
 
@@ -298,12 +391,8 @@ def write_recovery_settings(cfg: Config, plan: RestorePlan, data_dir: Path) -> N
         settings["archive_mode"] = "off"  # an inspection copy must not push a divergent history into the archive
         if plan.port is not None:
             settings["port"] = str(plan.port)
-    lines = [f"\n{RECOVERY_MARK} {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, backup {plan.backup.name}\n"]
-    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in settings.items()]
-    with (data_dir / "postgresql.auto.conf").open("a") as fh:
-        fh.writelines(lines)
-    (data_dir / "recovery.signal").touch()
-    (data_dir / "standby.signal").unlink(missing_ok=True)
+    heading = f"restore {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, backup {plan.backup.name}"
+    recovery_settings.write_recovery_settings(data_dir, settings, heading)
 
 
 LOG_PATTERNS = {
@@ -313,6 +402,7 @@ LOG_PATTERNS = {
     "redo": re.compile(r"redo done at (?P<lsn>[0-9A-F]+/[0-9A-F]+)"),
     "short": re.compile(r"recovery ended before configured recovery target was reached"),
     "fatal": re.compile(r"(FATAL|PANIC):\s+(?P<msg>.*)"),
+    "auth": re.compile(r"authentication failed for user", re.IGNORECASE),
     "fetch": re.compile(r"pgdr: error: (?P<msg>.*no intact copy.*)"),
 }
 
@@ -364,11 +454,7 @@ def follow_recovery(
         if isinstance(row, str):
             if produced is not None and time.monotonic() - produced >= UNREACHABLE_GRACE:
                 state = "running (promoted, by pg_control; pgdr cannot connect to it)"
-                where = cfg.postgres.host or "the default socket directory"
-                problem = (
-                    f"pgdr cannot connect to the restored server at {where}, port {plan.port} ({row}); "
-                    "its unix_socket_directories or listen_addresses differ from the config's [postgres] host"
-                )
+                problem = _unreachable_problem(cfg, plan, row)
                 break
             time.sleep(PROBE_EVERY if produced is not None else WATCH_EVERY)
             continue
@@ -390,7 +476,39 @@ def follow_recovery(
     report = _report(plan, log_file, state, lsn, replay_time)
     if problem:
         report.problems.append(problem)
+    if report.last_commit_xid is None and report.new_timeline and report.stopped_at_lsn:
+        report.last_commit_xid = _last_commit_xid(cfg, plan.data_dir, report.new_timeline, report.stopped_at_lsn)
     return report
+
+
+_COMMIT_RECORD = re.compile(r"\btx:\s+(?P<xid>\d+), lsn: (?P<lsn>[0-9A-F]+/[0-9A-F]+),.*desc: COMMIT\b")
+
+
+def _last_commit_xid(cfg: Config, data_dir: Path, new_timeline: int, redo_done: str) -> int | None:
+    """The transaction of the last commit replayed, read from the new timeline's first segment.
+
+    At promotion PostgreSQL copies the WAL it replayed, up to where it stopped, into the new
+    timeline's first segment in pg_wal: the last COMMIT in it at or before "redo done" is the last
+    transaction the restored data holds. None when that segment holds no commit (the last one is in
+    an earlier segment) or cannot be read: the report then gives the commit's time alone.
+    """
+    lsn = parse_lsn(redo_done)
+    segment_size = 0
+    try:
+        first = next(
+            p for p in sorted((data_dir / "pg_wal").glob(f"{new_timeline:08X}" + "[0-9A-F]" * 16)) if p.is_file()
+        )
+        segment_size = first.stat().st_size
+        start = SegmentName.parse(first.name, segment_size).start_lsn
+        argv = [program(cfg, "pg_waldump"), "--rmgr=Transaction", f"--start={format_lsn(start)}"]
+        argv += [f"--end={format_lsn(lsn + 1)}", str(first)]
+        dumped = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=60, env={**os.environ, "LC_ALL": "C"}
+        )
+    except (StopIteration, OSError, ValueError, PgdrError, subprocess.TimeoutExpired):
+        return None
+    commits = [m for m in map(_COMMIT_RECORD.search, dumped.stdout.splitlines()) if m]
+    return int(commits[-1].group("xid")) if commits and segment_size else None
 
 
 def _probe(cfg: Config, plan: RestorePlan) -> tuple[bool, str | None, datetime | None, str] | str | None:
@@ -415,26 +533,25 @@ def _report(
     plan: RestorePlan, log_file: Path, state: str, lsn: str | None, replay_time: datetime | None
 ) -> RestoreReport:
     report = RestoreReport(
-        reached_target=False, server_state=state, log_file=log_file, stopped_at_lsn=lsn, stopped_at_time=replay_time
+        reached_target=False, server_state=state, log_file=log_file, stopped_at_lsn=lsn, last_commit_time=replay_time
     )
     text = log_file.read_text(errors="replace") if log_file.exists() else ""
     short = False
     for line in text.splitlines():
         if m := LOG_PATTERNS["stop"].search(line):
-            report.stop_reason = m.group("what")
-            if m.group("time"):
-                report.stopped_at_time = _pg_time(m.group("time"))
+            _read_stop(report, m.group("what"), _pg_time(m.group("time")) if m.group("time") else None)
         elif m := LOG_PATTERNS["last"].search(line):
-            report.stopped_at_time = report.stopped_at_time or _pg_time(m.group("time"))
+            report.last_commit_time = report.last_commit_time or _pg_time(m.group("time"))
         elif m := LOG_PATTERNS["timeline"].search(line):
             report.new_timeline = int(m.group("tli"))
         elif m := LOG_PATTERNS["redo"].search(line):
             report.stopped_at_lsn = report.stopped_at_lsn or m.group("lsn")
         elif LOG_PATTERNS["short"].search(line):
             short = True
-        elif (m := LOG_PATTERNS["fetch"].search(line)) and m.group("msg") not in report.problems:
+        elif m := LOG_PATTERNS["fetch"].search(line):
             report.problems.append(m.group("msg"))
-        elif m := LOG_PATTERNS["fatal"].search(line):
+        elif (m := LOG_PATTERNS["fatal"].search(line)) and not LOG_PATTERNS["auth"].search(line):
+            # pgdr's own probes refused by pg_hba.conf: said once, with the fix, by follow_recovery
             report.problems.append(m.group("msg").strip())
     if short:
         report.problems.insert(0, "recovery ended before the target was reached: the archived WAL stops earlier")
@@ -447,7 +564,36 @@ def _report(
         report.reached_target = bool(report.stop_reason) and not short and expected in state
     if not report.reached_target and not report.problems:
         report.problems.append(f"the server is {state}; see {log_file}")
+    report.problems = list(dict.fromkeys(report.problems))
     return report
+
+
+_STOP_XACT = re.compile(r"(?P<side>before|after) (?P<kind>commit|abort) of transaction (?P<xid>\d+)")
+
+
+def _read_stop(report: RestoreReport, what: str, when: datetime | None) -> None:
+    """PostgreSQL's "recovery stopping ..." line: stopping *after* a commit replayed it; *before* did not."""
+    report.stop_reason = what
+    m = _STOP_XACT.match(what)
+    if m is None:
+        return
+    at = f" at {when:%Y-%m-%d %H:%M:%S.%f} UTC" if when else ""
+    if m.group("side") == "after" and m.group("kind") == "commit":
+        report.last_commit_xid = int(m.group("xid"))
+        report.last_commit_time = when or report.last_commit_time
+    else:
+        report.stopped_before = f"{m.group('kind')} of transaction {m.group('xid')}{at}"
+
+
+def _unreachable_problem(cfg: Config, plan: RestorePlan, reason: str) -> str:
+    """Why the restored server, promoted by pg_control's word, could not be asked: with the fix."""
+    if LOG_PATTERNS["auth"].search(reason):
+        return f"pgdr cannot ask the restored server how far it got: {preflight.connection_problem(cfg, reason)}"
+    where = cfg.postgres.host or "the default socket directory"
+    return (
+        f"pgdr cannot connect to the restored server at {where}, port {plan.port or cfg.postgres.port} ({reason}); "
+        "its unix_socket_directories or listen_addresses differ from the config's [postgres] host"
+    )
 
 
 def _pg_time(text: str) -> datetime:

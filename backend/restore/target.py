@@ -27,6 +27,9 @@ class RecoveryTarget:
     name: str | None = None
     inclusive: bool = True
     timeline: str = "latest"
+    #: The operator named the timeline (``--target-timeline``). Unnamed, a time before the newest
+    #: timeline began is found on the timeline current then; named, recovery follows the one named.
+    timeline_named: bool = False
     action: str = "promote"
     typed: str = ""
     zone: str = "UTC"
@@ -103,11 +106,15 @@ def make_target(
     latest: bool = False,
     immediate: bool = False,
     exclusive: bool = False,
-    timeline: str = "latest",
+    timeline: str | None = None,
     action: str = "promote",
     zone: str = "UTC",
 ) -> RecoveryTarget:
-    """Exactly one target must be given; every value is checked before anything is touched."""
+    """Exactly one target must be given; every value is checked before anything is touched.
+
+    ``timeline`` None is PostgreSQL's default, latest, but not typed: an explicit ``latest`` is
+    followed as given, where the default may follow the timeline a time target was current on.
+    """
     given = [
         k
         for k, v in (
@@ -125,6 +132,8 @@ def make_target(
             "give exactly one recovery target: --timestamp, --xid, --lsn, --name, --latest or --immediate"
             + (f" (got {', '.join(given)})" if given else "")
         )
+    named = timeline is not None
+    timeline = "latest" if timeline is None else timeline
     if timeline not in ("latest", "current") and not timeline.isdigit():
         raise PgdrError(f"--target-timeline must be latest, current or a number, not {timeline!r}")
     if action not in ACTIONS:
@@ -132,7 +141,12 @@ def make_target(
     if exclusive and not (timestamp or xid or lsn):
         raise PgdrError("--exclusive applies to --timestamp, --xid and --lsn only")
     base = RecoveryTarget(
-        "latest" if latest else "immediate", inclusive=not exclusive, timeline=timeline, action=action, zone=zone
+        "latest" if latest else "immediate",
+        inclusive=not exclusive,
+        timeline=timeline,
+        timeline_named=named,
+        action=action,
+        zone=zone,
     )
     if timestamp:
         return replace(base, kind="time", time=parse_timestamp(timestamp, zone), typed=timestamp)

@@ -7,6 +7,10 @@ before the kernel starts on its own). So the writer asks for writeback every ``W
 of a file, on two sync threads, and the disk works beside zstd; each file is fsynced as soon as it is
 complete, and the unpack returns once every one is. PostgreSQL also syncs the whole data directory
 when it starts on a base backup, and then finds nothing left to write.
+
+A cluster holds thousands of small files, written far faster than the disk syncs them: the writer
+waits while ``MAX_OPEN_FILES`` are open, else their fds pile up in the sync queue past the 1024 open
+files runuser, sudo and systemd allow, and the restore fails with "Too many open files".
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import os
 import shutil
 import tarfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, cast
 
@@ -30,6 +35,7 @@ from backend.tarstream import MemberSink, TarStream
 
 READ_SIZE = 4 << 20  # decompressed bytes per read: member data passes on as slices of it
 WRITEBACK_STEP = 32 << 20  # bytes written to a file between writeback requests
+MAX_OPEN_FILES = 32  # the file being written and those queued for sync: ample to keep two sync threads busy
 
 
 def restore_base_backup(
@@ -58,7 +64,7 @@ def restore_base_backup(
             _empty(target)
             continue
         except PgdrError as exc:
-            if exc.exit_code == 130 or isinstance(exc, _TargetFailed):
+            if exc.exit_code == 130 or isinstance(exc, TargetFailed):
                 raise
             problems.append(f"{repo.name}: {exc}")
             _empty(target)
@@ -75,7 +81,7 @@ class _CorruptCopy(Exception):
     pass
 
 
-class _TargetFailed(PgdrError):
+class TargetFailed(PgdrError):
     """The target cannot take the files (full, failing, not writable): another repository's copy would not help."""
 
 
@@ -138,8 +144,8 @@ def _unpack(
             writer.abandon()
         if not tar.ended:
             raise _CorruptCopy(f"{key} ends before the end of its tar archive (a truncated copy)")
-        for done in writer.syncs:
-            done.result()
+    if writer.failure is not None:  # every sync has ended: the executor waited for them
+        raise writer.failure
     if hashed.size != obj.size or hashed.hash.hexdigest() != obj.sha256:
         raise _CorruptCopy(f"{key} fails its sha256 check")
     if raw_hash is not None and raw_hash.hexdigest() != obj.raw_sha256:
@@ -154,7 +160,8 @@ class _Writer:
         self._target = target
         self._syncer = syncer
         self._open_file: _FileWriter | None = None
-        self.syncs: list[Future[None]] = []
+        self._slots = threading.Semaphore(MAX_OPEN_FILES)
+        self.failure: Exception | None = None  # the first a sync thread met
         self.current = ""
 
     def open(self, info: tarfile.TarInfo) -> MemberSink | None:
@@ -164,6 +171,8 @@ class _Writer:
         self.current = name
         path = os.path.join(self._target, name)
         if info.isreg():
+            if self.failure is not None:
+                raise self.failure  # a full or failing disk: stop writing onto it
             self._open_file = _FileWriter(path, info, self)
             return self._open_file
         try:
@@ -177,9 +186,26 @@ class _Writer:
             raise _write_error(path, exc) from None
         return None
 
+    def new_fd(self, make: Callable[[], int]) -> int:
+        """The fd ``make`` opens, once fewer than ``MAX_OPEN_FILES`` are open (``sync`` gives it back)."""
+        self._slots.acquire()
+        try:
+            return make()
+        except BaseException:
+            self._slots.release()
+            raise
+
     def sync(self, fd: int, mtime: float | None) -> None:
         """Hand ``fd`` to a sync thread, which closes it: with ``mtime``, the file is complete."""
-        self.syncs.append(self._syncer.submit(_sync_and_close, fd, mtime))
+        self._syncer.submit(self._sync, fd, mtime)
+
+    def _sync(self, fd: int, mtime: float | None) -> None:
+        try:
+            _sync_and_close(fd, mtime)
+        except Exception as exc:  # raised by the unpacking thread: the next file, or the end
+            self.failure = self.failure or exc
+        finally:
+            self._slots.release()
 
     def closed(self, file: _FileWriter) -> None:
         if self._open_file is file:
@@ -189,6 +215,7 @@ class _Writer:
         """After an error mid-file: close the file being written (the caller empties the directory)."""
         if self._open_file is not None:
             os.close(self._open_file.fd)
+            self._slots.release()
             self._open_file = None
 
 
@@ -198,7 +225,7 @@ class _FileWriter:
         self.mtime = float(info.mtime)
         self.writer = writer
         self.unsynced = 0
-        self.fd = _create(path, info.mode & 0o7777)
+        self.fd = writer.new_fd(lambda: _create(path, info.mode & 0o7777))
 
     def write(self, data: memoryview) -> None:
         self.unsynced += len(data)
@@ -208,8 +235,14 @@ class _FileWriter:
         except OSError as exc:
             raise _write_error(self.path, exc) from None
         if self.unsynced >= WRITEBACK_STEP:
-            self.writer.sync(os.dup(self.fd), None)
+            self.writer.sync(self.writer.new_fd(self._dup), None)
             self.unsynced = 0
+
+    def _dup(self) -> int:
+        try:
+            return os.dup(self.fd)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
 
     def close(self) -> None:
         self.writer.closed(self)
@@ -224,8 +257,12 @@ def _create(path: str, mode: int) -> int:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    try:
         os.fchmod(fd, mode)  # exactly the backed-up mode, whatever the umask
     except OSError as exc:
+        os.close(fd)
         raise _write_error(path, exc) from None
     return fd
 
@@ -239,14 +276,14 @@ def _sync_and_close(fd: int, mtime: float | None) -> None:
             os.utime(fd, (mtime, mtime))
             os.fsync(fd)
     except OSError as exc:
-        raise _TargetFailed(f"cannot make a restored file durable: {exc.strerror} (a full or failing disk?)") from None
+        raise TargetFailed(f"cannot make a restored file durable: {exc.strerror} (a full or failing disk?)") from None
     finally:
         os.close(fd)
 
 
-def _write_error(path: str, exc: OSError) -> _TargetFailed:
+def _write_error(path: str, exc: OSError) -> TargetFailed:
     hint = "free space on that file system" if exc.errno == errno.ENOSPC else "check the target directory"
-    return _TargetFailed(f"cannot write {path}: {exc.strerror}; {hint}, then restore again")
+    return TargetFailed(f"cannot write {path}: {exc.strerror}; {hint}, then restore again")
 
 
 def _place_pg_manifest(manifest: BackupManifest, repo: Repository, target: Path) -> None:

@@ -23,7 +23,7 @@ from textual.worker import Worker
 from backend.errors import PgdrError
 from pgdr_tui import fmt
 from pgdr_tui.request import RestoreRequest
-from pgdr_tui.restorejob import RestoreJob
+from pgdr_tui.restorejob import RestoreJob, command_line
 from pgdr_tui.screens.base import BaseScreen
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal
 from pgdr_tui.widgets.plain import progress_bar
@@ -156,7 +156,7 @@ class RestorePlanScreen(BaseScreen):
         self.running = False
         self.plan, self.error = message.plan, message.error
         text = Text()
-        text.append("pgdr restore " + " ".join(message.request.cli_args()) + " --dry-run\n\n", style="dim")
+        text.append(command_line(message.request, "--dry-run") + "\n\n", style="dim")
         if message.plan is not None:
             self.pgdr.planned = (message.request, message.plan)
             text.append(message.plan.render())

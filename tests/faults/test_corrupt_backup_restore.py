@@ -75,8 +75,9 @@ def test_a_corrupt_local_copy_is_replaced_by_the_s3_copy_or_refused(cluster_s3: 
     in_place = cluster_s3.pgdr("restore", "--latest", "--yes", check=False, timeout=600)
     assert in_place.returncode == 2, in_place.stdout + in_place.stderr
     (line,) = in_place.stderr.strip().splitlines()
-    assert key in line and line.endswith(
-        f"nothing was changed: {cluster_s3.data_dir} is back in place, and its server is stopped"
+    assert key in line and (
+        f"nothing was changed: {cluster_s3.data_dir} is back in place, and its server is stopped: start it again"
+        in line
     ), line
     assert not list(cluster_s3.root.glob("data.pgdr-safety-*")), "the safety copy went back where it was"
     cluster_s3.start()

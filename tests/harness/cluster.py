@@ -285,6 +285,25 @@ class Cluster:
             raise AssertionError(f"pgdr {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
+    def pgdr_as_owner(
+        self, *args: str, nofile: int = 1024, hard: bool = False, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``pgdr`` as users run it: as the cluster's owner, with runuser's and systemd's soft limit
+        of ``nofile`` open files (``hard``: the hard limit too, so pgdr cannot raise it)."""
+        limit = f"ulimit -n {nofile}" if hard else f"ulimit -Sn {nofile}"
+        argv = [str(self.pgdr_for_server), "--config", str(self.config_path), *args]
+        result = subprocess.run(
+            as_server_user(["/bin/sh", "-c", f'{limit} && exec "$@"', "pgdr", *argv]),
+            capture_output=True,
+            text=True,
+            env=self.server_env(),
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"pgdr {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
 
 def as_server_write(path: Path, text: str) -> None:
     path.write_text(text)

@@ -151,7 +151,7 @@ def _write_restore_job(story: Story, *, finished: bool) -> Path:
     code; only the progress timestamps and the PostgreSQL facts (where replay stopped) are recorded.
     """
     from backend.restore.run import RestoreReport
-    from pgdr_tui.restorejob import jobs_dir, write_json
+    from pgdr_tui.restorejob import command_line, jobs_dir, write_json
 
     request, plan = _drop_restore(story)
     started = NOW - timedelta(minutes=6)
@@ -202,15 +202,17 @@ def _write_restore_job(story: Story, *, finished: bool) -> Path:
             fh.write(json.dumps(line) + "\n")
     log = [
         f"pgdr restore job {folder.name}: {request.describe()}",
-        "equivalent command: pgdr restore " + " ".join(request.cli_args()) + " --yes",
+        "equivalent command: " + command_line(request, "--yes", config=story.config),
         plan.render(),
     ]
     if finished:
         stop_lsn = _lsn(plan.wal[-1].segment.start_lsn + 8192 - 0x58)
         report = RestoreReport(
             reached_target=True,
-            stopped_at_time=story.drop - timedelta(seconds=2, microseconds=617_000),  # the commit before it
+            last_commit_time=story.drop - timedelta(seconds=2, microseconds=617_000),
+            last_commit_xid=story.drop_xid - 1,
             stopped_at_lsn=stop_lsn,
+            stopped_before=f"commit of transaction {story.drop_xid} at {story.drop:%Y-%m-%d %H:%M:%S.%f} UTC",
             stop_reason=f"before commit of transaction {story.drop_xid}",
             new_timeline=3,
             server_state="running (promoted)",

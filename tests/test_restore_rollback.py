@@ -1,0 +1,73 @@
+"""A restore that fails after the server was stopped puts everything back, and says so in one line."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.config import ClusterConfig, Config, PostgresConfig
+from backend.errors import PgdrError
+from backend.manifest import BackupManifest
+from backend.restore import run
+from backend.restore.run import interrupted_marker, interrupted_restore
+from tests.harness.plans import immediate_plan
+
+
+def plan_in_place(tmp_path: Path) -> tuple[Config, Any]:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "base").mkdir()
+    (data / "base" / "16384").write_text("the old cluster's rows")
+    now = datetime.now(UTC)
+    backup = BackupManifest("20261207T000000Z", "physical", "main", 1, "15", now, now, [], wal_segment_size=16 << 20)
+    safety = tmp_path / "data.pgdr-safety-20261207T010000Z"
+    plan = immediate_plan(backup, data, in_place=True, safety_copy=safety, space_free=1 << 30)
+    return Config(cluster=ClusterConfig(name="main"), postgres=PostgresConfig(data_dir=str(data))), plan
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        PgdrError("cannot write base/1/1259: Too many open files; check the target directory, then restore again"),
+        PermissionError(13, "Permission denied"),
+    ],
+)
+def test_a_failure_while_laying_down_the_backup_puts_the_old_directory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    cfg, plan = plan_in_place(tmp_path)
+
+    def half_written(_manifest: object, _repos: object, target: Path, **_: object) -> str:
+        (target / "global").mkdir()
+        (target / "global" / "pg_control").write_bytes(b"half")  # what a partial unpack leaves
+        raise failure
+
+    monkeypatch.setattr(run, "restore_base_backup", half_written)
+    with pytest.raises(PgdrError) as raised:
+        run.execute(cfg, plan, [])
+
+    message = str(raised.value)
+    assert "nothing was changed" in message and "back in place" in message and "\n" not in message
+    assert (plan.data_dir / "base" / "16384").read_text() == "the old cluster's rows"
+    assert not (plan.data_dir / "global").exists() and not plan.safety_copy.exists()
+    assert not interrupted_marker(plan.data_dir).exists()
+
+
+def test_the_unfinished_restore_note_goes_once_the_operator_put_things_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    safety = tmp_path / "data.pgdr-safety-20261207T010000Z"
+    safety.mkdir()
+    data.mkdir()
+    marker = interrupted_marker(data)
+    marker.write_text(json.dumps({"started": "2026-12-07T01:00:00+00:00", "backup": "b", "safety_copy": str(safety)}))
+    assert "did not finish" in (interrupted_restore(data) or "")
+
+    # The printed roll-back: the half-restored directory aside, the safety copy back in its place.
+    data.rename(tmp_path / "data.failed")
+    safety.rename(data)
+    (data / "PG_VERSION").write_text("15\n")
+    assert interrupted_restore(data) is None
