@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -417,8 +417,13 @@ def _range(column: WalColumns, begin: int, end: int) -> WalRange:
     )
 
 
-def recovery_timeline(catalog: Catalog, commit_times: CommitTimes | None = None) -> RecoveryTimeline:
+def recovery_timeline(
+    catalog: Catalog, commit_times: CommitTimes | None = None, damaged: Collection[str] = ()
+) -> RecoveryTimeline:
     """Merge every repository's WAL into one timeline; ``commit_times`` (from the WAL index) sharpens it.
+
+    ``damaged`` segments (no stored copy is WAL recovery can read) count as missing: recovery ends
+    where it meets one, so a window that ran through it would promise instants no restore reaches.
 
     ``commit_times(segment names)`` says, per segment, whether it is indexed and its first and last
     commit in POSIX seconds (NaN where it has none). A segment counts as archived when any repository holds
@@ -427,15 +432,35 @@ def recovery_timeline(catalog: Catalog, commit_times: CommitTimes | None = None)
     by_timeline: dict[int, list[WalColumns]] = defaultdict(list)
     for column in catalog.columns:
         by_timeline[column.timeline].append(column)
-    tables = {tli: _table(tli, copies, commit_times) for tli, copies in by_timeline.items()}
+    tables = {tli: _table(tli, copies, commit_times, damaged) for tli, copies in by_timeline.items()}
     histories = {
         tli: History.parse(tli, text, created=catalog.history_times.get(tli)) for tli, text in catalog.histories.items()
     }
     return build_timeline((b.manifest for b in catalog.backups), tables, histories, catalog.segment_size)
 
 
-def _table(timeline: int, copies: list[WalColumns], commit_times: CommitTimes | None) -> SegmentTable:
+def _without(column: WalColumns, damaged: Collection[str]) -> WalColumns:
+    keep = [i for i, name in enumerate(column.names) if name not in damaged]
+    if len(keep) == len(column.names):
+        return column
+    return WalColumns(
+        column.repository,
+        column.timeline,
+        [column.names[i] for i in keep],
+        [column.numbers[i] for i in keep],
+        [column.checksums[i] for i in keep],
+        [column.sizes[i] for i in keep],
+        [column.archived_at[i] for i in keep],
+        column.segment_size,
+    )
+
+
+def _table(
+    timeline: int, copies: list[WalColumns], commit_times: CommitTimes | None, damaged: Collection[str]
+) -> SegmentTable:
     table = SegmentTable(timeline)
+    if damaged:
+        copies = [_without(column, damaged) for column in copies]
     if len(copies) == 1:
         only = copies[0]
         table.numbers, table.stored_bytes, table.archived_at = only.numbers, only.sizes, only.archived_at

@@ -30,6 +30,7 @@ from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import ServerInfo, connect, describe_server, server_info
 from backend.repository import Repository, open_repository, read_identity
+from backend.restore.marker import cluster_unfinished_restore
 
 #: The recovery point objective: at most this much committed work may be missing from the archive, so
 #: on a quiet server a segment must be switched out (archive_timeout) at least this often.
@@ -97,6 +98,9 @@ def run_check(cfg: Config, *, timeout: float = 60.0) -> Iterator[CheckResult]:
     checked, and with archiving off (or not through pgdr) forcing a segment out would only wait for
     ``timeout`` seconds to report what the lines above already say.
     """
+    unfinished = cluster_unfinished_restore(cfg.postgres.data_dir)
+    if unfinished:  # first: the server may be down because of it, or running on a half-restored copy
+        yield CheckResult(False, unfinished)
     try:
         conn = connect(cfg)
     except PgdrError as exc:
@@ -118,6 +122,8 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
         f"connected to {describe_server(cfg)}: PostgreSQL {info.version}, "
         f"system identifier {info.system_identifier}{', in recovery (a standby)' if info.in_recovery else ''}",
     )
+    if cfg.postgres.data_dir:
+        yield _data_dir(cfg, info)
     settings = _read_settings(conn)
     unreadable = [name for name in _REQUIRED if name not in settings]
     if unreadable:
@@ -143,6 +149,8 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
             blocking.append(result)
         else:
             repositories.append(repo)
+    if len(repositories) > 1 and len(repositories) == len(cfg.repository_names):
+        yield from _compare_repositories(cfg)
 
     yield _archiver_health(_read_archiver(conn))
 
@@ -160,6 +168,32 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
         )
         return
     yield from _switch_and_wait(cfg, conn, role, repositories, timeout)
+
+
+def _data_dir(cfg: Config, info: ServerInfo) -> CheckResult:
+    """data_dir is what a restore replaces and where wal-push reads pg_control: a wrong one is found here,
+    not during a restore. Compared by pg_control's system identifier when this user may read it."""
+    path = Path(cfg.postgres.data_dir)
+    fix = f"set it in {cfg.where()} to the server's data directory (SHOW data_directory)"
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        return CheckResult(False, f"postgres.data_dir {path} {what}: {fix}")
+    try:
+        with (path / "global" / "pg_control").open("rb") as fh:
+            sysid = int.from_bytes(fh.read(8), "little")
+    except PermissionError:
+        return CheckResult(
+            True, f"postgres.data_dir {path} exists (not compared with the server: this user may not read it)"
+        )
+    except OSError:
+        return CheckResult(False, f"postgres.data_dir {path} holds no PostgreSQL cluster (no global/pg_control): {fix}")
+    if sysid != info.system_identifier:
+        return CheckResult(
+            False,
+            f"postgres.data_dir {path} holds the cluster with system identifier {sysid}, not this server's "
+            f"{info.system_identifier}: {fix}",
+        )
+    return CheckResult(True, f"postgres.data_dir {path} holds this server's cluster")
 
 
 def _read_settings(conn: psycopg.Connection[Any]) -> dict[str, _Setting]:
@@ -282,15 +316,6 @@ def _repository(cfg: Config, name: str, info: ServerInfo) -> tuple[CheckResult, 
         identity = read_identity(repo)
     except PgdrError as exc:
         return CheckResult(False, f"{name} repository: {exc}"), None
-    except (ValueError, KeyError, TypeError) as exc:
-        return (
-            CheckResult(
-                False,
-                f"{name} repository: repo.json is not valid ({type(exc).__name__}: {exc}): "
-                "move the repository aside or restore repo.json",
-            ),
-            None,
-        )
     where = f"{name} repository {repo.location()}" + (f" (encrypted, {repo.encryption})" if repo.encryption else "")
     if identity is None:
         return CheckResult(True, f"{where}: reachable, nothing archived yet"), repo
@@ -314,6 +339,33 @@ def _repository(cfg: Config, name: str, info: ServerInfo) -> tuple[CheckResult, 
             repo,
         )
     return CheckResult(True, f"{where}: reachable, belongs to this cluster"), repo
+
+
+def _compare_repositories(cfg: Config) -> Iterator[CheckResult]:
+    """A line per repository lacking what another holds beyond upload lag and its own retention.
+
+    Each repository can look fine alone while one of them was emptied, or swapped for another bucket
+    by a changed endpoint: reachable, "nothing archived yet", and archiving carries on into it. Only
+    the comparison tells (verify's, from listings alone, see ``backend.verify.repository_loss``).
+    """
+    from backend.verify import find_losses
+
+    try:
+        losses = find_losses(cfg)
+    except PgdrError as exc:
+        yield CheckResult(False, f"cannot compare the repositories: {exc}")
+        return
+    for loss in losses:
+        yield CheckResult(False, f"{loss.describe()} {loss.fix()}")
+    if losses:
+        return
+    queued = [name for name in cfg.repository_names if name not in cfg.sync_repositories]
+    lag = ", ".join(
+        f"{n} WAL file(s) queued for upload to {name}" for name in queued if (n := len(queue.pending(cfg, name)))
+    )
+    yield CheckResult(
+        True, f"repositories compared: none lacks WAL or backups another holds{f' ({lag})' if lag else ''}"
+    )
 
 
 def _read_archiver(conn: psycopg.Connection[Any]) -> _Archiver:

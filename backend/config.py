@@ -238,6 +238,30 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("backup", "checkpoint"): ("fast", "spread"),
 }
 
+#: The range of every integer key, and what the bounds mean. Checked when the config is loaded, so a
+#: value no code could use (a zstd level of 99 fails every push, a port of 70000 the daemon, a
+#: push_ahead of 10**20 the memory) is one line naming the key, not a failure at 3 a.m. in a job.
+RANGES: dict[tuple[str, str], tuple[int, int, str]] = {
+    ("postgres", "port"): (1, 65535, "a TCP port"),
+    ("local", "retention_days"): (0, 36500, "days"),
+    ("s3", "retention_days"): (0, 36500, "days"),
+    ("s3", "upload_chunk_mb"): (5, 5120, "MiB, S3's part size limits"),
+    ("archive", "compression_level"): (1, 22, "zstd's levels: 1 is the fastest, 22 the smallest"),
+    ("archive", "push_ahead"): (0, 1000, "segments; 0 turns pushing ahead off"),
+    ("archive", "workers"): (1, 64, "parallel pushes"),
+    ("archive", "server_idle"): (1, 86400, "seconds; server = false turns the push server off"),
+    ("backup", "compression_level"): (1, 22, "zstd's levels: 1 is the fastest, 22 the smallest"),
+    ("restore", "prefetch"): (0, 1000, "segments; 0 turns prefetching off"),
+    ("restore", "prefetch_workers"): (1, 64, "parallel downloads"),
+    ("telegram", "repeat_minutes"): (0, 10080, "minutes, at most a week; 0 sends every message"),
+    ("schedule", "rpo_alarm_minutes"): (1, 10080, "minutes, at most a week"),
+    ("daemon", "metrics_port"): (0, 65535, "a TCP port; 0 turns the HTTP endpoint off"),
+}
+
+#: A cluster name is a folder and an S3 key component, a log and message word, and what is typed to
+#: confirm a restore (read back stripped): so no '/', no leading '.', nothing invisible, no outer spaces.
+MAX_CLUSTER_NAME = 64
+
 #: Environment variables that override file values, as the seed's ``.env`` names them.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PGHOST": ("postgres", "host"),
@@ -356,15 +380,18 @@ def _coerce(section: str, key: str, value: Any, cls: type, where: str, *, from_e
     shown = "" if (section, key) in SECRET_KEYS else f" (got {value!r})"
     if expected is int:
         if from_env and isinstance(value, str) and value.strip().isdecimal():
-            return int(value)
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{section}.{key} in {where} must be an integer{shown}")
-        if value < 0:
-            raise ConfigError(f"{section}.{key} in {where} must not be negative{shown}")
+        low, high, meaning = RANGES[(section, key)]
+        if not low <= value <= high:
+            raise ConfigError(f"{section}.{key} in {where} must be between {low} and {high} ({meaning}; got {value})")
         return value
     if expected is str:
         if not isinstance(value, str):
             raise ConfigError(f"{section}.{key} in {where} must be a string{shown}")
+        if "\0" in value:  # no path, host or password can hold one, and os calls raise on it
+            raise ConfigError(f"{section}.{key} in {where} must not contain a NUL character{shown}")
         choices = CHOICES.get((section, key))
         if choices is not None and value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
@@ -391,10 +418,7 @@ def _hint(word: str, options: Any) -> str:
 def _validate(cfg: Config, where: str) -> Config:
     if cfg.source is None:
         return cfg
-    if not cfg.cluster.name:
-        raise ConfigError(f'cluster.name is missing in {where}: set [cluster] name = "..." (e.g. "main")')
-    if "/" in cfg.cluster.name or cfg.cluster.name.startswith("."):
-        raise ConfigError(f"cluster.name in {where} must not contain '/' or start with '.' (got {cfg.cluster.name!r})")
+    _validate_cluster_name(cfg.cluster.name, where)
     if not cfg.repository_names:
         raise ConfigError(f"no repository configured in {where}: set [local] path and/or [s3] bucket")
     for name in cfg.archive.sync:
@@ -403,13 +427,28 @@ def _validate(cfg: Config, where: str) -> Config:
                 f"archive.sync in {where} names repository {name!r}, which is not configured "
                 f"(configured: {', '.join(cfg.repository_names)})"
             )
-    if cfg.s3.bucket and not 5 <= cfg.s3.upload_chunk_mb <= 5120:
-        raise ConfigError(f"s3.upload_chunk_mb in {where} must be between 5 and 5120 (S3's part size limits)")
     for name, repo in (("local", cfg.local), ("s3", cfg.s3)):
         _validate_encryption(name, repo.encryption, repo.encryption_passphrase, repo.encryption_key_file, where)
     if cfg.s3.sse == "aws:kms" and not cfg.s3.kms_key_id:
         raise ConfigError(f's3.kms_key_id is missing in {where}: s3.sse = "aws:kms" needs the KMS key id')
     return cfg
+
+
+def _validate_cluster_name(name: str, where: str) -> None:
+    if not name:
+        raise ConfigError(f'cluster.name is missing in {where}: set [cluster] name = "..." (e.g. "main")')
+    if (
+        len(name) > MAX_CLUSTER_NAME
+        or not name.isprintable()
+        or "/" in name
+        or name.startswith(".")
+        or name != name.strip()
+    ):
+        shown = repr(name) if len(name) <= MAX_CLUSTER_NAME else f"{len(name)} characters"
+        raise ConfigError(
+            f"cluster.name in {where} must be at most {MAX_CLUSTER_NAME} printable characters, without '/', "
+            f"a leading '.', control characters or spaces at either end (got {shown})"
+        )
 
 
 #: Shorter passphrases fall to an offline guess at scrypt's cost; a key file is the way to go below this.

@@ -18,6 +18,11 @@ chunks of data, and pg_basebackup can sit for minutes waiting for a spread check
 lock) without sending a byte, so on stop the daemon also ends its own pg_basebackup and pg_dump
 children: the backup then fails over to the same cleanup, and is recorded as cancelled.
 
+Beside the schedule, a thread drains the upload queues of the repositories ``wal-push`` does not
+wait for (every ``UPLOAD_POLL`` seconds, backing off to ``UPLOAD_RETRY_MAX`` while a repository
+refuses): the uploader a push starts is the only other thing that drains them, and one that died
+would leave its segments out of S3 until the next push, hours away on an idle database.
+
 Logs go to stdout, one line per event: text, or JSON objects (time, level, job, message, fields).
 The status file (``daemon-<cluster>.json`` in the state dir, replaced atomically) records per job
 the last run's start, end, result (ok, failed, skipped, cancelled), error, duration and the next
@@ -59,6 +64,12 @@ WAL_INDEX_BUDGET_S = 600.0
 #: Longest single sleep: the schedule is recomputed at least this often (clock changes, suspend).
 MAX_SLEEP = 60.0
 PROGRESS_EVERY = 10.0
+#: Seconds between looks at the upload queues: how long a queued segment can wait on an idle database.
+UPLOAD_POLL = 5.0
+#: Longest wait between upload attempts while a repository fails (the queue entries wait durably).
+UPLOAD_RETRY_MAX = 60.0
+#: How long stopping waits for an upload in flight (one file) before leaving it to the next start.
+UPLOAD_JOIN = 10.0
 
 
 # --- schedules -------------------------------------------------------------------------------------
@@ -419,7 +430,14 @@ class _Daemon:
             record["next_run"] = _iso(self.next_due[job])
         server = None
         if self.cfg.daemon.metrics_port:
-            server = MetricsServer(self.metrics, self.cfg.daemon.metrics_address, self.cfg.daemon.metrics_port)
+            address, port = self.cfg.daemon.metrics_address, self.cfg.daemon.metrics_port
+            try:
+                server = MetricsServer(self.metrics, address, port)
+            except OSError as exc:  # in use, privileged, or an address this host does not have
+                raise PgdrError(
+                    f"cannot serve metrics on {address} port {port} ({exc.strerror or exc}): change "
+                    f"daemon.metrics_port or daemon.metrics_address in {self.cfg.where()} (metrics_port = 0: no HTTP)"
+                ) from None
         try:
             with self._signals():
                 self._save()
@@ -434,9 +452,16 @@ class _Daemon:
                         status_file=str(self.status_file),
                         metrics_textfile=str(metrics_textfile(self.cfg)),
                         metrics_port=server.port if server else 0,
+                        upload_queues=self._upload_targets(),
                     ),
                 )
-                self._loop(set(missed))
+                uploader = threading.Thread(target=self._upload_queues, name="pgdr-uploader", daemon=True)
+                uploader.start()
+                try:
+                    self._loop(set(missed))
+                finally:
+                    self.stop.set()
+                    uploader.join(timeout=UPLOAD_JOIN)
         finally:
             self.status["stopped"] = _iso(datetime.now(UTC))
             for record in self.status["jobs"].values():
@@ -466,6 +491,74 @@ class _Daemon:
                 self._reschedule(job)
                 if result == "ok" and job in BACKUP_JOBS and "expire" in self.schedules and not self.stop.is_set():
                     self.run_job("expire", f"after {job}")
+
+    # -- the upload queues --
+
+    def _upload_targets(self) -> list[str]:
+        """The repositories with an upload queue: those outside ``archive.sync``, when the local one holds it."""
+        if not self.cfg.local.path:
+            return []
+        return [name for name in self.cfg.repository_names if name not in self.cfg.sync_repositories]
+
+    def _upload_queues(self) -> None:
+        """Drain each upload queue until stopped; never raises (a dead thread would drain nothing).
+
+        ``wait=False``: while a background uploader holds a queue's lock it is uploading, and it sees
+        every entry before it lets go; the daemon only steps in when nobody does.
+        """
+        from backend.archive import queue
+        from backend.archive.push import INDEX_TARGET
+
+        targets = self._upload_targets()
+        retry_in = dict.fromkeys(targets, 0.0)
+        next_try = dict.fromkeys(targets, 0.0)
+        failing: dict[str, str] = {}
+        while targets and not self.stop.is_set():
+            for target in targets:
+                if self.stop.is_set() or time.monotonic() < next_try[target]:
+                    continue
+                try:
+                    self._clean_queue(target)
+                    pending = queue.pending(self.cfg, target)
+                    done = queue.drain(self.cfg, target, wait=False, cancel=self.stop) if pending else []
+                except Exception as exc:
+                    text = str(exc) if isinstance(exc, PgdrError) else f"{type(exc).__name__}: {exc}"
+                    retry_in[target] = min(max(retry_in[target] * 2, UPLOAD_POLL), UPLOAD_RETRY_MAX)
+                    next_try[target] = time.monotonic() + retry_in[target]
+                    if failing.get(target) != text:
+                        log.error(
+                            "uploading queued WAL to the %s repository failed: %s",
+                            target,
+                            text,
+                            **_event(repository=target, retry_seconds=retry_in[target]),
+                        )
+                    failing[target] = text
+                    continue
+                retry_in[target] = 0.0
+                if failing.pop(target, None) is not None:
+                    log.info("uploads to the %s repository work again", target, **_event(repository=target))
+                if done:
+                    log.info(
+                        "uploaded %d queued WAL file(s) to the %s repository",
+                        len(done),
+                        target,
+                        **_event(repository=target, first=done[0], last=done[-1]),
+                    )
+            with contextlib.suppress(Exception):
+                self._clean_queue(INDEX_TARGET)  # drained by the indexer wal-push starts, at its own pace
+            self.stop.wait(UPLOAD_POLL)
+
+    def _clean_queue(self, target: str) -> None:
+        from backend.archive import queue
+
+        removed = queue.remove_stale_temporaries(self.cfg, target)
+        if removed:
+            log.info(
+                "removed %d temporary file(s) a killed process left in the %s upload queue",
+                removed,
+                target,
+                **_event(repository=target),
+            )
 
     def _reschedule(self, job: str) -> None:
         # From now, not from the fire time: runs that fell due while the job ran are coalesced.
@@ -716,6 +809,6 @@ def _summary(text: str, *, problems: bool) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     for line in lines if problems else []:
         lowered = line.lower()
-        if any(word in lowered for word in ("fail", "error", "missing", "mismatch", "corrupt", "gap")):
+        if any(word in lowered for word in ("fail", "error", "lost", "missing", "mismatch", "corrupt", "gap")):
             return line
     return lines[0] if lines else ""

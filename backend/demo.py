@@ -8,6 +8,13 @@ repository, takes base backups with ``jobs.backup_job`` around a named restore p
 table, and starts a small workload (inserts, and a WAL switch every few seconds) that keeps running
 while the demo is open. ``clean()`` stops the workload and the server and removes everything.
 
+As root the sandbox sits in a folder everyone can write into (/var/tmp), where another local user
+could have prepared one first. So the demo uses only a sandbox it made itself: a folder of its own
+user (not a link), that nobody else can write into, holding the marker it wrote (``_check_sandbox``),
+and it never follows a link inside: what it writes there is created with ``O_EXCL | O_NOFOLLOW`` and
+given to the server user by descriptor. The server user owns the data directory, so what it says
+there is not believed either: ``--clean`` stops only a postmaster running in this data directory.
+
 Everything goes through the real backend and the real ``pgdr wal-push``: the demo is the product.
 """
 
@@ -18,6 +25,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,6 +39,10 @@ CLUSTER = "demo"
 PORT = 5432  # the server listens only on the sandbox's own socket directory: no clash with a real one
 WORKLOAD_INSERT_SECONDS = 1.0
 WORKLOAD_SWITCH_SECONDS = 8.0
+MARKER = ".pgdr-demo"
+MARKER_TEXT = "a pgdr demo sandbox: `pgdr demo --clean` removes this folder\n"
+#: How a file of the sandbox is created: never through a link, never over an existing file.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def sandbox_dir() -> Path:
@@ -62,10 +74,38 @@ def _as_server(argv: list[str]) -> list[str]:
     return argv
 
 
-def _give(path: Path) -> None:
+def _give(fd: int) -> None:
     if os.geteuid() == 0:
         user = _server_user()
-        os.chown(path, user.pw_uid, user.pw_gid)
+        os.fchown(fd, user.pw_uid, user.pw_gid)
+
+
+def _write_new(path: Path, text: str, *, mode: int, give: bool = False) -> None:
+    """Create ``path`` (replacing a file of that name) with ``text``, through no link; ``give``: to the server user."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=folder)  # a link planted there is removed, not followed
+        try:
+            fd = os.open(path.name, NEW_FILE, mode, dir_fd=folder)
+        except FileExistsError:
+            raise PgdrError(f"{path} was created by someone else while the demo wrote it: run the demo again") from None
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "w") as fh:
+        if give:
+            _give(fh.fileno())
+        fh.write(text)
+
+
+def _server_folder(path: Path) -> None:
+    """Create ``path`` (mode 0700) for the server user."""
+    os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _give(fd)
+    finally:
+        os.close(fd)
 
 
 def _pg_bin() -> Path:
@@ -106,6 +146,7 @@ def _run(argv: list[str], what: str, **kwargs: object) -> str:
 class _Paths:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.marker = root / MARKER
         self.data = root / "data"
         self.sock = root / "sock"
         self.repo = root / "repo"
@@ -119,32 +160,20 @@ def build(on_progress: ProgressCallback = no_progress) -> Config:
     """Build the sandbox (or bring an existing one back up) and return its loaded config."""
     paths = _Paths(sandbox_dir())
     step = _Steps(on_progress)
-    if paths.config.exists() and (paths.data / "PG_VERSION").exists():
-        step("starting the existing demo cluster")
-        cfg = load_config(paths.config)
-        _start(paths, _pg_bin())
-        _start_workload(paths)
-        return cfg
-    if paths.root.exists():
+    _check_parent(paths.root)
+    if os.path.lexists(paths.root):
+        _check_sandbox(paths)
+        if paths.config.exists() and (paths.data / "PG_VERSION").exists():
+            step("starting the existing demo cluster")
+            cfg = load_config(paths.config)
+            _start(paths, _pg_bin())
+            _start_workload(paths)
+            return cfg
         shutil.rmtree(paths.root)  # half-built by an interrupted run: start over
     pg_bin = _pg_bin()
     exe = _pgdr_for_server()
     step(f"creating the sandbox in {paths.root}")
-    paths.root.mkdir(parents=True, mode=0o755)
-    paths.root.chmod(0o755)
-    _give(paths.root)
-    for folder in (paths.sock, paths.repo):
-        folder.mkdir(mode=0o700)
-        _give(folder)
-    paths.data.mkdir(mode=0o700)
-    _give(paths.data)
-    paths.config.write_text(
-        f'# pgdr demo sandbox: remove with `pgdr demo --clean`\n[cluster]\nname = "{CLUSTER}"\n\n'
-        f'[postgres]\nhost = "{paths.sock}"\nport = {PORT}\nuser = "postgres"\ndbname = "postgres"\n'
-        f'data_dir = "{paths.data}"\nbin_dir = "{pg_bin}"\n\n[local]\npath = "{paths.repo}"\n'
-    )
-    paths.config.chmod(0o600)
-    _give(paths.config)
+    _create_sandbox(paths, pg_bin)
 
     step("initdb: a throwaway PostgreSQL cluster with 1 MB WAL segments")
     _run(
@@ -179,9 +208,8 @@ def build(on_progress: ProgressCallback = no_progress) -> Config:
         "shared_buffers": "32MB",
         "fsync": "off",
     }
-    conf = paths.data / "postgresql.auto.conf"
-    conf.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-    _give(conf)
+    conf = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    _write_new(paths.data / "postgresql.auto.conf", conf, mode=0o600, give=True)
     step("starting the server (archiving through pgdr wal-push)")
     _start(paths, pg_bin)
     cfg = load_config(paths.config)
@@ -223,6 +251,27 @@ def build(on_progress: ProgressCallback = no_progress) -> Config:
     return cfg
 
 
+def _create_sandbox(paths: _Paths, pg_bin: Path) -> None:
+    """The sandbox's folders, marker and config: the folder is this user's and nobody else can write in
+    it; the server user gets its data, socket and repository folders and can only read the rest."""
+    paths.root.parent.mkdir(parents=True, exist_ok=True, mode=0o755)  # the server user goes through it
+    try:
+        paths.root.mkdir(mode=0o755)
+    except FileExistsError:
+        raise PgdrError(f"{paths.root} was created by someone else meanwhile: remove it and run the demo") from None
+    paths.root.chmod(0o755)
+    _write_new(paths.marker, MARKER_TEXT, mode=0o644)
+    for folder in (paths.sock, paths.repo, paths.data):
+        _server_folder(folder)
+    _write_new(
+        paths.config,
+        f'# pgdr demo sandbox: remove with `pgdr demo --clean`\n[cluster]\nname = "{CLUSTER}"\n\n'
+        f'[postgres]\nhost = "{paths.sock}"\nport = {PORT}\nuser = "postgres"\ndbname = "postgres"\n'
+        f'data_dir = "{paths.data}"\nbin_dir = "{pg_bin}"\n\n[local]\npath = "{paths.repo}"\n',
+        mode=0o644,  # no secret in it; the server user reads it (archive_command) but cannot change it
+    )
+
+
 class _Steps:
     def __init__(self, on_progress: ProgressCallback) -> None:
         self.on_progress = on_progress
@@ -252,9 +301,8 @@ def _start(paths: _Paths, pg_bin: Path) -> None:
     )
     if status.returncode == 0:
         return
-    if not paths.server_log.exists():
-        paths.server_log.touch()
-        _give(paths.server_log)
+    if not os.path.lexists(paths.server_log):
+        _write_new(paths.server_log, "", mode=0o600, give=True)
     _run(
         _as_server(
             [str(pg_bin / "pg_ctl"), "start", "-D", str(paths.data), "-l", str(paths.server_log), "-w", "-t", "60"]
@@ -270,19 +318,21 @@ def _clean_env() -> dict[str, str]:
 
 
 def _workload_alive(paths: _Paths) -> int | None:
+    """The pid of this sandbox's workload, if it runs (the pid file alone could name any process)."""
     try:
-        pid = int(paths.workload_pid.read_text().strip())
-        os.kill(pid, 0)
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        with open(os.open(paths.workload_pid, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)) as fh:
+            pid = int(fh.read().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if b"backend.demo" in cmdline else None
+    return pid if cmdline[-3:-1] == [b"--workload", os.fsencode(paths.config)] else None
 
 
 def _start_workload(paths: _Paths) -> None:
     if _workload_alive(paths):
         return
-    with paths.workload_log.open("ab") as log:
+    log_fd = os.open(paths.workload_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with open(log_fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "backend.demo", "--workload", str(paths.config)],
             stdin=subprocess.DEVNULL,
@@ -292,7 +342,7 @@ def _start_workload(paths: _Paths) -> None:
             env=_clean_env(),
             cwd="/",
         )
-    paths.workload_pid.write_text(str(proc.pid))
+    _write_new(paths.workload_pid, str(proc.pid), mode=0o644)
 
 
 def workload(config: Path) -> int:
@@ -330,21 +380,21 @@ def workload(config: Path) -> int:
 def clean() -> str:
     """Stop the workload and the server, remove the sandbox; says what it did."""
     paths = _Paths(sandbox_dir())
-    if not paths.root.exists():
+    if not os.path.lexists(paths.root):
         return f"no demo sandbox at {paths.root}: nothing to remove"
+    _check_sandbox(paths)
     pid = _workload_alive(paths)
     if pid is not None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
-    if (paths.data / "PG_VERSION").exists():
-        with contextlib.suppress(PgdrError):
-            pg_ctl = str(_pg_bin() / "pg_ctl")
-            subprocess.run(
-                _as_server([pg_ctl, "stop", "-D", str(paths.data), "-m", "immediate", "-w"]),
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
+    server = _postmaster(paths)
+    if server is not None:
+        with contextlib.suppress(OSError):
+            os.kill(server, signal.SIGQUIT)  # an immediate shutdown: the sandbox goes anyway
+        for _ in range(600):
+            if _postmaster(paths) is None:
+                break
+            time.sleep(0.1)
     if pid is not None:
         for _ in range(50):
             with contextlib.suppress(ChildProcessError):
@@ -357,6 +407,84 @@ def clean() -> str:
                 os.kill(pid, signal.SIGKILL)
     shutil.rmtree(paths.root, ignore_errors=True)
     return f"removed the demo sandbox {paths.root} (server and workload stopped)"
+
+
+def _postmaster(paths: _Paths) -> int | None:
+    """The postmaster serving the sandbox's data directory, if one runs.
+
+    postmaster.pid is the server user's to write, so the pid it names is believed only when that
+    process belongs to the data directory's owner and runs in it (a postmaster's working directory
+    is its data directory): never a signal to some other cluster's server.
+    """
+    try:
+        with open(os.open(paths.data / "postmaster.pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)) as fh:
+            pid = int(fh.readline().strip())
+        data = os.lstat(paths.data)
+        runs_in = os.readlink(f"/proc/{pid}/cwd")
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or runs_in != os.path.realpath(paths.data) or owner != data.st_uid:
+        return None
+    return pid
+
+
+def _check_parent(root: Path) -> None:
+    """The folder above the sandbox must not let another user swap the sandbox: theirs or root's, and
+    writable by others only when sticky (as /var/tmp is: nobody removes or renames another's entry)."""
+    parent = root.parent.resolve()
+    try:
+        st = parent.stat()
+    except FileNotFoundError:
+        return  # created below, by this user
+    if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise PgdrError(
+            f"{parent}, where the demo sandbox goes, can be changed by other users: "
+            "set PGDR_DEMO_DIR to a folder in a place only you (and root) can write"
+        )
+
+
+def _check_sandbox(paths: _Paths) -> None:
+    """Refuse a sandbox this demo did not make: whatever another user prepared there is never used."""
+    st = os.lstat(paths.root)
+    problem = ""
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem = "is not a folder"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to {_user_name(st.st_uid)}"
+    elif st.st_mode & 0o022:
+        problem = f"can be written by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    elif not _mine(paths.marker, MARKER_TEXT.encode()):
+        problem = f"has no {MARKER} marker of this user's"
+    elif os.path.lexists(paths.config) and not _mine(paths.config):
+        problem = f"holds a {paths.config.name} that is not this user's own file"
+    if problem:
+        raise PgdrError(
+            f"{paths.root} {problem}, so it is not a demo sandbox pgdr made: check it and remove it "
+            f"yourself (rm -rf {paths.root}), or set PGDR_DEMO_DIR to another folder"
+        )
+
+
+def _mine(path: Path, content: bytes | None = None) -> bool:
+    """A plain file of this user's that nobody else can write (holding ``content``, when given)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return False
+        return content is None or fh.read(len(content) + 1) == content
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 if __name__ == "__main__":

@@ -133,11 +133,29 @@ def owner_of(path: Path) -> tuple[int, int]:
 
 
 def chown_tree(root: Path, owner: tuple[int, int]) -> None:
-    """Give a data directory pgdr wrote as root to the server's user (PostgreSQL refuses any other owner)."""
-    for folder, dirs, files in os.walk(root):
-        os.chown(folder, *owner)
+    """Give a data directory pgdr wrote as root to the server's user (PostgreSQL refuses any other owner).
+
+    That user can write into the tree while this runs (a restore's target, verify --deep's scratch),
+    so nothing is reached by a path it could swap for a link: ``fwalk`` holds each folder open and
+    refuses to descend into a link, and every entry is changed relative to its folder's descriptor,
+    a link itself rather than what it points to.
+    """
+    for _folder, dirs, files, folder_fd in os.fwalk(root, follow_symlinks=False):
+        os.fchown(folder_fd, *owner)
         for name in dirs + files:
-            os.lchown(os.path.join(folder, name), *owner)
+            os.chown(name, *owner, dir_fd=folder_fd, follow_symlinks=False)
+
+
+def own_folder(folder: Path, mode: int, owner: tuple[int, int] | None) -> None:
+    """Set a folder's mode and (when pgdr is root) owner through a descriptor of the folder itself:
+    never a path the server's user, who can write beside it, could swap for a link meanwhile."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
 
 
 def run_server_program(

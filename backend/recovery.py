@@ -11,6 +11,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.archive.index import ensure_indexes
@@ -20,6 +21,7 @@ from backend.errors import PgdrError
 from backend.manifest import BACKUPS_PREFIX, BackupManifest
 from backend.progress import ProgressCallback, no_progress
 from backend.repository import Repository, open_repositories
+from backend.server import cluster_timeline
 from backend.timeline import RecoveryTimeline
 from backend.walindex import WalEvent
 
@@ -79,10 +81,24 @@ def load_view(
         budget_s=index_budget_s,
     )
     with collector_paused():
-        timeline = recovery_timeline(catalog, indexes.commit_columns)
+        timeline = recovery_timeline(catalog, indexes.commit_columns, indexes.damaged_names)
         events = indexes.events()
     timeline.events = events
+    timeline.current = _running_timeline(cfg, catalog, timeline)
     return RecoveryView(catalog, timeline, repos, events, unindexed=indexes.pending, unreadable=indexes.unreadable)
+
+
+def _running_timeline(cfg: Config, catalog: Catalog, timeline: RecoveryTimeline) -> int | None:
+    """The timeline the configured data directory's cluster is on, when it is this archive's cluster."""
+    if not cfg.postgres.data_dir:
+        return None
+    found = cluster_timeline(Path(cfg.postgres.data_dir))
+    if found is None:
+        return None
+    system, current = found
+    if catalog.backups and all(b.manifest.system_identifier != system for b in catalog.backups):
+        return None
+    return current if current in timeline.timelines else None
 
 
 class _Collector:
@@ -127,6 +143,7 @@ def plan_restore(
     port: int | None = None,
     only: str | None = None,
     dry_run: bool = False,
+    force: bool = False,
 ) -> tuple[RecoveryView, RestorePlan]:
     from backend.restore.plan import make_plan
     from backend.restore.preflight import run_checks
@@ -142,6 +159,7 @@ def plan_restore(
         port=port,
         events=view.events,
     )
+    plan.force = force
     plan.checks = run_checks(cfg, plan)
     return view, plan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import struct
@@ -78,6 +79,51 @@ def postmaster_running(data_dir: Path) -> bool:
 _IN_PRODUCTION = 6
 #: The state field follows system_identifier (8 bytes) and two 4-byte version numbers.
 _STATE = struct.Struct("=16xi")
+
+
+#: pg_control's head: system_identifier, then (after two version numbers, the state, the time and the
+#: latest checkpoint's location) the checkpoint's redo LSN and its timeline. The same from 12 to 18.
+_HEAD = struct.Struct("=Q40xI")
+
+
+def control_identity(data_dir: Path) -> tuple[int, int] | None:
+    """The cluster's system identifier and the timeline of its latest checkpoint, from pg_control.
+
+    None when there is no readable pg_control (no cluster there, or not pgdr's to read). A server
+    that promoted moments ago may still show the old timeline until its first checkpoint: ask a
+    running server instead (``pg_walfile_name``).
+    """
+    try:
+        with (data_dir / "global" / "pg_control").open("rb") as fh:
+            head = fh.read(_HEAD.size)
+    except OSError:
+        return None
+    if len(head) < _HEAD.size:
+        return None
+    system, timeline = _HEAD.unpack(head)
+    return int(system), int(timeline)
+
+
+def cluster_timeline(data_dir: Path) -> tuple[int, int] | None:
+    """The system identifier of the cluster in ``data_dir`` and the timeline it runs on (None: unreadable).
+
+    pg_control names the timeline of the latest checkpoint, which after a promotion stays the old one
+    until the next checkpoint; the promotion wrote the new timeline's history file into pg_wal at
+    once, and the newest history file there is never older than the timeline the cluster is on.
+    """
+    control = control_identity(data_dir)
+    if control is None:
+        return None
+    system, timeline = control
+    try:
+        names = os.listdir(data_dir / "pg_wal")
+    except OSError:
+        names = []
+    for name in names:
+        stem, _, suffix = name.partition(".")
+        if suffix == "history" and len(stem) == 8 and all(c in "0123456789ABCDEF" for c in stem):
+            timeline = max(timeline, int(stem, 16))
+    return system, timeline
 
 
 def in_production(data_dir: Path) -> bool:

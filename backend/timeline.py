@@ -161,16 +161,42 @@ class RecoveryTimeline:
     _paths: dict[int, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
     #: WAL index events (restore points, destructive transactions), set by whoever built the index.
     events: list[Any] = field(default_factory=list, repr=False)
+    #: The timeline the cluster runs on (its data directory says so), None when it cannot be read.
+    current: int | None = None
+    #: Backups whose manifest the WAL contradicts (name -> why): they get no window.
+    disowned: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "windows": [w.to_json() for w in self.windows],
             "gaps": [g.to_json() for g in self.gaps],
             "timelines": self.timelines,
+            "current_timeline": self.current,
+            "abandoned_timelines": self.abandoned(),
+            "disowned_backups": self.disowned,
         }
 
     def latest_timeline(self) -> int:
         return max(self.timelines) if self.timelines else 1
+
+    def followed_timeline(self) -> int:
+        """The timeline a restore follows unless told otherwise: the one the cluster runs on, when known.
+
+        PostgreSQL's own default (the newest timeline in the archive) can be a branch nobody continued:
+        the server of a killed restore that promoted on its own, after the operator rolled back.
+        """
+        return self.current if self.current is not None else self.latest_timeline()
+
+    def ancestry(self, timeline: int) -> list[int]:
+        """``timeline`` and the timelines its history passes through, newest first."""
+        return [tli for tli, _ in reversed(self._paths.get(timeline) or [(timeline, 0)])]
+
+    def abandoned(self) -> list[int]:
+        """Timelines in the archive that the running cluster's history does not pass through."""
+        if self.current is None:
+            return []
+        followed = set(self.ancestry(self.current))
+        return [tli for tli in self.timelines if tli not in followed]
 
     def windows_on(self, timeline: int) -> list[Window]:
         return [w for w in self.windows if w.timeline == timeline]
@@ -279,11 +305,16 @@ def build_timeline(
     # year of backups shares a handful of runs: found once, not once per backup.
     reached: dict[tuple[int, int], tuple[int, datetime]] = {}
     physical = [b for b in backups if b.kind == "physical" and b.wal_start and b.wal_stop and b.timeline]
+    disowned: dict[str, str] = {}
     for backup in sorted(physical, key=lambda b: b.stop_time):
         assert backup.wal_start and backup.wal_stop and backup.stop_lsn and backup.timeline
         start = SegmentName.parse(backup.wal_start, segment_size).number
         stop = SegmentName.parse(backup.wal_stop, segment_size).number
         stop_lsn = parse_lsn(backup.stop_lsn)
+        contradiction = _contradicted_stop(backup, tables, paths.get(backup.timeline), stop)
+        if contradiction:
+            disowned[backup.name] = contradiction
+            continue
         for tli, path in paths.items():
             if not _descends(path, backup.timeline, stop_lsn, segment_size):
                 continue
@@ -335,7 +366,45 @@ def build_timeline(
                     SegmentName(tli, next_start - 1, segment_size),
                 )
             )
-    return RecoveryTimeline(windows, gaps, timelines, segment_size, tables, paths)
+    return RecoveryTimeline(windows, gaps, timelines, segment_size, tables, paths, disowned=disowned)
+
+
+#: How far a backup's recorded stop time may fall behind a commit the WAL holds before its stop
+#: segment (the manifest's clock is the backup host's, the commit's the server's).
+CLOCK_TOLERANCE_S = 120.0
+#: How many segments before the stop segment are searched for the last commit.
+_STOP_SEARCH = 16
+
+
+def _contradicted_stop(
+    backup: BackupManifest, tables: dict[int, SegmentTable], path: list[tuple[int, int]] | None, stop: int
+) -> str:
+    """Why the WAL says a backup's manifest cannot be right, or "".
+
+    The manifest's stop time starts the backup's window. Every commit in a segment before the one
+    holding the stop LSN was written before the backup ended, so a stop time earlier than such a
+    commit is false: a manifest changed in every copy (or written by a broken clock), which would
+    offer instants the backup cannot reach. Only indexed commit times count: archive times prove
+    nothing about when a segment's records were written.
+    """
+    if path is None:
+        return ""
+    for number in range(stop - 1, max(stop - 1 - _STOP_SEARCH, -1), -1):
+        found = _lookup(tables, path, number)
+        if found is None:
+            continue
+        table, row = found
+        if not table.indexed[row] or math.isnan(table.last_commit[row]):
+            continue
+        commit = table.last_commit[row]
+        if backup.stop_time.timestamp() + CLOCK_TOLERANCE_S < commit:
+            return (
+                f"its manifest says it stopped at {backup.stop_time:%Y-%m-%d %H:%M:%S} UTC, but the WAL before its "
+                f"stop LSN {backup.stop_lsn} holds a commit of {_instant(commit):%Y-%m-%d %H:%M:%S} UTC: the "
+                "manifest was changed or its clock was wrong; it is not offered for restores (`pgdr verify` checks it)"
+            )
+        return ""
+    return ""
 
 
 def _latest_commit(

@@ -23,12 +23,20 @@ Levels:
   room or no permission for the scratch directory, too few open files, shared memory) proves nothing
   about the backup: it is an error of the run, "could not rehearse", never a BAD backup.
 
-WAL holes are classified so that normal archive lag never raises a data-loss alarm: a segment missing
-after a repository's newest one is not a hole at all (it simply has not arrived); a hole that is
+WAL holes are classified so that normal archive lag never raises a data-loss alarm: a hole that is
 queued for upload to that repository (and held by another one) is "uploading"; a hole in a repository
 ``wal-push`` does not wait for, held by another repository and younger than ``DELAY_GRACE``, is
 "delayed"; everything else is "lost" (from that repository, or, when no repository holds it, from the
-archive: point-in-time recovery cannot cross it).
+archive: point-in-time recovery cannot cross it). Segments after a repository's newest one that
+another repository holds are judged the same way, the age being that of the other copy: lag is
+queued, so an unqueued segment the other copy has held for long never arrives.
+
+Each repository is also compared with the others as a whole, since a hole is only visible between
+segments the repository still holds: one emptied (or swapped for another, empty one, by a changed
+endpoint or bucket) holds nothing to have holes between. A repository lacking segments that another
+holds, is not owed by the upload queue, that its own retention keeps, and that are older than
+anything it still holds (or that holds no backup at all though it has WAL from before the others'
+backups) lost them: that is a ``RepositoryLoss``, reported at once, without the grace of a hole.
 
 Each result is recorded as ``verify/<backup name>.json`` in every repository holding the backup, so
 the catalog and the console can say when each backup was last verified and how (``last_verified``).
@@ -67,7 +75,7 @@ from backend.audit import state_dir
 from backend.config import Config
 from backend.errors import ConfigError, ObjectNotFound, PgdrError, RepositoryError
 from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
-from backend.postgres import chown_tree, owner_of, program, run_server_program
+from backend.postgres import chown_tree, own_folder, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
 from backend.timeline import History, estimate_restore_seconds, timeline_path
@@ -79,6 +87,9 @@ RECORD_FORMAT = 1
 #: How long a hole in a repository that ``wal-push`` does not wait for may be the uploader catching
 #: up (retrying after an outage) before it counts as lost.
 DELAY_GRACE = timedelta(minutes=10)
+#: A segment stored in a repository ``wal-push`` waits for gets its queue entries a moment later; one
+#: this much older that is neither queued for another repository nor in it is not on its way there.
+IN_FLIGHT = timedelta(seconds=5)
 #: A backup folder without a manifest younger than this is probably a backup being written right now
 #: (objects appear one by one, the manifest last), not debris of a crashed one.
 DEBRIS_GRACE = timedelta(hours=1)
@@ -288,6 +299,81 @@ class WalResult:
         }
 
 
+@dataclass(frozen=True)
+class RepositoryLoss:
+    """A repository lacking what ``other`` holds, beyond what upload lag and its own retention explain."""
+
+    repository: str
+    other: str
+    #: Segments ``other`` holds that are missing here (``first`` .. ``last``), and how many it holds.
+    segments: int
+    first: str | None
+    last: str | None
+    other_segments: int
+    #: Backups ``other`` holds, within this repository's retention, that are missing here; and how many it holds.
+    backups: int
+    other_backups: int
+    #: This repository holds no WAL and no backup at all.
+    empty: bool
+    #: Its repo.json is gone while ``other`` has one.
+    identity_gone: bool
+
+    def describe(self) -> str:
+        """What is missing, in one sentence that names both repositories and says what it looks like."""
+        here, there = f"the {self.repository} repository", f"the {self.other} repository"
+        if self.empty:
+            held = " and ".join(
+                _count(n, what)
+                for n, what in ((self.other_backups, "backup"), (self.other_segments, "WAL segment"))
+                if n
+            )
+            gone = ", and its repo.json is gone" if self.identity_gone else ""
+            return f"{here} holds none of the {held} {there} holds{gone}: emptied, or replaced by another (empty) one?"
+        if self.segments:
+            span = self.first if self.first == self.last else f"{self.first} .. {self.last}"
+            also = ""
+            if self.backups and self.backups == self.other_backups:
+                also = ", and its backup" if self.backups == 1 else f", and all {self.backups} of its backups"
+            elif self.backups:
+                also = f", and {self.backups} of its {self.other_backups} backups"
+            return (
+                f"{here} lacks {_count(self.segments, 'WAL segment')} {there} holds ({span}, older than anything "
+                f"left in it, which its own retention keeps){also}: emptied and refilled, or replaced by another one?"
+            )
+        return (
+            f"{here} holds none of the {_count(self.backups, 'backup')} {there} holds within its retention, though "
+            f"it holds the WAL archived while they were taken: were its backups removed?"
+        )
+
+    def fix(self) -> str:
+        return (
+            f"The {self.other} repository still holds them and restores work from it (`pgdr restore --repo "
+            f"{self.other}`): find out what removed them, then take a base backup (`pgdr backup`) so the "
+            f"{self.repository} repository can restore on its own again (pgdr does not copy what is already "
+            "archived from one repository to another)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "other": self.other,
+            "segments": self.segments,
+            "first": self.first,
+            "last": self.last,
+            "other_segments": self.other_segments,
+            "backups": self.backups,
+            "other_backups": self.other_backups,
+            "empty": self.empty,
+            "identity_gone": self.identity_gone,
+            "detail": self.describe(),
+            "fix": self.fix(),
+        }
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
+
+
 @dataclass
 class VerifyReport:
     cluster: str
@@ -296,6 +382,7 @@ class VerifyReport:
     finished: datetime
     backups: list[BackupResult] = field(default_factory=list)
     wal: list[WalResult] = field(default_factory=list)
+    losses: list[RepositoryLoss] = field(default_factory=list)
     #: What left verification incomplete, rather than found damage (a repository that cannot be read,
     #: a PostgreSQL program that is missing, a rehearsal this host could not hold): so not ok.
     errors: list[str] = field(default_factory=list)
@@ -304,7 +391,7 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         """True only when everything checked is sound and nothing could not be checked."""
-        return not self.errors and all(b.ok for b in self.backups) and all(w.ok for w in self.wal)
+        return not self.errors and not self.losses and all(b.ok for b in self.backups) and all(w.ok for w in self.wal)
 
     def render(self) -> str:
         import humanize
@@ -317,6 +404,8 @@ class VerifyReport:
         ]
         for error in self.errors:
             lines.append(f"  ERROR  {error}")
+        for loss in self.losses:
+            lines += [f"  LOST   {loss.describe()}", f"           {loss.fix()}"]
         if not self.backups:
             lines.append("  no backups to verify: take one with `pgdr backup`")
         for b in self.backups:
@@ -367,6 +456,7 @@ class VerifyReport:
             "finished": self.finished.isoformat(),
             "backups": [b.to_json() for b in self.backups],
             "wal": [w.to_json() for w in self.wal],
+            "losses": [loss.to_json() for loss in self.losses],
             "errors": self.errors,
             "notes": self.notes,
         }
@@ -463,11 +553,13 @@ class _Scan:
     wal: list[tuple[WalObject, ObjectInfo]] = field(default_factory=list)
     segments: dict[tuple[int, int], tuple[WalObject, ObjectInfo]] = field(default_factory=dict)
     segment_size: int | None = None
+    has_identity: bool = False
 
 
 def _scan(repo: Repository, *, backups: bool) -> _Scan:
     scan = _Scan(repo)
     identity = read_identity(repo)
+    scan.has_identity = identity is not None
     scan.segment_size = identity.segment_size if identity and identity.segment_size else None
     if backups:
         for info in repo.list(BACKUPS_PREFIX):
@@ -816,15 +908,17 @@ def wal_continuity(
     ``holdings`` maps each repository to the segments it holds ((timeline, number) -> archived at).
     Per timeline the stretch checked runs from the oldest backup's ``wal_start`` (or, on a timeline
     a backup's WAL continues onto after a promotion, the timeline's first segment) to the newest
-    segment this repository holds, and on to each backup's ``wal_stop``: the WAL a backup needs to
-    become consistent must be there even if the repository holds nothing newer.
+    segment this repository or another holds, and on to each backup's ``wal_stop``: the WAL a backup
+    needs to become consistent must be there even if no repository holds anything newer.
     """
     mine = holdings.get(repository, {})
     elsewhere: dict[tuple[int, int], list[str]] = {}
+    arrived: dict[tuple[int, int], datetime] = {}
     for other, theirs in holdings.items():
         if other != repository:
-            for key in theirs:
+            for key, at in theirs.items():
                 elsewhere.setdefault(key, []).append(other)
+                arrived[key] = min(at, arrived.get(key, at))
     timelines = sorted({tli for tli, _ in mine} | {b.timeline for b in backups if b.timeline})
     spans: list[WalSpan] = []
     findings: list[WalFinding] = []
@@ -848,7 +942,7 @@ def wal_continuity(
         start = min(starts)
         held = sorted(n for t, n in mine if t == tli and n >= start)
         newest = held[-1] if held else start - 1
-        end = max([newest, *needed])
+        end = max([newest, *needed, *(n for t, n in elsewhere if t == tli)])
         if held:
             spans.append(
                 WalSpan(
@@ -860,7 +954,8 @@ def wal_continuity(
             )
         missing: list[tuple[int, str, str]] = []
         for number in range(start, end + 1):
-            if (tli, number) in mine or (number > newest and number not in needed):
+            tail = number > newest
+            if (tli, number) in mine or (tail and number not in needed and (tli, number) not in elsewhere):
                 continue
             after = bisect.bisect_right(held, number)
             status, detail = _classify(
@@ -868,6 +963,8 @@ def wal_continuity(
                 tli,
                 number,
                 next_archived=mine[(tli, held[after])] if after < len(held) else None,
+                arrived_elsewhere=arrived.get((tli, number)),
+                tail=tail,
                 elsewhere=elsewhere.get((tli, number), []),
                 sync=sync,
                 queued=queued,
@@ -896,6 +993,8 @@ def _classify(
     number: int,
     *,
     next_archived: datetime | None,
+    arrived_elsewhere: datetime | None,
+    tail: bool,
     elsewhere: list[str],
     sync: bool,
     queued: set[str],
@@ -904,6 +1003,7 @@ def _classify(
     now: datetime,
     grace: timedelta,
 ) -> tuple[str, str]:
+    """One missing segment's status; ``tail``: it is newer than anything this repository holds."""
     name = SegmentName(tli, number, segment_size).name
     why = f"backup {needed_by.name} needs it to become consistent; " if needed_by else ""
     if not elsewhere:
@@ -914,19 +1014,21 @@ def _classify(
     copies = ", ".join(elsewhere)
     if name in queued:
         return "uploading", f"queued for upload to {repository} (a copy is in {copies})"
-    if sync:
+    if sync and not tail:  # past the newest, a push storing into several repositories may be midway
         return "lost", (
             f"{why}missing from {repository}, which wal-push waits for, so it was removed after archiving; "
             f"an intact copy is in {copies}"
         )
     # How long ago the hole became visible: when the segment after it arrived here (or, for WAL a
-    # backup needs beyond this repository's newest, when that backup finished).
-    reference = next_archived or (needed_by.stop_time if needed_by else None)
+    # backup needs beyond this repository's newest, when that backup finished; for any other, when
+    # another repository got it).
+    reference = next_archived or (needed_by.stop_time if needed_by else arrived_elsewhere)
     if reference is not None and now - reference <= grace:
-        return "delayed", f"not in {repository} yet, though newer WAL is (a copy is in {copies})"
+        newer = "" if tail else ", though newer WAL is"
+        return "delayed", f"not in {repository} yet{newer} (a copy is in {copies})"
     return "lost", (
         f"{why}missing from {repository} and not queued for it; an intact copy is in {copies}, so recovery still "
-        f"works from there, but {repository} alone cannot cross it"
+        f"works from there, but {repository} alone cannot {'reach' if tail else 'cross'} it"
     )
 
 
@@ -992,6 +1094,157 @@ def _queued(cfg: Config, names: list[str]) -> dict[str, set[str]]:
         except PgdrError:
             out[name] = set()
     return out
+
+
+# --- repositories compared ----------------------------------------------------------------------
+
+
+def repository_loss(
+    repository: str,
+    holdings: dict[str, dict[tuple[int, int], datetime]],
+    backups: dict[str, list[BackupManifest]],
+    *,
+    identities: dict[str, bool],
+    queued: set[str],
+    retention_days: int,
+    histories: dict[int, History],
+    segment_size: int,
+    now: datetime,
+) -> RepositoryLoss | None:
+    """What ``repository`` lost that another still holds, or None; pure logic, like ``wal_continuity``.
+
+    Only what nothing normal explains counts: a segment queued for upload is lag; a segment or
+    backup its own retention (``plan_expiry`` over what it holds now, so it may only expect less than
+    it kept) would have removed is not owed; a segment another repository got within ``IN_FLIGHT``
+    may be a push between storing and queueing. Segments newer than its oldest are holes or its
+    tail, which ``wal_continuity`` judges with their grace; the ones older than anything it holds (or
+    all, when it holds none) cannot be lag, so they are a loss at once. ``backups`` lists each
+    repository's manifests, ``identities`` whether it has a repo.json.
+    """
+    from backend.retention import plan_expiry
+
+    mine = holdings.get(repository, {})
+    my_backups = backups.get(repository, [])
+    plan = plan_expiry(
+        my_backups,
+        [SegmentName(t, n, segment_size).name for t, n in mine],
+        histories,
+        retention_days=retention_days,
+        now=now,
+        segment_size=segment_size,
+    )
+    oldest = min((n for _, n in mine), default=None)
+    receiving_since = min(mine.values(), default=None)
+    have = {b.name for b in my_backups}
+    worst: RepositoryLoss | None = None
+    for other, theirs in holdings.items():
+        if other == repository:
+            continue
+        missing = sorted(
+            (t, n)
+            for (t, n), at in theirs.items()
+            if (t, n) not in mine
+            and (oldest is None or n < oldest)
+            and now - at > IN_FLIGHT
+            and SegmentName(t, n, segment_size).name not in queued
+            and plan.keeps_segment(t, n)
+        )
+        their_backups = backups.get(other, [])
+        lacking = [b for b in their_backups if b.name not in have and b.stop_time >= plan.cutoff]
+        # Backups go to every repository; one holding none, though it was archiving before they were
+        # taken, had them removed (``pgdr backup --repo`` for every one of them is not a likely story).
+        backups_removed = not my_backups and any(
+            receiving_since is not None and receiving_since < b.start_time for b in lacking
+        )
+        if not missing and not backups_removed:
+            continue
+        loss = RepositoryLoss(
+            repository=repository,
+            other=other,
+            segments=len(missing),
+            first=SegmentName(*missing[0], segment_size).name if missing else None,
+            last=SegmentName(*missing[-1], segment_size).name if missing else None,
+            other_segments=len(theirs),
+            backups=len(lacking),
+            other_backups=len(their_backups),
+            empty=not mine and not my_backups,
+            identity_gone=not identities.get(repository, False) and identities.get(other, False),
+        )
+        if worst is None or (loss.segments, loss.backups) > (worst.segments, worst.backups):
+            worst = loss
+    return worst
+
+
+def find_losses(cfg: Config, *, now: datetime | None = None) -> list[RepositoryLoss]:
+    """Every repository compared with the others from listings alone (nothing is read back): ``pgdr check``."""
+    now = now or datetime.now(UTC)
+    repos = open_repositories(cfg)
+    queued = _queued(cfg, [r.name for r in repos])  # before the listings: see _verify
+    scans = {repo.name: _scan(repo, backups=True) for repo in repos}
+    segment_size = _segment_size(scans)
+    for scan in scans.values():
+        _index_segments(scan, segment_size)
+    histories = _histories(list(scans.values()))
+    return _losses(cfg, scans, list(scans), queued=queued, histories=histories, segment_size=segment_size, now=now)
+
+
+def _losses(
+    cfg: Config,
+    scans: dict[str, _Scan],
+    names: list[str],
+    *,
+    queued: dict[str, set[str]],
+    histories: dict[int, History],
+    segment_size: int,
+    now: datetime,
+) -> list[RepositoryLoss]:
+    holdings = _holdings(scans)
+    backups = {name: list(scan.manifests.values()) for name, scan in scans.items()}
+    identities = {name: scan.has_identity for name, scan in scans.items()}
+    found = []
+    for name in names:
+        loss = repository_loss(
+            name,
+            holdings,
+            backups,
+            identities=identities,
+            queued=queued.get(name, set()),
+            retention_days=cfg.local.retention_days if name == "local" else cfg.s3.retention_days,
+            histories=histories,
+            segment_size=segment_size,
+            now=now,
+        )
+        if loss is not None:
+            found.append(loss)
+    return found
+
+
+def _holdings(scans: dict[str, _Scan]) -> dict[str, dict[tuple[int, int], datetime]]:
+    """Per repository, the segments it holds and when each was archived there."""
+    return {repo: {key: info.modified for key, (_obj, info) in scan.segments.items()} for repo, scan in scans.items()}
+
+
+def _check_against_wal(cfg: Config, report: VerifyReport, physical: list[BackupManifest]) -> None:
+    """A manifest changed in every copy passes every checksum: the WAL itself must agree with it.
+
+    The recovery timeline disowns a backup whose recorded stop time lies before commits its WAL
+    holds (``timeline._contradicted_stop``): the same judgement the planner makes, reported here as
+    the backup's problem, so the alarm goes off before a restore needs it.
+    """
+    if not physical:
+        return
+    from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
+
+    try:
+        disowned = load_view(cfg, index_budget_s=VIEW_INDEX_BUDGET_S).timeline.disowned
+    except PgdrError as exc:
+        report.notes.append(f"the manifests were not compared with the WAL: {exc}")
+        return
+    for manifest in physical:
+        why = disowned.get(manifest.name)
+        if why is not None:
+            result = next(b for b in report.backups if b.name == manifest.name)
+            result.problems.append(BackupProblem(None, MANIFEST_NAME, "manifest", why))
 
 
 # --- the restore rehearsal -----------------------------------------------------------------------
@@ -1075,9 +1328,7 @@ def _rehearse(
     data_dir = scratch / "data"
     started = False
     try:
-        scratch.chmod(0o755)
-        if owner is not None:
-            os.chown(scratch, *owner)
+        own_folder(scratch, 0o755, owner)
         data_dir.mkdir(mode=0o700)
         on_progress(Progress("rehearsal", 0, manifest.size_bytes, f"restoring {manifest.name} into {scratch}"))
         result.restored_from = restore_base_backup(manifest, repos, data_dir, on_progress=on_progress, cancel=cancel)
@@ -1343,18 +1594,16 @@ def _verify(
         except PgdrError as exc:
             if repo.name in selected_names:
                 report.errors.append(f"the {repo.name} repository cannot be read: {exc}")
-    segment_size = (
-        next(
-            (s.segment_size for s in scans.values() if s.segment_size),
-            next(
-                (m.wal_segment_size for s in scans.values() for m in s.manifests.values() if m.wal_segment_size), None
-            ),
-        )
-        or DEFAULT_SEGMENT_SIZE
-    )
+    segment_size = _segment_size(scans)
     for scan in scans.values():
         _index_segments(scan, segment_size)
     verified_scans = [scans[n] for n in selected_names if n in scans]
+    histories = _histories(list(scans.values()))
+    if name is None:
+        selected_scans = [n for n in selected_names if n in scans]
+        report.losses = _losses(
+            cfg, scans, selected_scans, queued=queued, histories=histories, segment_size=segment_size, now=now
+        )
 
     folders = sorted({f for s in verified_scans for f in s.folders})
     if name is not None and name not in folders:
@@ -1385,7 +1634,8 @@ def _verify(
             scans=scans,
             physical=physical,
             queued=queued,
-            histories=_histories(list(scans.values())),
+            histories=histories,
+            lost={loss.repository for loss in report.losses},
             segment_size=segment_size,
             deep=deep,
             named=name is not None,
@@ -1393,6 +1643,8 @@ def _verify(
             cancel=cancel,
             meter=_Meter(on_progress, None),
         )
+
+    _check_against_wal(cfg, report, physical)
 
     if deep:
         targets = physical if name is not None else sorted(physical, key=lambda m: m.stop_time)[-1:]
@@ -1413,6 +1665,19 @@ def _verify(
     report.finished = datetime.now(UTC)
     _store_results(report, {s.repo.name: s.repo for s in verified_scans}, now)
     return report
+
+
+def _segment_size(scans: dict[str, _Scan]) -> int:
+    """The cluster's WAL segment size, from a repo.json, else a manifest, else PostgreSQL's default."""
+    return (
+        next(
+            (s.segment_size for s in scans.values() if s.segment_size),
+            next(
+                (m.wal_segment_size for s in scans.values() for m in s.manifests.values() if m.wal_segment_size), None
+            ),
+        )
+        or DEFAULT_SEGMENT_SIZE
+    )
 
 
 def _histories(scans: list[_Scan]) -> dict[int, History]:
@@ -1438,6 +1703,7 @@ def _verify_wal(
     physical: list[BackupManifest],
     queued: dict[str, set[str]],
     histories: dict[int, History],
+    lost: set[str],
     segment_size: int,
     deep: bool,
     named: bool,
@@ -1445,10 +1711,11 @@ def _verify_wal(
     cancel: threading.Event | None,
     meter: _Meter,
 ) -> None:
-    """Holes per repository, then the content of the WAL each backup needs (all of it when deep)."""
-    holdings = {
-        repo: {key: info.modified for key, (_obj, info) in scan.segments.items()} for repo, scan in scans.items()
-    }
+    """Holes per repository, then the content of the WAL each backup needs (all of it when deep).
+
+    In a repository found to have ``lost`` what another holds, no hole gets the grace of a delay.
+    """
+    holdings = _holdings(scans)
     sync = set(cfg.sync_repositories)
     for name in [n for n in cfg.repository_names if n in {s.repo.name for s in verified_scans}]:
         scan = scans[name]
@@ -1464,6 +1731,7 @@ def _verify_wal(
             histories=histories,
             segment_size=segment_size,
             now=now,
+            grace=timedelta(0) if name in lost else DELAY_GRACE,
         )
         for obj in _wal_to_read(scan, anchors, segment_size, deep=deep, named=named):
             problem = _verify_wal_object(scan.repo, obj, segment_size, cancel=cancel, meter=meter)

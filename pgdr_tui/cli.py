@@ -81,11 +81,75 @@ def _run(args: argparse.Namespace) -> int:
         # restore_command is asked for files that never existed (the next timeline's .history, the
         # segment after the last): "not there" is routine there, not an error worth alarming a log reader.
         routine = args.command == "wal-fetch" and exc.exit_code == 1
-        print(f"pgdr: {'' if routine else 'error: '}{exc}", file=sys.stderr)
+        refused = f" (pgdr runs as user {_user()})" if isinstance(exc.__cause__, PermissionError) else ""
+        print(f"pgdr: {'' if routine else 'error: '}{exc}{refused}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("pgdr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():
+            print("pgdr: error: broken pipe (a program pgdr was writing to went away)", file=sys.stderr)
+            return 2
+        return 141  # as a shell reports a writer whose reader went away (128 + SIGPIPE)
+    except OSError as exc:
+        # A safety net, not the way errors are meant to be reported: an operator can act on a path, a
+        # reason and a user, where a traceback from an unwritable folder or a full disk only alarms.
+        print(f"pgdr: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # A bug: the traceback is what a report needs, and the last line (the one a log or a pager
+        # shows) says it is not the operator's setup, so nobody spends the night changing the config.
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"pgdr: internal error ({type(exc).__name__}: {exc}): a bug in pgdr, not in your setup; "
+            "please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return str(os.geteuid())
+
+
+def _os_error(exc: OSError) -> str:
+    """A refusal names the user too: the same path is fine for root and not for the server user, and
+    which of them ran pgdr (cron, archive_command, a shell) is what the operator has to find out."""
+    import errno
+
+    paths = " -> ".join(os.fsdecode(p) if isinstance(p, bytes) else str(p) for p in (exc.filename, exc.filename2) if p)
+    text = f"{paths}: {exc.strerror or exc}" if paths else str(exc.strerror or exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        user = _user()
+        return f"{text} (pgdr runs as user {user}): give {user} access to it, or run pgdr as the user who owns it"
+    if exc.errno == errno.ENOSPC:
+        return f"{text}: free space on that filesystem, then retry"
+    return text
+
+
+def _stdout_gone() -> bool:
+    """Whether the broken pipe is our standard output (``pgdr list | head``): then nothing needs saying,
+    and further writes, including the interpreter's final flush, go to /dev/null instead of raising."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by something without a descriptor, or closed
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without a reader
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return True
 
 
 #: Commands wal-push/wal-fetch start detached. They always exit 0 and log failures instead: in a
@@ -114,6 +178,28 @@ def _in_background(args: argparse.Namespace) -> int:
         except OSError:
             logging.getLogger("pgdr").warning("pgdr %s failed: %s", args.command, exc)
     return 0
+
+
+def _port(text: str) -> int:
+    """Checked while parsing, so a port no server can listen on fails before anything is planned or stopped."""
+    import argparse
+
+    if not (text.isdecimal() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: use a number from 1 to 65535")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 1 <= value <= 86400:  # also refuses nan and inf, which would wait forever
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds: use one from 1 to 86400")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="", help="the cluster's data directory")
     p.add_argument("--local-path", default="", help="local repository directory")
     p.add_argument("--host", default="", help="server host or socket directory")
-    p.add_argument("--port", type=int, default=5432)
+    p.add_argument("--port", type=_port, default=5432)
     p.add_argument("--user", default="postgres")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
@@ -187,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("check", cmd_check, "check the server's archiving settings and that WAL reaches every repository")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the switched segment")
+    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the switched segment")
 
     p = command("timeline", cmd_timeline, "the recovery windows per timeline, with gaps (and events)")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
@@ -219,10 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target-dir", metavar="DIR", help="restore beside: into this new directory, leaving the cluster alone"
     )
-    p.add_argument("--port", type=int, help="port for a restore beside (default: the cluster's port + 1)")
+    p.add_argument("--port", type=_port, help="port for a restore beside (default: the cluster's port + 1)")
     p.add_argument("--repo", choices=["local", "s3"], help="read from this repository only")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for the cluster name")
+    p.add_argument(
+        "--force", action="store_true", help="restore although an earlier restore of this data directory did not finish"
+    )
     p.add_argument("--json", action="store_true", help="print the plan / report as JSON")
 
     p = command("verify", cmd_verify, "verify backups (checksums, WAL continuity; --deep: a restore rehearsal)")
@@ -392,16 +481,22 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from backend.catalog import read_catalog, read_verified
     from backend.repository import open_repositories
+    from backend.restore.marker import cluster_unfinished_restore
 
     cfg = load(args)
     repos = open_repositories(cfg, args.repo)
     catalog = read_catalog(repos)
     read_verified(catalog, repos)
+    unfinished = cluster_unfinished_restore(cfg.postgres.data_dir)
     if args.json:
-        print(json.dumps({"cluster": cfg.cluster.name, **catalog.to_json()}, indent=2))
+        print(
+            json.dumps({"cluster": cfg.cluster.name, "unfinished_restore": unfinished, **catalog.to_json()}, indent=2)
+        )
         return 0
     import humanize
 
+    if unfinished:
+        print(unfinished)
     print(f"Backups of cluster {cfg.cluster.name}:")
     rows = [["NAME", "KIND", "STARTED (UTC)", "SIZE", "STORED", "TL", "REPOSITORIES", "LAST VERIFIED (UTC)"]]
     for b in catalog.backups:
@@ -489,16 +584,24 @@ def cmd_timeline(args: argparse.Namespace) -> int:
         )
     if view.unreadable:
         print(
-            f"  {view.unreadable} archived segments cannot be indexed (damaged copies, or not WAL): they count as"
-            " archived, with archive times; `pgdr verify` checks their copies, and a replaced copy is indexed again"
+            f"  {view.unreadable} archived segments cannot be indexed (damaged copies, or not WAL): those no copy"
+            " of which matches its checksum show as gaps (recovery cannot replay them), the others count as"
+            " archived, with archive times; `pgdr verify` names the copies, and a replaced copy is read again"
         )
     if not view.timeline.windows and not view.timeline.gaps:
         print("  nothing recoverable yet: take a base backup (`pgdr backup`) with archiving on")
+    abandoned = view.timeline.abandoned()
+    for name, why in view.timeline.disowned.items():
+        print(f"  backup {name} is not offered: {why}")
     for tli in view.timeline.timelines:
         windows, gaps = view.timeline.windows_on(tli), [g for g in view.timeline.gaps if g.timeline == tli]
         if not windows and not gaps:
             continue
-        print(f"Timeline {tli}:")
+        if tli in abandoned:
+            state = f" (abandoned: the cluster runs on timeline {view.timeline.current}, which does not continue it)"
+        else:
+            state = " (the cluster runs on it)" if tli == view.timeline.current else ""
+        print(f"Timeline {tli}{state}:")
         for w in windows:
             print(
                 f"  window  {w.start:%Y-%m-%d %H:%M:%S} .. {w.end:%Y-%m-%d %H:%M:%S}  from backup {w.base_backup}"
@@ -509,8 +612,9 @@ def cmd_timeline(args: argparse.Namespace) -> int:
                 f"  GAP     after {g.after_segment.name}: missing {g.missing_from.name} .. {g.missing_to.name}"
                 " (targets past it are unreachable until a newer backup)"
             )
-    if view.timeline.windows:
-        newest = max(view.timeline.windows, key=lambda w: (w.end, w.timeline))
+    followed = [w for w in view.timeline.windows if w.timeline not in abandoned]
+    if followed:
+        newest = max(followed, key=lambda w: (w.end, w.timeline))
         print(f"Latest recoverable commit: {newest.end:%Y-%m-%d %H:%M:%S} UTC on timeline {newest.timeline}")
     if args.events:
         print("Events (from the WAL):" if shown else "Events: none found in the archived WAL")
@@ -549,7 +653,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     port = args.port if args.port is not None else (cfg.postgres.port + 1 if args.target_dir else None)
     view, plan = plan_restore(
-        cfg, target, backup=args.backup, target_dir=args.target_dir, port=port, only=args.repo, dry_run=args.dry_run
+        cfg,
+        target,
+        backup=args.backup,
+        target_dir=args.target_dir,
+        port=port,
+        only=args.repo,
+        dry_run=args.dry_run,
+        force=args.force,
     )
     if args.dry_run:
         print(
@@ -653,10 +764,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from backend.daemon import read_status
+    from backend.restore.marker import cluster_unfinished_restore
 
-    status = read_status(load(args))
-    print(json.dumps(status.to_json(), indent=2) if args.json else status.render())
-    return 0 if status.healthy else 1
+    cfg = load(args)
+    status = read_status(cfg)
+    unfinished = cluster_unfinished_restore(cfg.postgres.data_dir)
+    if args.json:
+        print(json.dumps({**status.to_json(), "unfinished_restore": unfinished}, indent=2))
+    else:
+        print(status.render() + (f"\n{unfinished}" if unfinished else ""))
+    return 0 if status.healthy and not unfinished else 1
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -700,24 +817,41 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
+    """All or nothing: the plaintext is staged in a temporary file and reaches the output only once
+    every chunk is authenticated, so a damaged object leaves no output, not even a good beginning
+    that a pipe or a script would take for the whole object."""
+    import shutil
+    import tempfile
+
     from backend.repository.encrypted import decrypt_object
 
     if bool(args.key) == bool(args.file):
         raise PgdrError("name exactly one object: a repository key, or --file PATH for a copy of one")
     cfg = load(args)
     if args.output == "-":
-        decrypt_object(cfg, args.repo, sys.stdout.buffer, key=args.key, file=args.file)
+        with tempfile.TemporaryFile() as plaintext:
+            decrypt_object(cfg, args.repo, plaintext, key=args.key, file=args.file)
+            plaintext.seek(0)
+            shutil.copyfileobj(plaintext, sys.stdout.buffer)
         return 0
-    try:
-        target = open(args.output, "xb")  # noqa: SIM115 - removed below when decryption fails
+    output = os.path.abspath(args.output)
+    if os.path.lexists(output):
+        raise PgdrError(f"cannot create {args.output}: it exists (pgdr never overwrites a file)")
+    try:  # beside the output, so linking it there at the end copies nothing
+        fd, staged = tempfile.mkstemp(dir=os.path.dirname(output), prefix=".pgdr-decrypt.")
     except OSError as exc:
-        raise PgdrError(f"cannot create {args.output}: {exc.strerror} (pgdr never overwrites a file)") from None
+        raise PgdrError(f"cannot create {args.output}: {exc.strerror}") from None
     try:
-        with target:
+        with os.fdopen(fd, "wb") as target:
             size = decrypt_object(cfg, args.repo, target, key=args.key, file=args.file)
-    except BaseException:
-        os.unlink(args.output)  # no half-decrypted file left to be mistaken for the object
-        raise
+            target.flush()
+            os.fsync(target.fileno())
+        try:
+            os.link(staged, output)
+        except OSError as exc:
+            raise PgdrError(f"cannot create {args.output}: {exc.strerror} (pgdr never overwrites a file)") from None
+    finally:
+        os.unlink(staged)
     print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
     return 0
 

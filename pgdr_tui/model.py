@@ -91,6 +91,8 @@ class Row:
     recoverable: Intervals
     gaps: Intervals
     wal: Intervals
+    #: No running cluster continues it (``RecoveryTimeline.abandoned``): restores follow it only when named.
+    abandoned: bool = False
 
     def cell(self, a: float, b: float) -> Cell:
         some, full = self.recoverable.overlap(a, b)
@@ -187,6 +189,9 @@ class TimelineModel:
             (w for w in on_latest if w.end_lsn == latest_end), key=self._window_rank, default=None
         )
         self.rows = [self._row(tli) for tli in self.timeline.timelines if self._has_data(tli)]
+        abandoned = set(self.timeline.abandoned())
+        for row in self.rows:
+            row.abandoned = row.timeline in abandoned
         if not self.rows:
             self.rows = [Row(self.latest_tli, Intervals(), Intervals(), Intervals())]
         ordered = sorted(self.catalog.backups, key=lambda b: b.manifest.stop_time)

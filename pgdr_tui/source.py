@@ -112,7 +112,15 @@ class Source:
         return view
 
     def server_state(self) -> ServerState:
-        """Connect with a short timeout; "unreachable" is an answer, not an error."""
+        """Connect with a short timeout; "unreachable" is an answer, not an error.
+
+        A restore of the data directory that never finished is said first: whatever the server
+        answers, it may be running on a half-restored copy.
+        """
+        from backend.restore.marker import cluster_unfinished_restore
+
+        if cluster_unfinished_restore(self.cfg.postgres.data_dir):
+            return ServerState(False, "UNFINISHED RESTORE (pgdr restore --dry-run: how to roll back)")
         if not self.probe_server:
             return ServerState(False, "not probed")
         try:

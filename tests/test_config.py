@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,97 @@ def test_cluster_name_with_slash(tmp_path: Path) -> None:
     path = write(tmp_path / "slash.toml", MINIMAL.replace('"main"', '"a/b"'))
     message = config_error(path)
     assert "cluster.name" in message
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a\\u0000b",
+        "main\\n",
+        "tab\\there",
+        " main",
+        "main ",
+        ".hidden",
+        "..",
+        "x" * 65,
+        "zero\\u200bwidth",
+        "\\u202eniam",
+    ],
+    ids=["nul", "newline", "tab", "leading-space", "trailing-space", "dot", "dotdot", "too-long", "invisible", "bidi"],
+)
+def test_cluster_name_that_breaks_paths_or_logs(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path / "name.toml", MINIMAL.replace('"main"', f'"{name}"'))
+    message = config_error(path)
+    assert "cluster.name" in message and str(path) in message
+    assert "at most 64 printable characters" in message or "must not contain a NUL" in message
+    assert "\x00" not in message  # an escaped value, never the raw character
+
+
+@pytest.mark.parametrize("name", ["prod-1", "main_2", "Zoë's cluster", "x" * 64, "db.example"])
+def test_cluster_names_that_are_fine(tmp_path: Path, name: str) -> None:
+    assert load_config(write(tmp_path / "name.toml", MINIMAL.replace('"main"', f'"{name}"'))).cluster.name == name
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "bounds"),
+    [
+        ("[archive]\ncompression_level = 99\n", "archive.compression_level", "between 1 and 22"),
+        ("[archive]\ncompression_level = 0\n", "archive.compression_level", "between 1 and 22"),
+        ("[backup]\ncompression_level = 23\n", "backup.compression_level", "between 1 and 22"),
+        ("[archive]\npush_ahead = 100000000000000000000\n", "archive.push_ahead", "between 0 and 1000"),
+        ("[archive]\nworkers = 0\n", "archive.workers", "between 1 and 64"),
+        ("[archive]\nworkers = 10000\n", "archive.workers", "between 1 and 64"),
+        ("[archive]\nserver_idle = 0\n", "archive.server_idle", "between 1 and 86400"),
+        ("[restore]\nprefetch = 1000000\n", "restore.prefetch", "between 0 and 1000"),
+        ("[restore]\nprefetch_workers = 0\n", "restore.prefetch_workers", "between 1 and 64"),
+        ("[daemon]\nmetrics_port = 70000\n", "daemon.metrics_port", "between 0 and 65535"),
+        ("[postgres]\nport = 0\n", "postgres.port", "between 1 and 65535"),
+        ("[postgres]\nport = 70000\n", "postgres.port", "between 1 and 65535"),
+        ("[s3]\nretention_days = 10000000000\n", "s3.retention_days", "between 0 and 36500"),
+        ("[s3]\nupload_chunk_mb = 4\n", "s3.upload_chunk_mb", "between 5 and 5120"),
+        ("[telegram]\nrepeat_minutes = 99999999\n", "telegram.repeat_minutes", "between 0 and 10080"),
+        ("[schedule]\nrpo_alarm_minutes = 0\n", "schedule.rpo_alarm_minutes", "between 1 and 10080"),
+    ],
+)
+def test_numbers_out_of_range(tmp_path: Path, snippet: str, key: str, bounds: str) -> None:
+    path = write(tmp_path / "range.toml", MINIMAL + "\n" + snippet)
+    message = config_error(path)
+    assert key in message and str(path) in message and bounds in message
+
+
+def test_every_integer_key_has_a_range() -> None:
+    """A new integer key without a range would be a KeyError on load, not a one-line message."""
+    hints = typing.get_type_hints(config_module.Config)
+    for section in config_module.SECTIONS:
+        cls = hints[section]
+        for name, kind in typing.get_type_hints(cls).items():
+            if kind is int:
+                low, high, meaning = config_module.RANGES[(section, name)]
+                assert low <= getattr(cls(), name) <= high and meaning, (section, name)
+
+
+def test_range_bounds_are_accepted(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "\n[postgres]\nport = 65535\n[archive]\ncompression_level = 22\npush_ahead = 0\nworkers = 64\n"
+        "[daemon]\nmetrics_port = 0\n[restore]\nprefetch = 1000\n"
+    )
+    cfg = load_config(write(tmp_path / "edges.toml", text))
+    assert (cfg.postgres.port, cfg.archive.compression_level, cfg.daemon.metrics_port) == (65535, 22, 0)
+
+
+def test_pgport_out_of_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPORT", "70000")
+    message = config_error(write(tmp_path / "min.toml", MINIMAL))
+    assert "$PGPORT" in message and "postgres.port" in message and "between 1 and 65535" in message
+
+
+def test_nul_in_a_string(tmp_path: Path) -> None:
+    path = write(tmp_path / "nul.toml", MINIMAL.replace('"/srv/pgdr"', '"/srv/\\u0000pgdr"'))
+    message = config_error(path)
+    assert "local.path" in message and "NUL" in message and str(path) in message
+    secret = write(tmp_path / "secret.toml", MINIMAL + '\n[postgres]\npassword = "hunter2\\u0000x"\n')
+    message = config_error(secret)
+    assert "postgres.password" in message and "hunter2" not in message
 
 
 # --- environment overrides -----------------------------------------------------------------------

@@ -198,6 +198,7 @@ def test_wal_gap_shows_and_blocks_targets_past_it(cluster: Cluster) -> None:
 
 def test_corrupt_segment_is_not_replayed(cluster: Cluster) -> None:
     story = Story(cluster)
+    cluster.pgdr("timeline")  # indexed while intact: only the recovery finds the damage
     repo = open_repository(load_config(cluster.config_path), "local")
     (obj,) = find_archived(repo, story.last_segment)
     stored = cluster.local_repo / "main" / obj.key

@@ -13,7 +13,7 @@ from backend.config import ClusterConfig, Config, PostgresConfig
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
 from backend.restore import run
-from backend.restore.run import interrupted_marker, interrupted_restore
+from backend.restore.marker import marker_path, unfinished_restore
 from tests.harness.plans import immediate_plan
 
 
@@ -54,7 +54,7 @@ def test_a_failure_while_laying_down_the_backup_puts_the_old_directory_back(
     assert "nothing was changed" in message and "back in place" in message and "\n" not in message
     assert (plan.data_dir / "base" / "16384").read_text() == "the old cluster's rows"
     assert not (plan.data_dir / "global").exists() and not plan.safety_copy.exists()
-    assert not interrupted_marker(plan.data_dir).exists()
+    assert not marker_path(plan.data_dir).exists()
 
 
 def test_the_unfinished_restore_note_goes_once_the_operator_put_things_back(tmp_path: Path) -> None:
@@ -62,12 +62,25 @@ def test_the_unfinished_restore_note_goes_once_the_operator_put_things_back(tmp_
     safety = tmp_path / "data.pgdr-safety-20261207T010000Z"
     safety.mkdir()
     data.mkdir()
-    marker = interrupted_marker(data)
+    marker = marker_path(data)
     marker.write_text(json.dumps({"started": "2026-12-07T01:00:00+00:00", "backup": "b", "safety_copy": str(safety)}))
-    assert "did not finish" in (interrupted_restore(data) or "")
+    unfinished = unfinished_restore(data)
+    assert unfinished is not None and "did not finish" in unfinished.describe()
 
     # The printed roll-back: the half-restored directory aside, the safety copy back in its place.
     data.rename(tmp_path / "data.failed")
     safety.rename(data)
     (data / "PG_VERSION").write_text("15\n")
-    assert interrupted_restore(data) is None
+    assert unfinished_restore(data) is None
+    assert not marker.exists()  # seen once, gone
+
+
+def test_the_console_header_says_a_restore_did_not_finish(tmp_path: Path) -> None:
+    from pgdr_tui.source import Source
+
+    cfg, plan = plan_in_place(tmp_path)
+    source = Source(cfg, probe_server=False)
+    assert "UNFINISHED" not in source.server_state().text
+    marker_path(plan.data_dir).write_text(json.dumps({"backup": "b", "started": "s", "safety_copy": str(tmp_path)}))
+    state = source.server_state()
+    assert state.text.startswith("UNFINISHED RESTORE") and not state.reachable

@@ -76,3 +76,16 @@ def test_peer_authentication_is_diagnosed_once_with_the_user_to_run_as(
     assert "Peer authentication failed" in problem and "runuser -u postgres -- pgdr" in problem
     assert "unix_socket_directories" not in problem
     assert report.render().count("problem:") == 1
+
+
+def test_restore_command_reads_the_config_the_restore_was_given(tmp_path: Path) -> None:
+    """Not the one the backup's archive_command named: that file may be gone, or another cluster's."""
+    given = tmp_path / "restore config.toml"
+    given.write_text(f'[cluster]\nname = "main"\n\n[local]\npath = "{tmp_path / "repo"}"\n')
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "postgresql.auto.conf").write_text(
+        "archive_command = '/opt/pgdr/bin/pgdr --config /etc/pgdr/old.toml wal-push %p'\n"
+    )
+    command = run.recovery_command(load_config(given), data_dir)
+    assert command == f"/opt/pgdr/bin/pgdr --config '{given}' wal-fetch %f %p"

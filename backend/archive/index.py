@@ -9,7 +9,8 @@ that segment arrives (``tail_complete``).
 
 A segment no copy of which pg_waldump can read (damaged, truncated, not WAL at all) has no entry: this
 host's cache (``indexcache``) remembers the copies it tried, so commands do not fetch it again until
-one of them changes, and the timeline counts it as ``unreadable`` while keeping it as archived.
+one of them changes, and the timeline counts it as ``unreadable``; when no copy even matches its
+checksum, it is a gap recovery cannot cross.
 """
 
 from __future__ import annotations
@@ -115,12 +116,17 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         #: Segments not indexed yet: the command's indexing budget ran out, or they could not be read
         #: for a reason of the moment. Tried again by a later command.
         self.pending = 0
-        #: Segments whose every stored copy is damaged or not WAL pg_waldump reads. Still archived, so
-        #: the timeline's windows run through them, with their archive times for commit times; tried
-        #: again when a copy changes.
-        self.unreadable = 0
+        #: Segments no stored copy of which pg_waldump reads; tried again when a copy changes.
+        self.unreadable_names: set[str] = set()
+        #: Those of them no copy of which matches its checksum: recovery cannot replay them, so the
+        #: timeline counts them as missing (a gap). The others keep their archive times.
+        self.damaged_names: set[str] = set()
         #: Segments this command ran pg_waldump on.
         self.indexed = 0
+
+    @property
+    def unreadable(self) -> int:
+        return len(self.unreadable_names)
 
     def _find(self, name: str) -> tuple[FolderEntries, int] | None:
         folder = wal_directory(name)
@@ -258,7 +264,7 @@ def ensure_indexes(
     cached = cache.load(location) if cache is not None else {}
     remembered = cache.failures(location) if cache is not None else {}
     failures, forgotten = _standing_failures(archived, remembered, time.time())
-    unreadable = {name for failed in failures.values() for name, retry in failed.items() if retry == math.inf}
+    unreadable = {name for failed in failures.values() for name, retry in failed.items() if retry >= NOT_WAL}
     # The segment after an unreadable one will never complete its predecessor's last record.
     readable = everything - unreadable if unreadable else everything
     indexes = SegmentIndexes()
@@ -300,9 +306,10 @@ def ensure_indexes(
             del failures[folder][name]
             forgotten.add(folder)
     for failed in failures.values():
-        stuck = sum(1 for retry in failed.values() if retry == math.inf)
-        indexes.unreadable += stuck
-        indexes.pending += len(failed) - stuck  # failed lately for a reason of the moment: tried again later
+        stuck = {name for name, retry in failed.items() if retry >= NOT_WAL}
+        indexes.unreadable_names |= stuck
+        indexes.damaged_names |= {name for name in stuck if failed[name] == DAMAGED}
+        indexes.pending += len(failed) - len(stuck)  # failed lately for a reason of the moment: tried again later
     tried: dict[str, float] = {}
     if todo:
         todo.reverse()  # newest first
@@ -358,6 +365,10 @@ def index_archive(
 #: A segment that could not be indexed for a reason of the moment (a repository out of reach, an
 #: encrypted copy without the key) is tried again after this long.
 RETRY_AFTER_S = 3600.0
+#: Remembered failures not tried again until a copy changes: no copy matches its checksum ...
+DAMAGED = math.inf
+#: ... or the copies are intact, yet pg_waldump cannot read them.
+NOT_WAL = 1e300
 
 
 def _index_archived(
@@ -397,11 +408,17 @@ def _index_archived(
             except (ConfigError, WaldumpUnavailable):
                 indexes.pending += len(todo) - done  # this host cannot run pg_waldump: no segment is at fault
                 break
-            except (UnreadableSegment, WalIndexError):
-                # `pgdr verify` names a damaged copy; the timeline keeps the segment (it is archived)
-                # with its archive time.
-                tried[name] = math.inf
-                indexes.unreadable += 1
+            except UnreadableSegment:
+                # No copy matches its checksum: wal-fetch refuses every one, and recovery ends there.
+                # `pgdr verify` names the copies; the timeline shows a gap.
+                tried[name] = DAMAGED
+                indexes.unreadable_names.add(name)
+                indexes.damaged_names.add(name)
+                continue
+            except WalIndexError:
+                # Intact as archived, yet pg_waldump cannot read it: kept as archived, with its archive time.
+                tried[name] = NOT_WAL
+                indexes.unreadable_names.add(name)
                 continue
             except PgdrError:
                 tried[name] = time.time() + RETRY_AFTER_S

@@ -31,7 +31,7 @@ from typing import Any, cast
 from backend.cachefile import cache_path, open_cache
 from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent
 
-SCHEMA = 4
+SCHEMA = 5  # 5: failures tell damaged copies (math.inf) from intact ones pg_waldump cannot read
 
 #: One WAL event as cached: kind, LSN, time (microseconds since the epoch, UTC) or None, xid, name,
 #: relations, oids, time source. Tuples of plain values: a year's thousands of events load with the

@@ -230,16 +230,28 @@ def serve_restore(
 
     folder = pg_wal / FOLDER
     folder.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    # The server user can write into pg_wal: the folder and its lock are given by descriptor, reached
+    # without following a link it could have put in their place.
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # a link in its place: recovery fetches each segment itself, as without a prefetcher
+    try:
+        fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
+    except OSError:
+        os.close(folder_fd)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _sign(fd, cfg)
         if owner is not None:
-            os.chown(folder, *owner)
+            os.fchown(folder_fd, *owner)
             os.fchown(fd, *owner)
     except OSError:
         os.close(fd)
         return None
+    finally:
+        os.close(folder_fd)
     prefetcher = _Prefetcher(cfg, repos, folder, first.segment_size, owner=owner)
 
     def serve() -> None:

@@ -16,14 +16,13 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, cast
 
-from backend import __version__, faults
+from backend import __version__, faults, server
 from backend.backup import pgbasebackup, staged
 from backend.backup.common import (
     backup_name,
@@ -120,11 +119,10 @@ def _forget_finished_recovery(cfg: Config, info: ServerInfo, on_progress: Progre
     if info.in_recovery or not cfg.postgres.data_dir:
         return
     data_dir = Path(cfg.postgres.data_dir)
+    control = server.control_identity(data_dir)
+    if control is None or control[0] != info.system_identifier:
+        return
     try:
-        with (data_dir / "global" / "pg_control").open("rb") as fh:
-            system = int.from_bytes(fh.read(8), sys.byteorder)
-        if system != info.system_identifier:
-            return
         removed = strip_recovery_settings(data_dir)
     except OSError:
         return

@@ -13,11 +13,18 @@ The sha256 recorded is that of the stored bytes; the original (uncompressed) byt
 recorded (``raw_sha256`` is ""): restore and verify check the stored bytes, the zstd stream, and
 ``pg_verifybackup`` checks every file against PostgreSQL's ``backup_manifest``.
 
+Run as root into a repository another user (postgres) owns, pg_basebackup writes as root: its
+staging folder stays root's (mode 0700), so that owner cannot plant a link for pg_basebackup to
+write through, and pg_basebackup is given the folder as ``/proc/<pgdr>/fd/<n>``, the descriptor
+pgdr opened it with, so renaming the folder or putting a link in its place changes nothing. The tar
+is handed to the repository's owner with ``fchown`` on a descriptor, then renamed between folder
+descriptors: no path the owner could swap is ever followed.
+
 Durability and crash safety: pg_basebackup fsyncs what it wrote before it exits 0; the tar is then
 renamed into ``backups/<name>/`` and that folder fsynced; the caller writes the manifest last. The
 staging folder is hidden (``backups/.tmp.staging.<name>``): no listing shows it, so nothing can take
 it for a backup, and a run killed at any point leaves it (and at most a folder without a manifest)
-for the next backup to remove.
+for the next backup to remove (a root-owned staging folder: the next one run as root).
 """
 
 from __future__ import annotations
@@ -37,12 +44,12 @@ from backend import faults
 from backend.backup import pgbasebackup
 from backend.backup.fanout import FanOut, fan_out
 from backend.config import Config
-from backend.errors import PgdrError
+from backend.errors import PgdrError, RepositoryError
 from backend.manifest import BACKUPS_PREFIX, StoredObject
 from backend.postgres import ServerInfo, libpq_env
 from backend.progress import Progress, ProgressCallback, check_cancel
 from backend.repository import Repository
-from backend.repository.local import TEMP_PREFIX, LocalRepository, fsync_dir
+from backend.repository.local import FOLDER_FLAGS, TEMP_PREFIX, LocalRepository
 
 STAGING_PREFIX = f"{TEMP_PREFIX}staging."
 #: How often pgdr looks at pg_basebackup and at the growing file (seconds).
@@ -82,28 +89,53 @@ def take(
 
     backup_manifest is returned, not stored: the caller stores it in every repository.
     """
-    staging = local.root / BACKUPS_PREFIX / f"{STAGING_PREFIX}{name}"
-    local.makedirs(staging)
+    backups = local.open_folder(local.root / BACKUPS_PREFIX)
     try:
-        others = [r for r in repos if r is not local]
-        tar = _run(cfg, info, name, staging, others=others, estimate=estimate, on_progress=on_progress, cancel=cancel)
-        unexpected = sorted({p.name for p in staging.iterdir()} - {pgbasebackup.TAR_OBJECT, pgbasebackup.MANIFEST})
-        if unexpected:
-            raise PgdrError(
-                f"pg_basebackup wrote {', '.join(unexpected)} besides {pgbasebackup.TAR_OBJECT}: the cluster has "
-                "tablespaces outside its data directory, which pgdr does not back up; the backup was not listed"
+        try:
+            os.mkdir(f"{STAGING_PREFIX}{name}", 0o700, dir_fd=backups)  # root's, when pgdr runs as root
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot create the staging folder {STAGING_PREFIX}{name} in {local.root / BACKUPS_PREFIX}: "
+                f"{exc.strerror}; check the repository's permissions and free space"
+            ) from None
+        folder = os.open(f"{STAGING_PREFIX}{name}", FOLDER_FLAGS, dir_fd=backups)
+        try:
+            staging = Path(f"/proc/{os.getpid()}/fd/{folder}")
+            others = [r for r in repos if r is not local]
+            tar = _run(
+                cfg, info, name, staging, others=others, estimate=estimate, on_progress=on_progress, cancel=cancel
             )
-        pg_manifest = (staging / pgbasebackup.MANIFEST).read_bytes()
-        folder = local.root / BACKUPS_PREFIX / name
-        local.makedirs(folder)
-        os.rename(staging / pgbasebackup.TAR_OBJECT, folder / pgbasebackup.TAR_OBJECT)
-        local.chown(folder / pgbasebackup.TAR_OBJECT)
-        fsync_dir(folder)
-        faults.point("backup-mid-upload")
+            unexpected = sorted(set(os.listdir(folder)) - {pgbasebackup.TAR_OBJECT, pgbasebackup.MANIFEST})
+            if unexpected:
+                raise PgdrError(
+                    f"pg_basebackup wrote {', '.join(unexpected)} besides {pgbasebackup.TAR_OBJECT}: the cluster has "
+                    "tablespaces outside its data directory, which pgdr does not back up; the backup was not listed"
+                )
+            pg_manifest = (staging / pgbasebackup.MANIFEST).read_bytes()
+            _store(local, folder, local.root / BACKUPS_PREFIX / name)
+            faults.point("backup-mid-upload")
+        finally:
+            os.close(folder)
+            shutil.rmtree(f"{STAGING_PREFIX}{name}", dir_fd=backups, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.close(backups)
     data_bytes = sum(int(f.get("Size", 0)) for f in _files(pg_manifest))
     return StoredObject(pgbasebackup.TAR_OBJECT, tar.size, tar.sha256, data_bytes, "", "zstd"), pg_manifest
+
+
+def _store(local: LocalRepository, staging: int, folder: Path) -> None:
+    """Move the tar from the staging folder into the backup's, given to the repository's owner."""
+    tar = os.open(pgbasebackup.TAR_OBJECT, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=staging)
+    try:
+        local.give(tar)
+    finally:
+        os.close(tar)
+    target = local.open_folder(folder)
+    try:
+        os.rename(pgbasebackup.TAR_OBJECT, pgbasebackup.TAR_OBJECT, src_dir_fd=staging, dst_dir_fd=target)
+        os.fsync(target)
+    finally:
+        os.close(target)
 
 
 def _files(pg_manifest: bytes) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from backend.errors import ClusterMismatch, ConfigError, ObjectNotFound
+from backend.errors import ClusterMismatch, ConfigError, ObjectNotFound, RepositoryError
 
 if TYPE_CHECKING:
     from backend.config import Config
@@ -146,7 +146,17 @@ class ClusterIdentity:
     segment_size: int
 
 
+#: The WAL segment sizes initdb accepts (--wal-segsize, 1 MiB to 1 GiB, a power of two).
+SEGMENT_SIZES = frozenset(1 << shift for shift in range(20, 31))
+
+
 def read_identity(repo: Repository) -> ClusterIdentity | None:
+    """The identity recorded in the repository; None before the first push or backup wrote it.
+
+    A damaged record is refused rather than guessed at or rewritten: it is the only thing that tells
+    this repository's cluster from another one, and rewriting it from whatever cluster pushes next
+    would let two clusters' WAL mix under one name.
+    """
     try:
         blob = repo.get(IDENTITY_KEY)
     except ObjectNotFound:
@@ -156,8 +166,26 @@ def read_identity(repo: Repository) -> ClusterIdentity | None:
             f"the {repo.name} repository {repo.location()} is encrypted: set [{repo.name}] encryption = "
             f'"aes-256-gcm" and its encryption_passphrase or encryption_key_file'
         )
-    raw = json.loads(blob)
-    return ClusterIdentity(int(raw["system_identifier"]), int(raw["wal_segment_size"]))
+    try:
+        raw = json.loads(blob)
+    except ValueError:  # also not UTF-8 at all
+        raise _damaged_identity(repo, "not valid JSON") from None
+    try:
+        identity = ClusterIdentity(int(raw["system_identifier"]), int(raw["wal_segment_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise _damaged_identity(repo, "system_identifier or wal_segment_size missing or not a number") from None
+    if identity.system_identifier <= 0 or identity.segment_size not in SEGMENT_SIZES:
+        raise _damaged_identity(repo, "system_identifier or wal_segment_size out of range")
+    return identity
+
+
+def _damaged_identity(repo: Repository, reason: str) -> RepositoryError:
+    where = f"{repo.location().rstrip('/')}/{IDENTITY_KEY}"
+    return RepositoryError(
+        f"{where} is damaged ({reason}): it records which cluster the {repo.name} repository belongs to and "
+        "pgdr will not guess; copy repo.json from this cluster's other repository, or, if this repository "
+        "holds this cluster's WAL and backups alone, remove it and the next wal-push or backup writes it again"
+    )
 
 
 def ensure_identity(repo: Repository, identity: ClusterIdentity, cluster: str) -> ClusterIdentity:

@@ -191,8 +191,8 @@ def secret_for(cfg: Config, name: str) -> Secret:
 def decrypt_object(cfg: Config, name: str, target: BinaryIO, *, key: str | None, file: str | None) -> int:
     """Write the plaintext of one object (by key, or of a copy at ``file``); returns its size.
 
-    Every byte written has been authenticated; a damaged object stops with an error mid-way, so the
-    caller removes what was written.
+    Every byte written has been authenticated; a damaged object stops with an error mid-way, after
+    the chunks before it were written, so the caller stages ``target`` and keeps it only on success.
     """
     secret = secret_for(cfg, name)
     with contextlib.ExitStack() as stack:

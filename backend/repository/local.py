@@ -6,14 +6,20 @@ crash before that leaves only a temporary file, which readers never see.
 
 When pgdr runs as root, new files and folders are handed to the owner of the repository root, so a
 root-run ``pgdr backup`` never leaves anything PostgreSQL's archive_command (running as postgres)
-cannot write next to.
+cannot write next to. That owner can change the repository while root writes into it, so root never
+writes through a link there: folders are opened one component at a time with ``O_NOFOLLOW``, files
+are created and renamed relative to their folder's descriptor, and ownership is given with
+``fchown`` on the descriptor that was written, never by a path that could have been swapped for a
+link. An object that is itself a link is not read either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +33,8 @@ TEMP_PREFIX = ".tmp."
 #: Folders whose emptied subfolders are removed: nothing writes into an emptied one again (expired
 #: backups and old WAL). Not queue/ or locks/, where a writer may be creating the folder right now.
 PRUNABLE = frozenset({"backups", "wal", "walindex", "verify"})
+#: How a folder inside the repository is opened: never through a link the repository's owner made.
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LocalRepository(Repository):
@@ -55,31 +63,64 @@ class LocalRepository(Repository):
     def lock_file(self, key: str) -> int:
         """Open (creating) a lock file below the root, usable by whoever owns the repository."""
         path = self._path(key)
-        self.makedirs(path.parent)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.chown(path)
+        folder = self.open_folder(path.parent)
+        try:
+            fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder)
+        except OSError as exc:
+            raise _refused(path, "open", exc) from None
+        finally:
+            os.close(folder)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)  # a hard link to another file, whose content the lock's holder line would replace
+            raise RepositoryError(
+                f"{path} is not a plain lock file (a hard link or a special file): remove it and retry"
+            )
+        self.give(fd)
         return fd
 
-    def makedirs(self, folder: Path) -> None:
-        """Create ``folder`` and its parents with mode 0700, fsyncing each new entry's parent."""
-        missing = []
-        probe = folder
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for new in reversed(missing):
-            try:
-                new.mkdir(mode=0o700)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise RepositoryError(f"cannot create {new} in the local repository: {exc.strerror}") from exc
-            self.chown(new)
-            fsync_dir(new.parent)
+    def open_folder(self, folder: Path) -> int:
+        """A descriptor of ``folder`` (below the repository), created with its parents (mode 0700) when missing.
 
-    def chown(self, path: Path) -> None:
+        Each component is opened relative to the one before with ``O_NOFOLLOW``: a link the
+        repository's owner put anywhere on the way is refused, not followed out of the repository.
+        """
+        if not self.base.exists():
+            try:
+                os.makedirs(self.base, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise _refused(self.base, "create", exc) from None
+        fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the configured path: links allowed
+        here = self.base
+        for name in folder.relative_to(self.base).parts:
+            here = here / name
+            try:
+                child = self._child_folder(fd, name, here)
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def _child_folder(self, parent: int, name: str, path: Path) -> int:
+        """Open folder ``name`` of ``parent``, creating it (given to the owner, parent fsynced) when missing."""
+        try:
+            try:
+                return os.open(name, FOLDER_FLAGS, dir_fd=parent)
+            except FileNotFoundError:
+                pass
+            with contextlib.suppress(FileExistsError):  # another writer may create it first
+                os.mkdir(name, 0o700, dir_fd=parent)
+            child = os.open(name, FOLDER_FLAGS, dir_fd=parent)
+            self.give(child)
+            os.fsync(parent)
+            return child
+        except OSError as exc:
+            raise _refused(path, "create", exc) from None
+
+    def give(self, fd: int) -> None:
+        """Hand what ``fd`` is open on to the repository's owner (when root writes into another's repository)."""
         if self._owner is not None:
-            os.chown(path, *self._owner)
+            os.fchown(fd, *self._owner)
 
     def put(self, key: str, data: bytes) -> None:
         with self.writer(key) as out:
@@ -88,26 +129,31 @@ class LocalRepository(Repository):
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[BinaryIO]:
         target = self._path(key)
-        self.makedirs(target.parent)
-        temp = target.parent / f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        folder = self.open_folder(target.parent)
+        temp = f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
-        try:
-            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-                yield out
-                out.flush()
-                os.fsync(out.fileno())
-            self.chown(temp)
-            os.rename(temp, target)
-            fsync_dir(target.parent)
-        except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+            try:
+                fd = os.open(
+                    temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder
+                )
+            except OSError as exc:
+                raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
+            try:
+                with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                    yield out
+                    out.flush()
+                    self.give(out.fileno())
+                    os.fsync(out.fileno())
+                os.rename(temp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
+                os.fsync(folder)
+            except OSError as exc:
+                _unlink(temp, folder)
+                raise RepositoryError(f"cannot write {target} in the local repository: {exc.strerror}") from exc
+            except BaseException:
+                _unlink(temp, folder)
+                raise
+        finally:
+            os.close(folder)
 
     def get(self, key: str) -> bytes:
         with self.open(key) as fh:
@@ -117,12 +163,12 @@ class LocalRepository(Repository):
     def open(self, key: str) -> Iterator[BinaryIO]:
         path = self._path(key)
         try:
-            fh = path.open("rb")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ObjectNotFound(f"{key} is not in the local repository {self.root}") from None
         except OSError as exc:
-            raise RepositoryError(f"cannot read {path}: {exc.strerror}") from exc
-        with fh:
+            raise _refused(path, "read", exc) from exc
+        with os.fdopen(fd, "rb") as fh:
             yield fh
 
     def list(self, prefix: str = "", *, start_after: str = "") -> Iterator[ObjectInfo]:
@@ -201,6 +247,20 @@ class LocalRepository(Repository):
                 return  # not empty (or busy): it still holds objects
             fsync_dir(folder.parent)
             folder = folder.parent
+
+
+def _refused(path: Path, action: str, exc: OSError) -> RepositoryError:
+    if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and path.is_symlink()):  # O_NOFOLLOW met a link
+        return RepositoryError(
+            f"{path} in the local repository is a symbolic link: pgdr follows none there; "
+            "replace it with the folder or file it points to"
+        )
+    return RepositoryError(f"cannot {action} {path} in the local repository: {exc.strerror}")
+
+
+def _unlink(name: str, folder: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=folder)
 
 
 def fsync_dir(path: Path) -> None:

@@ -49,6 +49,8 @@ _CREDENTIAL_CODES = frozenset(
     }
 )
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+#: A conditional write that another writer beat (409: S3 settling a concurrent conditional write).
+_LOST_RACE_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 
 class S3Repository(Repository):
@@ -327,6 +329,44 @@ class S3Repository(Repository):
                     )
                     removed += 1
         return removed
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """An object and its ETag (what ``put_if`` names), None when it is absent."""
+        full = self._key(key)
+        try:
+            with self._s3_errors("read", key):
+                answer = self.client.get_object(Bucket=self.bucket, Key=full)
+                with contextlib.closing(answer["Body"]) as body:
+                    return body.read(), answer["ETag"]
+        except ObjectNotFound:
+            return None
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None) -> str | None:
+        """Store a small object only if it is absent (``etag`` None) or still the version ``etag``.
+
+        S3's conditional writes make this exact between any number of writers: the new ETag, or None
+        when another writer got there first. No storage class: a lock must stay readable at once.
+        """
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        encryption = {k: v for k, v in self._extra.items() if k != "StorageClass"}
+        try:
+            answer = self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, **condition, **encryption
+            )
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in _LOST_RACE_CODES or (etag is not None and code in _NOT_FOUND_CODES):
+                return None
+            raise self._client_error(exc, "write", key) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._botocore_error(exc, "write", key) from None
+        return answer["ETag"]
+
+    def remove(self, key: str) -> None:
+        """Delete one object at once (``delete`` batches, and invalidates the listing cache)."""
+        full = self._key(key)
+        with self._s3_errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=full)
 
     def exists(self, key: str) -> bool:
         full = self._key(key)

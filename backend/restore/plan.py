@@ -49,6 +49,10 @@ class RestorePlan:
     notes: list[str] = field(default_factory=list)
     #: What the restore needs from the host (``backend.restore.preflight``), as found when planning.
     checks: list[Check] = field(default_factory=list)
+    #: Restore although an earlier restore of the data directory did not finish (``--force``).
+    force: bool = False
+    #: Why "latest" stops before the end of the archive (a gap): the restore then does not report success.
+    cut_short: str = ""
 
     @property
     def wal_bytes(self) -> int:
@@ -108,10 +112,9 @@ class RestorePlan:
         for note in self.notes:
             lines.append(f"  note: {note}")
         if self.checks:
-            failed = [check for check in self.checks if not check.ok]
-            passed = ", ".join(check.name for check in self.checks if check.ok)
+            passed = ", ".join(check.name for check in self.checks if check.ok and not check.warning)
             row("checked", f"{passed}: ok" if passed else "nothing passed")
-            lines += [f"  {check.render()}" for check in failed]
+            lines += [f"  {check.render()}" for check in self.checks if not check.ok or check.warning]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -164,12 +167,15 @@ def make_plan(
             raise PgdrError(
                 f"{backup_name} is a logical dump: restore it with `pgdr restore --from-dump {backup_name}`"
             )
+    if backup_name is not None and backup_name in timeline.disowned:
+        raise PgdrError(f"backup {backup_name} cannot be restored: {timeline.disowned[backup_name]}")
     tli = _target_timeline(timeline, target, backups, backup_name)
+    followed = target.timeline == "latest" and not target.timeline_named
     if target.kind == "time" and target.timeline != "current":
         tli, target = _timeline_at(timeline, tli, target)
     windows = timeline.windows_on(tli)
     notes = []
-    if not windows and target.timeline == "latest":
+    if not windows and followed:
         newest = tli
         tli, target, windows = _newest_recoverable(timeline, tli, target)
         if tli != newest:
@@ -177,9 +183,23 @@ def make_plan(
                 f"timeline {newest} has no archived WAL yet (a promotion began it); everything reachable so far "
                 f"lies on timeline {tli}, which recovery is told to follow"
             )
+    if followed and target.timeline == "latest" and tli != timeline.latest_timeline():
+        target = replace(target, timeline=str(tli))  # PostgreSQL's "latest" would follow the abandoned branch
+    abandoned = [t for t in timeline.abandoned() if t > tli] if followed else []
+    if abandoned:
+        names = ", ".join(map(str, abandoned))
+        notes.append(
+            f"timeline {names} in the archive {'is' if len(abandoned) == 1 else 'are'} abandoned (the cluster "
+            f"runs on timeline {timeline.current}, whose history does not pass through it): not followed; "
+            f"--target-timeline {abandoned[-1]} restores that branch"
+        )
     if not windows:
+        disowned = "".join(
+            f"; backup {name} is not offered: its manifest contradicts the WAL" for name in timeline.disowned
+        )
         raise PgdrError(
-            f"nothing is recoverable on timeline {tli}: take a base backup (`pgdr backup`) and check archiving"
+            f"nothing is recoverable on timeline {tli}{disowned}: take a base backup (`pgdr backup`) and check "
+            "archiving"
         )
 
     located = locate(target, events)
@@ -190,6 +210,9 @@ def make_plan(
         # follows the WAL the plan counted, not the backup's abandoned timeline.
         target = replace(target, timeline=str(tli))
     chosen = backups[window.base_backup]
+    cut_short = _cut_short(timeline, window) if target.kind == "latest" else ""
+    if cut_short:
+        notes.append(cut_short)
     first = SegmentName.parse(chosen.manifest.wal_start or "", timeline.segment_size).number
     wal, complete = _wal_for(timeline, tli, window, target, first=first, instant=instant, located=located)
     segment_size = timeline.segment_size
@@ -201,7 +224,7 @@ def make_plan(
         safety = data_dir.with_name(data_dir.name + SAFETY_SUFFIX + stamp)
     needed = chosen.manifest.size_bytes + len(wal) * segment_size
     free = shutil.disk_usage(_existing_parent(data_dir)).free
-    plan = RestorePlan(
+    return RestorePlan(
         cluster=cfg.cluster.name,
         target=target,
         backup=chosen.manifest,
@@ -218,21 +241,15 @@ def make_plan(
         estimated_seconds=estimate_restore_seconds(chosen.manifest.size_bytes, len(wal) * segment_size),
         target_instant=instant,
         notes=notes,
+        cut_short=cut_short,
     )
-    if in_place:
-        from backend.restore.run import interrupted_restore
-
-        warning = interrupted_restore(data_dir)
-        if warning:
-            plan.notes.append(warning)
-    return plan
 
 
 def _target_timeline(
     timeline: RecoveryTimeline, target: RecoveryTarget, backups: dict[str, Any], backup_name: str | None
 ) -> int:
     if target.timeline == "latest":
-        return timeline.latest_timeline()
+        return timeline.latest_timeline() if target.timeline_named else timeline.followed_timeline()
     if target.timeline == "current":
         if backup_name is not None:
             return int(backups[backup_name].manifest.timeline or 1)
@@ -276,6 +293,21 @@ def _timeline_at(timeline: RecoveryTimeline, tli: int, target: RecoveryTarget) -
     return (older, target) if read is not None and read.segment.timeline == older else (tli, target)
 
 
+def _cut_short(timeline: RecoveryTimeline, window: Window) -> str:
+    """Why the latest instant a restore reaches is not the end of the archive: a gap ends the window."""
+    gap = timeline.gap_after(window)
+    if gap is None:
+        return ""
+    missing = gap.missing_from.name
+    if gap.missing_to != gap.missing_from:
+        missing = f"{missing} .. {gap.missing_to.name}"
+    return (
+        f"the archive goes on past a gap: {missing} is missing or damaged in every repository, so recovery ends "
+        f"after {gap.after_segment.name} and the WAL archived after the gap is NOT replayed (the restore reports "
+        "it as not reaching its target); put an intact copy back into the archive first if one exists"
+    )
+
+
 def _newest_recoverable(
     timeline: RecoveryTimeline, tli: int, target: RecoveryTarget
 ) -> tuple[int, RecoveryTarget, list[Window]]:
@@ -285,7 +317,7 @@ def _newest_recoverable(
     archive: every instant it can reach so far lies on its parent. Recovery is pinned to the
     timeline planned, so PostgreSQL follows the WAL the plan counted.
     """
-    for older in sorted((t for t in timeline.timelines if t < tli), reverse=True):
+    for older in timeline.ancestry(tli)[1:]:
         windows = timeline.windows_on(older)
         if windows:
             return older, replace(target, timeline=str(older)), windows

@@ -20,6 +20,7 @@ from backend import server
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import connect_params
+from backend.restore.marker import unfinished_restore
 
 if TYPE_CHECKING:
     from backend.restore.plan import RestorePlan
@@ -32,12 +33,14 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: Passed, but the operator must read it before confirming.
+    warning: bool = False
 
     def render(self) -> str:
-        return f"{'ok' if self.ok else 'FAILS'}: {self.name}: {self.detail}"
+        return f"{'FAILS' if not self.ok else 'WARNING' if self.warning else 'ok'}: {self.name}: {self.detail}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return {"name": self.name, "ok": self.ok, "warning": self.warning, "detail": self.detail}
 
 
 def user_name(uid: int | None = None) -> str:
@@ -50,7 +53,7 @@ def user_name(uid: int | None = None) -> str:
 
 def run_checks(cfg: Config, plan: RestorePlan) -> list[Check]:
     """Every check, failed or not; only reads the filesystem and (in place) asks the running server."""
-    checks = [_directory(plan), _owner(cfg, plan), _space(plan)]
+    checks = [_unfinished(plan), _identity(plan), _directory(plan), _owner(cfg, plan), _space(plan)]
     if plan.in_place:
         checks.append(_connection(cfg, plan))
     return checks
@@ -62,6 +65,47 @@ def refuse_unless_ready(cfg: Config, plan: RestorePlan) -> None:
     if failed:
         running = " and the server keeps running" if plan.in_place else ""
         raise PgdrError(f"cannot restore: {failed[0].name}: {failed[0].detail}; nothing was changed{running}")
+
+
+def _unfinished(plan: RestorePlan) -> Check:
+    """A restore over a half-restored directory would bury where the real data is: only when told to."""
+    unfinished = unfinished_restore(plan.data_dir) if plan.in_place else None
+    if unfinished is None:
+        return Check("earlier restores", True, "none unfinished")
+    if plan.force:
+        where = f" (still kept at {unfinished.safety_copy})" if unfinished.safety_copy else ""
+        return Check(
+            "earlier restores",
+            True,
+            f"restoring over the half-restored directory of the unfinished restore from backup "
+            f"{unfinished.backup} (--force); the data from before it is not touched{where}",
+            warning=True,
+        )
+    return Check(
+        "earlier restores",
+        False,
+        f"{unfinished.describe()}; roll back first, or restore over it with --force",
+    )
+
+
+def _identity(plan: RestorePlan) -> Check:
+    """A restore in place replaces this cluster with its own past: never with another cluster's backup.
+
+    A config pointing at another cluster's repository (a copied config, a shared bucket prefix)
+    would otherwise restore that cluster over this one's data directory.
+    """
+    control = server.control_identity(plan.data_dir) if plan.in_place else None
+    if control is None or not plan.backup.system_identifier:
+        return Check("cluster", True, f"backup {plan.backup.name} is of cluster {plan.backup.cluster}")
+    if control[0] != plan.backup.system_identifier:
+        return Check(
+            "cluster",
+            False,
+            f"{plan.data_dir} holds the cluster with system identifier {control[0]}, and backup "
+            f"{plan.backup.name} is of another one ({plan.backup.system_identifier}): check the config's "
+            "repositories, or to replace this cluster with that one move its data directory away first",
+        )
+    return Check("cluster", True, f"{plan.data_dir} and backup {plan.backup.name} are the same cluster")
 
 
 def _directory(plan: RestorePlan) -> Check:

@@ -10,9 +10,9 @@ is non-zero.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,10 +28,10 @@ from backend import faults, server
 from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.postgres import chown_tree, connect_params, owner_of, program, run_server_program
+from backend.postgres import chown_tree, connect_params, own_folder, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
-from backend.restore import preflight
+from backend.restore import marker, preflight
 from backend.restore import settings as recovery_settings
 from backend.restore.plan import RestorePlan
 from backend.restore.unpack import restore_base_backup
@@ -135,8 +135,10 @@ def execute(
     try:
         report = _replay(cfg, plan, repos, owner, laid, on_progress=on_progress)
     except Exception as exc:
-        raise PgdrError(f"the restored server could not be started or followed: {exc}; {_roll_back(plan)}") from None
-    interrupted_marker(data_dir).unlink(missing_ok=True)
+        raise PgdrError(
+            f"the restored server could not be started or followed: {exc}; {_roll_back(plan, laid)}"
+        ) from None
+    marker.clear_marker(data_dir)
     if "promoted" in report.server_state:
         try:
             recovery_settings.strip_recovery_settings(data_dir)
@@ -145,7 +147,12 @@ def execute(
                 f"the recovery settings could not be removed from {data_dir / recovery_settings.AUTO_CONF} "
                 f"({exc.strerror}): remove the block pgdr added before the next base backup"
             )
-    report.safety_copy = plan.safety_copy
+    report.safety_copy = laid.real_copy or plan.safety_copy
+    if laid.real_copy and laid.real_copy != plan.safety_copy:
+        report.problems.append(
+            f"the half-restored directory an unfinished restore left was moved aside to {plan.safety_copy}: "
+            "remove it once this restore is what you want"
+        )
     report.data_dir = data_dir
     report.base_backup_from = laid.source
     report.refused_copies = laid.refused
@@ -160,6 +167,8 @@ class _Laid:
     source: str = ""
     refused: list[str] = field(default_factory=list)
     quick_fetch: bool = False
+    #: Where the data directory as it was before any unfinished restore is (None: there was none).
+    real_copy: Path | None = None
 
 
 def _lay_down(
@@ -175,20 +184,13 @@ def _lay_down(
     """Move the old data directory aside, unpack the base backup, and write the recovery settings."""
     data_dir = plan.data_dir
     if plan.in_place:  # from here on the old data directory is being replaced
-        started = {
-            "started": datetime.now(UTC).isoformat(),
-            "backup": plan.backup.name,
-            "safety_copy": str(plan.safety_copy) if plan.safety_copy else None,
-        }
-        interrupted_marker(data_dir).write_text(json.dumps(started))
+        laid.real_copy = marker.write_marker(data_dir, plan.backup.name, plan.safety_copy)
     if plan.safety_copy is not None:
         on_progress(Progress("safety", 0, 1, f"moving {data_dir} aside to {plan.safety_copy}"))
         os.rename(data_dir, plan.safety_copy)
         laid.moved_aside = True
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
-    if owner is not None:  # already: the server's user tries the quick restore_command during the unpack
-        os.chown(data_dir, *owner)
+    own_folder(data_dir, 0o700, owner)  # already: the server's user tries the quick restore_command in the unpack
     check_cancel(cancel, "restore")
     faults.point("restore-after-safety-copy")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
@@ -214,9 +216,8 @@ def _replay(
     """Start the server on the restored directory and follow its recovery to the end."""
     data_dir = plan.data_dir
     log_file = data_dir / "log" / f"pgdr-restore-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.log"
-    log_file.parent.mkdir(exist_ok=True)
-    if owner is not None:
-        os.chown(log_file.parent, *owner)
+    log_file.parent.mkdir(mode=0o700, exist_ok=True)
+    own_folder(log_file.parent, 0o700, owner)
     serving = _serve_wal(cfg, plan, repos, owner)
     try:
         settings = {}
@@ -285,12 +286,13 @@ def _untouched(plan: RestorePlan, laid: _Laid) -> str:
     if not plan.in_place:
         shutil.rmtree(data_dir, ignore_errors=True)
         return f"no server was started and {data_dir} was removed"
-    marker = interrupted_marker(data_dir)
+    earlier = laid.real_copy is not None and laid.real_copy != safety  # a forced restore over an unfinished one
     if safety is None:
-        marker.unlink(missing_ok=True)
+        marker.clear_marker(data_dir)
         return f"no server was started; {data_dir} is left empty"
     if not laid.moved_aside:
-        marker.unlink(missing_ok=True)
+        if not earlier:
+            marker.clear_marker(data_dir)
         return f"nothing was changed: {data_dir} was not moved, and its server is stopped: {start}"
     try:
         if data_dir.exists():
@@ -301,43 +303,18 @@ def _untouched(plan: RestorePlan, laid: _Laid) -> str:
             f"no server was started; the previous data directory is intact at {safety} (putting it back "
             f"failed: {exc.strerror}): to roll back, rm -r {data_dir}; mv {safety} {data_dir}"
         )
-    marker.unlink(missing_ok=True)
+    if earlier:
+        return f"{data_dir} is back as it was, half-restored by the unfinished restore: {_roll_back(plan, laid)}"
+    marker.clear_marker(data_dir)
     return f"nothing was changed: {data_dir} is back in place, and its server is stopped: {start}"
 
 
-def _roll_back(plan: RestorePlan) -> str:
+def _roll_back(plan: RestorePlan, laid: _Laid) -> str:
     """The exact commands that put the previous data directory back, once a server may run on the new one."""
-    data_dir, safety = plan.data_dir, plan.safety_copy
+    data_dir, safety = plan.data_dir, laid.real_copy or plan.safety_copy
     if safety is None:
         return f"the server on {data_dir} may be running: see its log in {data_dir / 'log'}"
     return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
-
-
-def interrupted_marker(data_dir: Path) -> Path:
-    """Written before an in-place restore touches anything, removed when it reports: if it is still
-    there, a restore died half-way and the operator must be told where the old data directory is."""
-    return data_dir.with_name(f".{data_dir.name}.pgdr-restore.json")
-
-
-def interrupted_restore(data_dir: Path) -> str | None:
-    """How to roll back a restore that was killed half-way, or None when there was none."""
-    marker = interrupted_marker(data_dir)
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    safety = info.get("safety_copy")
-    if safety and not Path(safety).exists() and (data_dir / "PG_VERSION").exists():
-        return None  # the operator put the safety copy back by hand (the printed roll-back): nothing is half-done
-    back = (
-        f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
-        if safety
-        else "there was no data directory before it"
-    )
-    return (
-        f"a restore from backup {info.get('backup')} started {info.get('started')} did not finish: "
-        f"{data_dir} may be half-restored; the previous data directory is intact at {safety}; {back}"
-    )
 
 
 def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
@@ -369,7 +346,15 @@ def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
 
 
 def recovery_command(cfg: Config, data_dir: Path) -> str:
-    """The restore_command: the same pgdr the archive_command runs (it works as the server user)."""
+    """The restore_command: the pgdr the archive_command runs (the server's user can run it), reading the
+    config this restore was given, which may not be the one the backup's archive_command named."""
+    program = _archiving_pgdr(data_dir) or shutil.which("pgdr") or str(Path(sys.executable).parent / "pgdr")
+    config = f" --config {shlex.quote(str(cfg.source))}" if cfg.source else ""
+    return f"{program}{config} wal-fetch %f %p"
+
+
+def _archiving_pgdr(data_dir: Path) -> str | None:
+    """The pgdr (and any wrapper before it) of the archive_command in the data directory, minus its --config."""
     archive = ""
     for conf in ("postgresql.conf", "postgresql.auto.conf"):
         path = data_dir / conf
@@ -378,11 +363,16 @@ def recovery_command(cfg: Config, data_dir: Path) -> str:
                 match = re.match(r"\s*archive_command\s*=\s*'(.*)'\s*(#.*)?$", line)
                 if match:
                     archive = match.group(1).replace("''", "'")
-    if " wal-push" in archive:
-        return archive.split(" wal-push", 1)[0] + " wal-fetch %f %p"
-    exe = shutil.which("pgdr") or str(Path(sys.executable).parent / "pgdr")
-    config = f" --config {cfg.source}" if cfg.source else ""
-    return f"{exe}{config} wal-fetch %f %p"
+    if " wal-push" not in archive:
+        return None
+    try:
+        words = shlex.split(archive.split(" wal-push", 1)[0])
+    except ValueError:
+        return None
+    while "--config" in words[:-1]:
+        at = words.index("--config")
+        del words[at : at + 2]
+    return shlex.join(words) if words else None
 
 
 def write_recovery_settings(cfg: Config, plan: RestorePlan, data_dir: Path) -> None:
@@ -557,7 +547,10 @@ def _report(
         report.problems.insert(0, "recovery ended before the target was reached: the archived WAL stops earlier")
     target = plan.target
     if target.kind == "latest":
-        report.reached_target = not short and "promoted" in state
+        early = _ended_early(plan, report) or plan.cut_short
+        if early:
+            report.problems.insert(0, early)
+        report.reached_target = not short and not early and "promoted" in state
         report.stop_reason = report.stop_reason or "end of the archived WAL"
     else:
         expected = {"promote": "promoted", "pause": "paused", "shutdown": "stopped"}[target.action]
@@ -566,6 +559,33 @@ def _report(
         report.problems.append(f"the server is {state}; see {log_file}")
     report.problems = list(dict.fromkeys(report.problems))
     return report
+
+
+def _ended_early(plan: RestorePlan, report: RestoreReport) -> str:
+    """Why a recovery to the latest instant ended before the end of the archive the plan promised, or "".
+
+    PostgreSQL takes any restore_command failure for the end of the archive and promotes: a segment
+    damaged in every repository ends replay there, silently, with the later commits lost. Where replay
+    really ended (the last record replayed) is compared with the last segment the plan counted.
+    """
+    if not plan.wal or not report.stopped_at_lsn or not plan.backup.wal_segment_size:
+        return ""
+    promised = plan.wal[-1].segment
+    ended = parse_lsn(report.stopped_at_lsn) // plan.backup.wal_segment_size
+    if ended >= promised.number:
+        return ""
+    reached = (
+        f"; the restored data holds commits up to {report.last_commit_time:%Y-%m-%d %H:%M:%S.%f} UTC"
+        if report.last_commit_time
+        else ""
+    )
+    blocked = any("no intact copy" in p for p in report.problems)
+    why = " (the problem below)" if blocked else f" (see {report.log_file})"
+    return (
+        f"recovery ended at {report.stopped_at_lsn}, in segment {ended - plan.wal[0].segment.number + 1} of the "
+        f"{len(plan.wal)} the plan counted (up to {promised.name}): a segment could not be fetched{why}{reached}; "
+        "commits after it are NOT in the restored data"
+    )
 
 
 _STOP_XACT = re.compile(r"(?P<side>before|after) (?P<kind>commit|abort) of transaction (?P<xid>\d+)")

@@ -95,13 +95,11 @@ def _replace(path: Path, text: str) -> None:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
+            # By the descriptor: the server's user can write in the data directory and swap the path.
+            os.fchmod(fh.fileno(), st.st_mode & 0o7777 if st is not None else 0o600)
+            if st is not None and os.geteuid() == 0:
+                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
             os.fsync(fh.fileno())
-        if st is not None:
-            os.chmod(temp, st.st_mode & 0o7777)
-            if os.geteuid() == 0:
-                os.chown(temp, st.st_uid, st.st_gid)
-        else:
-            os.chmod(temp, 0o600)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

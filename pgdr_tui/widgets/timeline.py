@@ -342,7 +342,7 @@ class TimelineView(Widget, can_focus=True):
             cells = [table.get(m, (" ", "")) for m in cols.backups]
         elif y < TOP_ROWS + rows:
             row = self.model.rows[y - TOP_ROWS]
-            gutter = f"TL {row.timeline}"
+            gutter = f"TL {row.timeline}" + (f" {g.bad}" if row.abandoned else "")
             cell_table = {
                 Cell.FULL: (g.full, "timeline--full"),
                 Cell.PARTIAL: (g.partial, "timeline--partial"),

@@ -121,22 +121,55 @@ def test_two_backups_at_once_the_second_is_refused_clearly(cluster: Cluster) -> 
     assert len(json.loads(cluster.pgdr("list", "--json").stdout)["backups"]) == 1
 
 
-def test_restore_killed_half_way_keeps_the_safety_copy_and_says_how_to_roll_back(cluster: Cluster) -> None:
-    cluster.sql("CREATE TABLE precious (x int)")
-    cluster.sql("INSERT INTO precious SELECT generate_series(1, 1000)")
-    cluster.pgdr("backup")
-    cluster.wait_archived(cluster.switch_wal())
-    proc = start_frozen(cluster, "restore-after-safety-copy", "restore", "--latest", "--yes")
+def kill_a_restore_half_way(cluster: Cluster, *force: str) -> None:
+    """A backup of 1,000 precious rows, and a restore from it killed right after its safety copy."""
+    if not force:
+        cluster.sql("CREATE TABLE precious (x int)")
+        cluster.sql("INSERT INTO precious SELECT generate_series(1, 1000)")
+        cluster.pgdr("backup")
+        cluster.wait_archived(cluster.switch_wal())
+    proc = start_frozen(cluster, "restore-after-safety-copy", "restore", "--latest", "--yes", *force)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def test_restore_killed_half_way_keeps_the_safety_copy_and_says_how_to_roll_back(cluster: Cluster) -> None:
+    kill_a_restore_half_way(cluster)
     (safety,) = cluster.data_dir.parent.glob("data.pgdr-safety-*")
     assert (safety / "PG_VERSION").is_file() and (safety / "global" / "pg_control").is_file()
 
     plan = cluster.pgdr("restore", "--latest", "--dry-run").stdout
     assert "did not finish" in plan and f"mv {safety} {cluster.data_dir}" in plan
-    # Rolling back as told brings the old cluster back.
+    # Every look at the cluster says so, and a second restore waits for the roll-back (or --force).
+    assert "UNFINISHED RESTORE" in cluster.pgdr("list").stdout
+    status = cluster.pgdr("status", check=False)
+    assert status.returncode == 1 and "UNFINISHED RESTORE" in status.stdout
+    checked = cluster.pgdr("check", check=False)
+    assert checked.returncode != 0 and "UNFINISHED RESTORE" in checked.stdout, checked.stdout
+    again = cluster.pgdr("restore", "--latest", "--yes", check=False)
+    assert again.returncode == 2 and "roll back first, or restore over it with --force" in again.stderr
+    # Rolling back as told brings the old cluster back, and the note goes with it.
     os.rename(cluster.data_dir, cluster.root / "data.failed")
     os.rename(safety, cluster.data_dir)
-    (cluster.data_dir.parent / ".data.pgdr-restore.json").unlink()
     cluster.start()
     assert cluster.sql("SELECT count(*) FROM precious")[0][0] == 1000
+    assert "did not finish" not in cluster.pgdr("restore", "--latest", "--dry-run").stdout
+    assert not (cluster.data_dir.parent / ".data.pgdr-restore.json").exists()
+    assert "UNFINISHED" not in cluster.pgdr("list").stdout
+
+
+def test_a_restore_forced_over_an_unfinished_one_keeps_pointing_at_the_real_data(cluster: Cluster) -> None:
+    kill_a_restore_half_way(cluster)
+    (real,) = cluster.data_dir.parent.glob("data.pgdr-safety-*")
+    plan = cluster.pgdr("restore", "--latest", "--dry-run", "--force").stdout
+    assert "WARNING: earlier restores: restoring over the half-restored directory" in plan, plan
+
+    # Killed again, half-way through the forced restore: the note still names the data from before the first.
+    kill_a_restore_half_way(cluster, "--force")
+    assert f"mv {real} {cluster.data_dir}" in cluster.pgdr("restore", "--latest", "--dry-run").stdout
+
+    report = cluster.pgdr("restore", "--latest", "--yes", "--force", timeout=600).stdout
+    assert "Restore finished" in report and f"safety copy: {real}" in report, report
+    assert (real / "PG_VERSION").is_file()
+    assert cluster.sql("SELECT count(*) FROM precious")[0][0] == 1000
+    assert "UNFINISHED" not in cluster.pgdr("list").stdout

@@ -85,3 +85,12 @@ def test_marks_and_columns(model: TimelineModel, story: Story) -> None:
     cols = model.columns(v)
     assert len(cols.rows) == 2 and all(len(r) == 120 for r in cols.rows)
     assert sum(1 for m in cols.backups if m) > 10
+
+
+def test_a_timeline_the_running_cluster_does_not_continue_is_marked_abandoned(story: Story) -> None:
+    view = load_view(load_config(story.config))
+    view.timeline.current = 1  # the cluster rolled back onto timeline 1
+    rows = {row.timeline: row.abandoned for row in TimelineModel(view).rows}
+    assert rows == {1: False, 2: True}
+    view.timeline.current = 2
+    assert not any(row.abandoned for row in TimelineModel(view).rows)
