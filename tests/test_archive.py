@@ -13,6 +13,7 @@ from pathlib import Path
 from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
+from backend.walnames import SegmentName
 from tests.conftest import s3_settings
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, clean_env, pgdr_executable, wait_for
 from tests.harness.s3 import MotoEndpoint
@@ -97,6 +98,21 @@ def test_duplicate_push_same_bytes_succeeds_different_bytes_fails(cluster: Clust
     assert result.returncode not in (0, 1)
     assert "already archived" in result.stderr and "different content" in result.stderr
     assert {p.name: p.read_bytes() for p in repo_dir.iterdir()} == before
+
+
+def test_a_recycled_segment_under_the_next_name_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """Its header names the segment it was: stored under the new name, it would block the real one for good."""
+    (segment,) = cluster.write_wal(1)
+    cluster.wait_archived(segment)
+    following = SegmentName.parse(segment).next().name
+    recycled = tmp_path / following
+    assert fetch(cluster, segment, recycled).returncode == 0
+
+    result = cluster.pgdr("wal-push", str(recycled), check=False)
+
+    assert result.returncode == 2 and "(a recycled or copied file?): refusing to archive it" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not find_archived(open_repository(load_config(cluster.config_path), "local"), following)
 
 
 def test_push_killed_half_way_leaves_no_partial_segment(cluster: Cluster, tmp_path: Path) -> None:

@@ -359,7 +359,7 @@ def test_rpo_alarm_when_the_newest_archived_wal_is_too_old(tmp_path: Path, monke
         assert telegram.texts()[-1].startswith("⚠️ pgdr: cluster main: no archived WAL")
 
         segment = tmp_path / "000000010000000000000003"
-        header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, 1, 0, 0, 7_000_000_000_000_000_001, 16 << 20, 8192)
+        header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, 1, 3 << 24, 0, 7_000_000_000_000_000_001, 16 << 20, 8192)
         segment.write_bytes(header + bytes((16 << 20) - len(header)))
         subprocess.run(
             [str(pgdr_executable()), "--config", str(cfg.source), "wal-push", str(segment)],

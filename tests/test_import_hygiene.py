@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import backend
+from backend.walnames import SegmentName
 from tests.harness.cluster import wait_for
 
 UI_PACKAGES = ("textual", "rich", "pgdr_tui")
@@ -40,7 +41,8 @@ def test_every_backend_module_imports_without_the_ui() -> None:
 
 
 def fake_segment(path: Path, sysid: int = 7_000_000_000_000_000_001) -> None:
-    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, 1, 0, 0, sysid, 16 << 20, 8192)
+    start = SegmentName.parse(path.name, 16 << 20).start_lsn
+    header = struct.pack("<HHIQI4xQII", 0xD110, 0x0002, 1, start, 0, sysid, 16 << 20, 8192)
     path.write_bytes(header + bytes((16 << 20) - len(header)))
 
 

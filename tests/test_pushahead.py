@@ -19,8 +19,10 @@ SEGMENT_SIZE = 1 << 20
 HEADER = struct.Struct("<HHIQI4xQII")  # the long page header a segment starts with
 
 
-def segment_bytes(fill: int) -> bytes:
-    header = HEADER.pack(0xD110, 0x0002, 1, 0, 0, 7_000_000_000_000_000_123, SEGMENT_SIZE, 8192)
+def segment_bytes(fill: int, number: int | None = None) -> bytes:
+    """Segment ``number`` (default: ``fill``) of a made-up cluster, its pages filled with ``fill``."""
+    start = (fill if number is None else number) * SEGMENT_SIZE
+    header = HEADER.pack(0xD110, 0x0002, 1, start, 0, 7_000_000_000_000_000_123, SEGMENT_SIZE, 8192)
     return header + bytes([fill]) * (SEGMENT_SIZE - len(header))
 
 
@@ -66,7 +68,7 @@ def test_a_file_changed_after_its_push_is_not_taken(setup: tuple[PushAhead, Path
     third = pg_wal / f"{3:024X}"
     ahead.pending[str(third)].result()  # stored; now another file takes its place
     replacement = third.with_name("new")
-    replacement.write_bytes(segment_bytes(0xEE))
+    replacement.write_bytes(segment_bytes(0xEE, 3))
     os.replace(replacement, third)
     assert not ahead.take(str(third))
     ahead.close()

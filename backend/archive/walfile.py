@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backend.errors import PgdrError
 from backend.repository import ENCRYPTED_MAGIC, ClusterIdentity, Repository
-from backend.walnames import WalKind, wal_directory
+from backend.walnames import SegmentName, WalKind, format_lsn, wal_directory
 
 WAL_PREFIX = "wal/"
 XLOG_PAGE_MAGIC_MIN = 0xD100  # every PostgreSQL release since 9.x stamps 0xD1xx
@@ -97,9 +97,22 @@ def identity_of(data: Buffer, kind: WalKind, filename: str, data_dir: Path | Non
     if kind in (WalKind.SEGMENT, WalKind.PARTIAL):
         if len(data) < _LONG_HEADER.size:
             raise PgdrError(f"{filename} is too short to be a WAL segment ({len(data)} bytes): refusing to archive it")
-        magic, info, _tli, _addr, _rem, sysid, seg_size, _blcksz = _LONG_HEADER.unpack_from(data)
+        magic, info, _tli, pageaddr, _rem, sysid, seg_size, _blcksz = _LONG_HEADER.unpack_from(data)
         if magic & 0xFF00 != XLOG_PAGE_MAGIC_MIN or not info & XLP_LONG_HEADER:
             raise PgdrError(f"{filename} does not start with a WAL page header: refusing to archive it")
+        if not (1 << 20 <= seg_size <= 1 << 30 and seg_size & (seg_size - 1) == 0):
+            raise PgdrError(f"{filename}'s header gives a segment size of {seg_size} bytes: not a WAL segment")
+        try:
+            named = SegmentName.parse(filename[:24], seg_size).start_lsn
+        except ValueError as exc:
+            raise PgdrError(f"{exc}: refusing to archive it") from None
+        if pageaddr != named:
+            # Stored under this name, it would take the place of the real segment for good: a later
+            # push of the real one, with other bytes, is refused.
+            raise PgdrError(
+                f"{filename} holds the WAL of {format_lsn(pageaddr)}, not of {format_lsn(named)} that its name says "
+                "(a recycled or copied file?): refusing to archive it; PostgreSQL retries with the real segment"
+            )
         if kind is WalKind.SEGMENT and len(data) != seg_size:
             raise PgdrError(
                 f"{filename} is {len(data)} bytes but its header says segments are {seg_size}: "
