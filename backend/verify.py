@@ -1224,6 +1224,50 @@ def _holdings(scans: dict[str, _Scan]) -> dict[str, dict[tuple[int, int], dateti
     return {repo: {key: info.modified for key, (_obj, info) in scan.segments.items()} for repo, scan in scans.items()}
 
 
+def _check_against_postgres(report: VerifyReport, physical: list[BackupManifest], scans: list[_Scan]) -> None:
+    """pgdr's manifest must name the WAL range PostgreSQL's own ``backup_manifest`` records.
+
+    PostgreSQL seals its manifest with a sha256 of its own text, so a changed start or stop LSN (or
+    timeline) in ``manifest.json``, which would send a restore to the wrong WAL, shows here even when
+    every copy was changed alike.
+    """
+    for manifest in physical:
+        stored = next((o for o in manifest.objects if o.key == "backup_manifest"), None)
+        if stored is None:
+            continue
+        result = next(b for b in report.backups if b.name == manifest.name)
+        for scan in scans:
+            if manifest.name not in scan.manifests or not result.copy_ok(scan.repo.name):
+                continue
+            try:
+                raw = scan.repo.get(manifest.object_key(stored))
+            except PgdrError:
+                continue  # the object check above reports what cannot be read
+            why = _disagreement(manifest, raw)
+            if why:
+                result.problems.append(BackupProblem(scan.repo.name, MANIFEST_NAME, "manifest", why))
+
+
+def _disagreement(manifest: BackupManifest, raw: bytes) -> str:
+    sealed = raw.rfind(b'"Manifest-Checksum"')
+    try:
+        pg = json.loads(raw)
+        ranges = pg["WAL-Ranges"]
+        seal = pg["Manifest-Checksum"]
+    except (ValueError, KeyError, TypeError):
+        return "PostgreSQL's backup_manifest cannot be read as one"
+    if sealed < 0 or hashlib.sha256(raw[:sealed]).hexdigest() != seal:
+        return "PostgreSQL's backup_manifest fails its own checksum"
+    said = (manifest.timeline, manifest.start_lsn, manifest.stop_lsn)
+    found = (ranges[0].get("Timeline"), ranges[0].get("Start-LSN"), ranges[0].get("End-LSN"))
+    if said != found:
+        return (
+            f"the manifest says timeline {said[0]}, LSN {said[1]} .. {said[2]}, and PostgreSQL's backup_manifest "
+            f"{found[0]}, {found[1]} .. {found[2]}: the manifest was changed; take a new backup"
+        )
+    return ""
+
+
 def _check_against_wal(cfg: Config, report: VerifyReport, physical: list[BackupManifest]) -> None:
     """A manifest changed in every copy passes every checksum: the WAL itself must agree with it.
 
@@ -1644,6 +1688,7 @@ def _verify(
             meter=_Meter(on_progress, None),
         )
 
+    _check_against_postgres(report, physical, verified_scans)
     _check_against_wal(cfg, report, physical)
 
     if deep:

@@ -134,3 +134,10 @@ def test_a_backup_whose_manifest_the_wal_contradicts_is_not_offered(cluster: Clu
     assert named.returncode == 2 and "the manifest was changed" in named.stderr
     checked = cluster.pgdr_as_owner("verify", check=False)
     assert checked.returncode == 1 and "the manifest was changed" in checked.stdout, checked.stdout
+
+    # Its stop LSN changed instead: PostgreSQL's own sealed backup_manifest says otherwise.
+    manifest["stop_time"] = stopped.isoformat()
+    manifest["stop_lsn"] = "0/1000000"
+    manifest_path.write_text(json.dumps(manifest))
+    checked = cluster.pgdr_as_owner("verify", name, check=False)
+    assert checked.returncode == 1 and "PostgreSQL's backup_manifest" in checked.stdout, checked.stdout
