@@ -318,7 +318,9 @@ def _repository(cfg: Config, name: str, info: ServerInfo) -> tuple[CheckResult, 
         return CheckResult(False, f"{name} repository: {exc}"), None
     where = f"{name} repository {repo.location()}" + (f" (encrypted, {repo.encryption})" if repo.encryption else "")
     if identity is None:
-        return CheckResult(True, f"{where}: reachable, nothing archived yet"), repo
+        # No repo.json: a new repository, or one emptied or replaced; with another repository the
+        # comparison below tells which.
+        return CheckResult(True, f"{where}: reachable, holds no archive of this cluster yet"), repo
     if identity.system_identifier != info.system_identifier:
         return (
             CheckResult(
@@ -345,7 +347,7 @@ def _compare_repositories(cfg: Config) -> Iterator[CheckResult]:
     """A line per repository lacking what another holds beyond upload lag and its own retention.
 
     Each repository can look fine alone while one of them was emptied, or swapped for another bucket
-    by a changed endpoint: reachable, "nothing archived yet", and archiving carries on into it. Only
+    by a changed endpoint: reachable, "holds no archive of this cluster yet", and archiving carries on into it. Only
     the comparison tells (verify's, from listings alone, see ``backend.verify.repository_loss``).
     """
     from backend.verify import find_losses

@@ -195,6 +195,12 @@ class VerifyScreen(BaseScreen):
         for error in data.get("errors", []):
             table.add_row("error", "-", Text(f"{g.bad} ERROR", style="bold red"), str(error), "-", "-")
             self.rows.append([str(error)])
+        for loss in data.get("losses", []):
+            detail = str(loss.get("detail"))
+            table.add_row(
+                f"{loss.get('repository')}", "repo", Text(f"{g.bad} LOST", style="bold red"), detail, "-", "-"
+            )
+            self.rows.append([detail, str(loss.get("fix"))])
         for b in data.get("backups", []):
             problems = [_problem(p) for p in b.get("problems", [])]
             rehearsal = b.get("rehearsal") or {}

@@ -66,6 +66,23 @@ async def test_a_verify_run_fills_the_table_and_names_the_damaged_object(make_ap
             assert "verify now" in str(screen.query_one("#status").render())
 
 
+@run_async
+async def test_a_lost_repository_is_a_row_of_its_own_with_the_fix(make_app: MakeApp) -> None:
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("v")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, VerifyScreen)
+        loss = {"repository": "s3", "detail": "the s3 repository holds none of the 3 backups", "fix": "take a backup"}
+        screen._fill({"losses": [loss], "backups": [], "wal": []})
+        await pilot.pause()
+        assert cells(screen.query_one(DataTable), 0)[:4] == ["s3", "repo", f"{app.glyphs.bad} LOST", loss["detail"]]
+        details = str(screen.query_one("#verify-details", Static).render())
+        assert loss["detail"] in details and "take a backup" in details
+
+
 def settings_app(story: Story, tmp_path: Path) -> tuple[PgdrApp, Path]:
     """The fixture's cluster with a config file of its own (holding a secret) that the test may write."""
     path = tmp_path / "pgdr.toml"
