@@ -117,7 +117,7 @@ def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: lis
     sock = cluster_s3.root / "sock2"
     sock.mkdir()
     (restored / "postgresql.auto.conf").write_text(
-        f"port = 5433\nunix_socket_directories = '{sock}'\narchive_mode = off\n"
+        f"port = 5433\nlisten_addresses = ''\nunix_socket_directories = '{sock}'\narchive_mode = off\n"
         f"restore_command = '{cluster_s3.pgdr_for_server} --config {cluster_s3.config_path} wal-fetch %f %p'\n"
         "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
     )
