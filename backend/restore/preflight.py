@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from backend import server
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.postgres import connect_params
+from backend.postgres import connect_params, owner_of
 from backend.restore.marker import unfinished_restore
 
 if TYPE_CHECKING:
@@ -154,8 +154,6 @@ def _sticky_denies(parent: Path, child: Path) -> bool:
 
 def _owner(cfg: Config, plan: RestorePlan) -> Check:
     """PostgreSQL runs only as the owner of its data directory, and never as root."""
-    from backend.restore.run import server_owner
-
     me = os.geteuid()
     try:
         owner = server_owner(cfg, plan)
@@ -173,6 +171,32 @@ def _owner(cfg: Config, plan: RestorePlan) -> Check:
                 f"cluster's owner (runuser -u {user_name(uid)} -- pgdr ...) or as root",
             )
     return Check("server user", True, f"the restored server runs as {user_name()}, who runs pgdr")
+
+
+def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
+    """Who must own the restored files when pgdr is root (None: pgdr is not root, and the server runs as it).
+
+    The replaced directory's owner, else its parent's, the configured data directory's or the
+    repository's, else ``postgres``: PostgreSQL never runs as root.
+    """
+    if os.geteuid() != 0:
+        return None
+    for candidate in (
+        plan.data_dir,
+        plan.data_dir.parent,
+        Path(cfg.postgres.data_dir or "/nonexistent"),
+        Path(cfg.local.path or "/nonexistent"),
+    ):
+        if candidate.exists() and owner_of(candidate)[0] != 0:
+            return owner_of(candidate)
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        raise PgdrError(
+            f"pgdr runs as root, {plan.data_dir} and its parent belong to root, and there is no postgres user to "
+            "run the restored server as: chown the data directory's parent to the server's user"
+        ) from None
+    return user.pw_uid, user.pw_gid
 
 
 def _space(plan: RestorePlan) -> Check:

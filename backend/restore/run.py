@@ -28,7 +28,7 @@ from backend import faults, server
 from backend.archive import prefetch
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.postgres import chown_tree, connect_params, own_folder, owner_of, program, run_server_program
+from backend.postgres import chown_tree, connect_params, own_folder, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore import marker, preflight
@@ -116,7 +116,7 @@ def execute(
 ) -> RestoreReport:
     data_dir = plan.data_dir
     preflight.refuse_unless_ready(cfg, plan)
-    owner = server_owner(cfg, plan)
+    owner = preflight.server_owner(cfg, plan)
     if plan.in_place and server.is_running(cfg, data_dir):
         on_progress(Progress("stop", 0, 1, f"stopping the server on {data_dir}"))
         server.stop(cfg, data_dir)
@@ -315,34 +315,6 @@ def _roll_back(plan: RestorePlan, laid: _Laid) -> str:
     if safety is None:
         return f"the server on {data_dir} may be running: see its log in {data_dir / 'log'}"
     return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
-
-
-def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
-    """Who must own the restored files when pgdr is root (None: pgdr is not root, and the server runs as it).
-
-    The replaced directory's owner, else its parent's, the configured data directory's or the
-    repository's, else ``postgres``: PostgreSQL never runs as root.
-    """
-    if os.geteuid() != 0:
-        return None
-    for candidate in (
-        plan.data_dir,
-        plan.data_dir.parent,
-        Path(cfg.postgres.data_dir or "/nonexistent"),
-        Path(cfg.local.path or "/nonexistent"),
-    ):
-        if candidate.exists() and owner_of(candidate)[0] != 0:
-            return owner_of(candidate)
-    import pwd
-
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        raise PgdrError(
-            f"pgdr runs as root, {plan.data_dir} and its parent belong to root, and there is no postgres user to "
-            "run the restored server as: chown the data directory's parent to the server's user"
-        ) from None
-    return user.pw_uid, user.pw_gid
 
 
 def recovery_command(cfg: Config, data_dir: Path) -> str:

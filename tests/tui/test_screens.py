@@ -34,16 +34,21 @@ def palette(app: PgdrApp) -> list[str]:
     return [text for text, _, _ in PgdrCommands(app.screen)._actions()]
 
 
+async def open_verify(pilot: Pilot[Any]) -> VerifyScreen:
+    await settle(pilot)
+    await pilot.press("v")
+    await settle(pilot)
+    screen = pilot.app.screen
+    assert isinstance(screen, VerifyScreen)
+    return screen
+
+
 @run_async
 async def test_a_verify_run_fills_the_table_and_names_the_damaged_object(make_app: MakeApp, story: Story) -> None:
     app = make_app()
     with verify_record_removed(story):
         async with app.run_test(size=(80, 24)) as pilot:
-            await settle(pilot)
-            await pilot.press("v")
-            await settle(pilot)
-            screen = app.screen
-            assert isinstance(screen, VerifyScreen)
+            screen = await open_verify(pilot)
             table = screen.query_one(DataTable)
             assert table.row_count == 0
             # Pick the newest backup in the list (the first entry after "all") and run checksums on it.
@@ -70,11 +75,7 @@ async def test_a_verify_run_fills_the_table_and_names_the_damaged_object(make_ap
 async def test_a_lost_repository_is_a_row_of_its_own_with_the_fix(make_app: MakeApp) -> None:
     app = make_app()
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot)
-        await pilot.press("v")
-        await settle(pilot)
-        screen = app.screen
-        assert isinstance(screen, VerifyScreen)
+        screen = await open_verify(pilot)
         loss = {"repository": "s3", "detail": "the s3 repository holds none of the 3 backups", "fix": "take a backup"}
         screen._fill({"losses": [loss], "backups": [], "wal": []})
         await pilot.pause()
