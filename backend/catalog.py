@@ -11,6 +11,7 @@ import functools
 import itertools
 import math
 import operator
+import os
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ class Catalog:
     #: When each timeline's .history file was archived: the promotion that began it, to the second.
     history_times: dict[int, datetime] = field(default_factory=dict)
     segment_size: int = DEFAULT_SEGMENT_SIZE
+    #: Repositories that could not be read at all (a local one whose directory is missing), with the
+    #: one line that says why and what to do: what the others hold is listed, and this is the warning.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def segments(self) -> ArchivedSegments:
@@ -158,6 +162,7 @@ class Catalog:
             "backups": [b.to_json() for b in self.backups],
             "wal": [r.to_json() for r in self.wal],
             "history_files": self.history_files,
+            "unreadable_repositories": self.unreadable,
         }
 
 
@@ -213,6 +218,14 @@ _Folder = tuple[dict[int, tuple[list[str], list[int], list[str], list[int], list
 
 
 def read_catalog(repos: list[Repository]) -> Catalog:
+    """What ``repos`` hold; one that cannot be read at all is named in ``Catalog.unreadable``.
+
+    A local repository whose directory is missing (an unmounted disk, a typo in ``[local] path``)
+    reads as empty, and "no backups yet" is the one thing a list must not say when the backups
+    may well be where the directory should be: ``pgdr list`` (``read_verified``) refuses a list
+    where nothing was readable. Other readers keep reading it as empty (the RPO check alarms on
+    it as "nothing archived"), and it is still read, so nothing changes for them.
+    """
     backups: dict[str, CatalogBackup] = {}
     ranges: list[WalRange] = []
     history: dict[str, list[str]] = defaultdict(list)
@@ -220,7 +233,11 @@ def read_catalog(repos: list[Repository]) -> Catalog:
     history_times: dict[int, datetime] = {}
     columns: list[WalColumns] = []
     segment_size = DEFAULT_SEGMENT_SIZE
+    unreadable: dict[str, str] = {}
     for repo in repos:
+        reason = unreadable_reason(repo)
+        if reason is not None:
+            unreadable[repo.name] = reason
         identity = read_identity(repo)
         segment_size = identity.segment_size if identity else segment_size
         for manifest in _manifests(repo):
@@ -248,7 +265,33 @@ def read_catalog(repos: list[Repository]) -> Catalog:
             columns.append(column)
             ranges.extend(contiguous_ranges(column))
     ordered = sorted(backups.values(), key=lambda b: b.manifest.name)
-    return Catalog(ordered, ranges, dict(history), columns, histories, history_times, segment_size)
+    return Catalog(
+        ordered, ranges, dict(history), columns, histories, history_times, segment_size, unreadable=unreadable
+    )
+
+
+def unreadable_reason(repo: Repository) -> str | None:
+    """Why ``repo`` cannot be read at all, and what to do, in one line; None when it can be.
+
+    Only a local repository's configured directory (the parent of its cluster folder) is checked:
+    the cluster folder itself is missing in a repository nothing was stored in yet, which is empty,
+    not unreadable. Any other trouble (a file in its place, permissions, S3) fails the reading
+    itself, with its own message.
+    """
+    root = repo.local_root()
+    if root is None:
+        return None
+    folder = root.parent
+    try:
+        os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return (
+            f"the local repository's directory {folder} does not exist: create it (mkdir -p {folder}) "
+            "or mount the disk it is on, or fix [local] path in the config"
+        )
+    except OSError:
+        return None  # there, but not to be looked at: the reading says why
+    return None
 
 
 #: Verify records read at once by ``read_verified``: a long S3 history costs a request per backup, and
@@ -257,7 +300,13 @@ VERIFIED_READERS = 8
 
 
 def read_verified(catalog: Catalog, repos: list[Repository]) -> None:
-    """Fill in each listed backup's newest verify result, for ``pgdr list``."""
+    """Fill in each listed backup's newest verify result, for ``pgdr list``.
+
+    When no repository could be read at all (``Catalog.unreadable``), there is nothing to list and
+    this is where ``pgdr list`` fails, with the reason and the fix, rather than print "none yet".
+    """
+    if repos and all(repo.name in catalog.unreadable for repo in repos):
+        raise PgdrError("; ".join(catalog.unreadable[repo.name] for repo in repos))
     records = verified_records([b.manifest.name for b in catalog.backups], repos)
     for backup in catalog.backups:
         backup.verified = records.get(backup.manifest.name)

@@ -124,6 +124,7 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
     )
     if cfg.postgres.data_dir:
         yield _data_dir(cfg, info)
+    yield _tablespaces(conn, info)
     settings = _read_settings(conn)
     unreadable = [name for name in _REQUIRED if name not in settings]
     if unreadable:
@@ -194,6 +195,26 @@ def _data_dir(cfg: Config, info: ServerInfo) -> CheckResult:
             f"{info.system_identifier}: {fix}",
         )
     return CheckResult(True, f"postgres.data_dir {path} holds this server's cluster")
+
+
+def _tablespaces(conn: psycopg.Connection[Any], info: ServerInfo) -> CheckResult:
+    """The tablespaces every base backup carries, and where a restore puts them back."""
+    from backend.backup.staged import SERVER_ZSTD
+    from backend.tablespaces import live_tablespaces
+
+    spaces = live_tablespaces(conn)
+    if not spaces:
+        return CheckResult(True, "tablespaces: none outside the data directory")
+    listed = ", ".join(f"{t.name} ({t.location})" for t in spaces)
+    if info.version_num < SERVER_ZSTD:
+        return CheckResult(
+            False, f"tablespaces {listed}: pgdr backs up tablespaces from PostgreSQL 15 on; upgrade the server"
+        )
+    return CheckResult(
+        True,
+        f"tablespaces {listed}: in every base backup; a restore puts them back there "
+        "(or where --tablespace-map OLD=NEW says)",
+    )
 
 
 def _read_settings(conn: psycopg.Connection[Any]) -> dict[str, _Setting]:

@@ -1,4 +1,4 @@
-"""Configuration: one TOML file, overridden by the environment variables the seed deployment uses.
+"""Configuration: one TOML file, overridden by the environment variables the Memecoin deployment uses.
 
 The file is found at ``--config PATH``, else ``$PGDR_CONFIG``, else the platformdirs user config dir,
 else ``/etc/pgdr/pgdr.toml``. Every mistake is reported as one line naming the key and the file, and
@@ -167,6 +167,14 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    #: A plain ``pgdr verify`` reads every new or changed object, and each object it remembers as
+    #: verified again once every this many days, at a turn of its own, so each run reads about
+    #: 1/reread_days of the history instead of all of it (0: every object on every run).
+    reread_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration. ``source`` is the file it came from (None: environment only)."""
 
@@ -181,6 +189,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     source: Path | None = None
 
     @property
@@ -227,6 +236,7 @@ SECTIONS = (
     "schedule",
     "daemon",
     "audit",
+    "verify",
 )
 
 #: Values a few keys may take; anything else is a one-line error.
@@ -256,13 +266,14 @@ RANGES: dict[tuple[str, str], tuple[int, int, str]] = {
     ("telegram", "repeat_minutes"): (0, 10080, "minutes, at most a week; 0 sends every message"),
     ("schedule", "rpo_alarm_minutes"): (1, 10080, "minutes, at most a week"),
     ("daemon", "metrics_port"): (0, 65535, "a TCP port; 0 turns the HTTP endpoint off"),
+    ("verify", "reread_days"): (0, 3650, "days, at most ten years; 0 reads every object on every run"),
 }
 
 #: A cluster name is a folder and an S3 key component, a log and message word, and what is typed to
 #: confirm a restore (read back stripped): so no '/', no leading '.', nothing invisible, no outer spaces.
 MAX_CLUSTER_NAME = 64
 
-#: Environment variables that override file values, as the seed's ``.env`` names them.
+#: Environment variables that override file values, as the Memecoin deployment's ``.env`` names them.
 ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PGHOST": ("postgres", "host"),
     "PGPORT": ("postgres", "port"),
@@ -556,6 +567,12 @@ metrics_textfile = ""            # empty: pgdr.prom in the state dir
 # Restores, expiries and config changes go to audit.log in the state dir; also keep a copy of each
 # entry in the repositories (audit/), where it outlives the host:
 copy_to_repositories = false
+
+[verify]
+# A plain `pgdr verify` reads every new or changed object and remembers what it found intact (in each
+# repository, verify/objects.json.zst); each remembered object is read again once every reread_days
+# days, a few each run. `pgdr verify --full` reads everything now.
+reread_days = 30                 # 0: read every object on every run
 """
 
 

@@ -144,7 +144,9 @@ def plan_restore(
     only: str | None = None,
     dry_run: bool = False,
     force: bool = False,
+    tablespace_map: dict[str, str] | None = None,
 ) -> tuple[RecoveryView, RestorePlan]:
+    from backend.restore.copies import avoid_damaged_copies
     from backend.restore.plan import make_plan
     from backend.restore.preflight import run_checks
 
@@ -158,7 +160,9 @@ def plan_restore(
         target_dir=target_dir,
         port=port,
         events=view.events,
+        tablespace_map=tablespace_map,
     )
+    avoid_damaged_copies(plan, view)
     plan.force = force
     plan.checks = run_checks(cfg, plan)
     return view, plan

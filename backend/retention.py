@@ -562,7 +562,7 @@ def _count(n: int, noun: str) -> str:
 
 # --- the S3 lifecycle backstop --------------------------------------------------------------------
 
-#: The seed's rule: Glacier after 30 days, deleted after a year.
+#: The Memecoin deployment's S3 lifecycle rule: Glacier after 30 days, deleted after a year.
 GLACIER_AFTER_DAYS = 30
 EXPIRE_AFTER_DAYS = 365
 #: Glacier bills at least 90 days of storage per object: the backstop never deletes sooner than that.
@@ -579,7 +579,7 @@ def s3_root_prefix(prefix: str, cluster: str) -> str:
 def lifecycle_policy(cfg: Config) -> dict[str, Any]:
     """The bucket lifecycle configuration for ``aws s3api put-bucket-lifecycle-configuration``.
 
-    The seed's rule (Glacier after 30 days, deleted after 365), limited to this cluster's prefix, plus
+    The Memecoin deployment's rule (Glacier after 30 days, deleted after 365), limited to this cluster's prefix, plus
     AbortIncompleteMultipartUpload after 7 days. Why it is safe beside pgdr's own retention:
 
     * pgdr deletes first. ``pgdr expire`` removes S3 backups once they are ``s3.retention_days`` old

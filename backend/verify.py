@@ -8,20 +8,27 @@ usually fine and is what the operator restores from.
 
 Levels:
 
-* checksums (default): every object of every backup, in every repository that holds it, is streamed
-  (1 MiB at a time, never a whole object in memory) and its size and sha256 compared with the
-  manifest; compressed objects are also decompressed on the fly, which catches a stream that hashes
-  right but cannot be unpacked, and the original bytes' sha256 compared where the manifest records it
-  (a tar PostgreSQL compressed itself has none: ``pg_verifybackup`` checks its files, in deep). A
-  ``.dump`` must pass ``pg_restore --list``. The WAL each physical backup needs to become consistent
-  is decoded and checked against the sha256 in its name, and the archive of every repository is
-  checked for holes.
-* deep: also every archived WAL object's content, and a restore rehearsal: the newest physical backup
-  (or the named one) is restored into a scratch directory, checked with ``pg_verifybackup``, started
-  as a real server that replays to its consistency point through the real ``restore_command``, and
-  queried; the scratch directory is removed whatever happens. A rehearsal this host cannot hold (no
-  room or no permission for the scratch directory, too few open files, shared memory) proves nothing
-  about the backup: it is an error of the run, "could not rehearse", never a BAD backup.
+* checksums (default): every object of every backup and every archived WAL object, in every
+  repository that holds it, is streamed (1 MiB at a time, never a whole object in memory) and its
+  size and sha256 compared with what the manifest or the WAL object's name promises; compressed
+  objects are also decompressed on the fly, which catches a stream that hashes right but cannot be
+  unpacked, and the original bytes' sha256 compared where the manifest records it (a tar PostgreSQL
+  compressed itself has none: ``pg_verifybackup`` checks its files, in deep). A ``.dump`` must pass
+  ``pg_restore --list``. The archive of every repository is checked for holes. A year of history is
+  too much to read every day, so each repository remembers what was read and found intact (see
+  ``_Memory``): a run reads what is new or changed, and each remembered object again at its own turn,
+  once every ``[verify] reread_days`` days, so a daily run reads about 1/reread_days of the old ones.
+  Anything found damaged is never remembered, so it is read (and reported) again on every run.
+* full (``--full``): the same checks of every object now, whatever is remembered.
+* deep: full, plus a restore rehearsal: the newest physical backup (or the named one) is restored
+  into a scratch directory, checked with ``pg_verifybackup``, started as a real server that replays to
+  its consistency point through the real ``restore_command``, and queried; the scratch directory is
+  removed whatever happens. A rehearsal this host cannot hold (no room or no permission for the
+  scratch directory, too few open files, shared memory) proves nothing about the backup: it is an
+  error of the run, "could not rehearse", never a BAD backup.
+
+A named backup (``pgdr verify NAME``) is read whole, with the WAL it needs to become consistent
+(deep: all the WAL it can replay), whatever is remembered: the operator asked about it now.
 
 WAL holes are classified so that normal archive lag never raises a data-loss alarm: a hole that is
 queued for upload to that repository (and held by another one) is "uploading"; a hole in a repository
@@ -39,7 +46,10 @@ anything it still holds (or that holds no backup at all though it has WAL from b
 backups) lost them: that is a ``RepositoryLoss``, reported at once, without the grace of a hole.
 
 Each result is recorded as ``verify/<backup name>.json`` in every repository holding the backup, so
-the catalog and the console can say when each backup was last verified and how (``last_verified``).
+the catalog and the console can say when each backup was last verified and how (``last_verified``);
+the WAL objects found corrupt in a repository are recorded in its ``verify/corrupt-wal.json``
+(``corrupt_wal``). A restore plan reads both to take another repository's copy
+(``backend.restore.copies``).
 
 A verify that finds problems (or fails) is sent to Telegram by ``verify`` itself, so the CLI, the
 console and the daemon all alert alike; a full run that passes after a failure says so once.
@@ -78,12 +88,25 @@ from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, Stor
 from backend.postgres import chown_tree, own_folder, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
+from backend.tablespaces import TABLESPACE_MAP, recorded
 from backend.timeline import History, estimate_restore_seconds, timeline_path
 from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, wal_kind
 
 CHUNK = 1 << 20
 VERIFY_PREFIX = "verify/"
 RECORD_FORMAT = 1
+#: Per repository: the objects read and found intact, and when (``_Memory``).
+MEMORY_KEY = f"{VERIFY_PREFIX}objects.json.zst"
+MEMORY_FORMAT = 1
+#: Per repository: the WAL objects the last verify that read them found corrupt (``corrupt_wal``).
+CORRUPT_WAL_KEY = f"{VERIFY_PREFIX}corrupt-wal.json"
+#: How often a long run stores what it found intact so far: a first read of a year's history takes
+#: hours, and one killed near its end should not have to start over.
+MEMORY_CHECKPOINT_S = 600.0
+#: Backup problems that mean the stored bytes of that copy are damaged (not absent, not unreadable).
+CORRUPT_KINDS = frozenset({"size", "checksum", "undecodable", "content", "pg_restore", "manifest"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 #: How long a hole in a repository that ``wal-push`` does not wait for may be the uploader catching
 #: up (retrying after an outage) before it counts as lost.
 DELAY_GRACE = timedelta(minutes=10)
@@ -190,6 +213,8 @@ class BackupResult:
     repositories: list[str] = field(default_factory=list)
     objects_checked: int = 0
     bytes_checked: int = 0
+    #: Objects not read in this run: found intact before, unchanged since, and their turn not come.
+    objects_remembered: int = 0
     problems: list[BackupProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rehearsal: Rehearsal | None = None
@@ -222,6 +247,7 @@ class BackupResult:
             "repositories": self.repositories,
             "objects_checked": self.objects_checked,
             "bytes_checked": self.bytes_checked,
+            "objects_remembered": self.objects_remembered,
             "problems": [p.to_json() for p in self.problems],
             "notes": self.notes,
             "rehearsal": self.rehearsal.to_json() if self.rehearsal else None,
@@ -239,6 +265,8 @@ class WalFinding:
     count: int
     status: str  # "lost" | "uploading" | "delayed" | "corrupt"
     detail: str
+    #: The stored object, for a corrupt one (a missing segment has none).
+    key: str | None = None
 
     @property
     def problem(self) -> bool:
@@ -258,6 +286,7 @@ class WalFinding:
             "status": self.status,
             "problem": self.problem,
             "detail": self.detail,
+            "key": self.key,
         }
 
 
@@ -280,7 +309,9 @@ class WalResult:
 
     repository: str
     spans: list[WalSpan] = field(default_factory=list)
+    #: Objects read in this run, and objects not read because they are remembered as intact.
     verified: int = 0
+    remembered: int = 0
     findings: list[WalFinding] = field(default_factory=list)
     error: str | None = None
 
@@ -294,6 +325,7 @@ class WalResult:
             "ok": self.ok,
             "spans": [s.to_json() for s in self.spans],
             "verified_objects": self.verified,
+            "remembered_objects": self.remembered,
             "findings": [f.to_json() for f in self.findings],
             "error": self.error,
         }
@@ -387,11 +419,35 @@ class VerifyReport:
     #: a PostgreSQL program that is missing, a rehearsal this host could not hold): so not ok.
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Whether every object was read now (``--full``, ``--deep``, a named backup), rather than only
+    #: the new, the changed and those whose turn came (``[verify] reread_days``).
+    full: bool = False
 
     @property
     def ok(self) -> bool:
         """True only when everything checked is sound and nothing could not be checked."""
         return not self.errors and not self.losses and all(b.ok for b in self.backups) and all(w.ok for w in self.wal)
+
+    @property
+    def objects_read(self) -> int:
+        return sum(b.objects_checked for b in self.backups) + sum(w.verified for w in self.wal)
+
+    @property
+    def objects_remembered(self) -> int:
+        return sum(b.objects_remembered for b in self.backups) + sum(w.remembered for w in self.wal)
+
+    def corrupt(self) -> list[tuple[str, str, str]]:
+        """Every stored object found damaged: (repository, key, what is wrong), so each can be named."""
+        found = [
+            (p.repository, f"{BACKUPS_PREFIX}{b.name}/{p.object}", f"{p.kind}: {p.detail}")
+            for b in self.backups
+            for p in b.problems
+            if p.repository is not None and p.object is not None and p.kind in CORRUPT_KINDS
+        ]
+        found += [
+            (f.repository, f.key, f.detail) for w in self.wal for f in w.findings if f.status == "corrupt" and f.key
+        ]
+        return found
 
     def render(self) -> str:
         import humanize
@@ -406,6 +462,8 @@ class VerifyReport:
             lines.append(f"  ERROR  {error}")
         for loss in self.losses:
             lines += [f"  LOST   {loss.describe()}", f"           {loss.fix()}"]
+        for repository, key, _what in self.corrupt():
+            lines.append(f"  CORRUPT {repository}: {key}")
         if not self.backups:
             lines.append("  no backups to verify: take one with `pgdr backup`")
         for b in self.backups:
@@ -421,8 +479,10 @@ class VerifyReport:
                         f"; rehearsal ok from {r.restored_from}: consistent at {r.consistent_lsn or '?'}, "
                         f"{len(r.databases)} databases, {r.relations} relations, {r.seconds:.1f} s"
                     )
+                kept = f", {b.objects_remembered} remembered as intact" if b.objects_remembered else ""
                 lines.append(
-                    f"  ok     backup {b.name} ({b.kind}) in {held}: {b.objects_checked} objects, {size} read{deep}"
+                    f"  ok     backup {b.name} ({b.kind}) in {held}: {b.objects_checked} objects, {size} read"
+                    f"{kept}{deep}"
                 )
             else:
                 lines.append(f"  BAD    backup {b.name} ({b.kind}) in {held}:")
@@ -438,6 +498,8 @@ class VerifyReport:
             spans = "; ".join(f"timeline {s.timeline} {s.first} .. {s.last} ({s.present} segments)" for s in w.spans)
             head = "ok   " if w.ok else "BAD  "
             verified = f"{w.verified} object{'' if w.verified == 1 else 's'} verified"
+            if w.remembered:
+                verified += f", {w.remembered} remembered as intact"
             lines.append(f"  {head}  WAL in {w.repository}: {spans or 'nothing a backup needs'}; {verified}")
             for f in w.findings:
                 count = f" ({f.count} segments)" if f.count > 1 else ""
@@ -445,6 +507,14 @@ class VerifyReport:
                     f"           {f.status.upper() if f.problem else f.status}: {f.segments}{count}: {f.detail}"
                 )
         lines += [f"  note: {note}" for note in self.notes]
+        read = f"{self.objects_read:,} object{'' if self.objects_read == 1 else 's'} read"
+        if self.full:
+            lines.append(f"  {read}: every object asked about, whatever was remembered")
+        else:
+            lines.append(
+                f"  {read}; {self.objects_remembered:,} remembered as intact and unchanged, read again at their "
+                "turn ([verify] reread_days; `--full` reads them now)"
+            )
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -459,6 +529,10 @@ class VerifyReport:
             "losses": [loss.to_json() for loss in self.losses],
             "errors": self.errors,
             "notes": self.notes,
+            "full": self.full,
+            "objects_read": self.objects_read,
+            "objects_remembered": self.objects_remembered,
+            "corrupt": [{"repository": r, "key": k, "detail": d} for r, k, d in self.corrupt()],
         }
 
 
@@ -522,6 +596,9 @@ def _store_results(report: VerifyReport, repos: dict[str, Repository], when: dat
                 "ok": result.ok,
                 "repository": name,
                 "copy_ok": result.copy_ok(name),
+                # This copy's own problems, whole, so a restore plan can tell damaged bytes from WAL
+                # missing here (``backend.restore.copies``).
+                "copy_problems": [p.to_json() for p in result.problems if p.repository == name],
                 "problems": result.problem_lines(),
                 "last_deep": None,
             }
@@ -537,6 +614,200 @@ def _store_results(report: VerifyReport, repos: dict[str, Repository], when: dat
                 repo.put(record_key(result.name), json.dumps(record, indent=2).encode() + b"\n")
             except PgdrError as exc:
                 report.notes.append(f"could not record the result of {result.name} in {name}: {exc}")
+
+
+# --- what was verified before --------------------------------------------------------------------
+
+
+def reread_due(key: str, verified: datetime, now: datetime, reread_days: int) -> bool:
+    """Whether an object found intact at ``verified`` is to be read again at ``now``.
+
+    Each key has a turn once every ``reread_days`` days, at an offset within the period fixed by a
+    hash of the key (the same on every host): the object is due once a turn of its has come since it
+    was last read. The turns of many objects are spread evenly over the period, so a daily run reads
+    about 1/reread_days of them, and not everything at once a period after the first run read it
+    all; an object is read again at the first run after its turn, so never much more than a period
+    after its last read.
+    """
+    if reread_days <= 0:
+        return True
+    period = reread_days * 86400
+    offset = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 * period
+    return (now.timestamp() - offset) // period > (verified.timestamp() - offset) // period
+
+
+def _identity(info: ObjectInfo) -> tuple[int, int]:
+    """What tells a rewritten object from the one verified: its size and modification time (µs).
+
+    S3 sets LastModified on every write, a local rewrite sets the mtime; these are what the listings
+    give, so knowing an object costs no request beyond the listing verify makes anyway.
+    """
+    return info.size, (info.modified - _EPOCH) // _MICROSECOND
+
+
+class _Memory:
+    """One repository's memory of the objects verify read and found intact, and of the WAL found corrupt.
+
+    Kept in the repository itself (``verify/objects.json.zst``, ``verify/corrupt-wal.json``, beside
+    the backups' ``verify/<name>.json``), not in a host's state dir: every host verifying the
+    repository shares what the others read, a host rebuilt after a disaster finds it, and a restore
+    plan on any host sees which copies were found corrupt. An entry holds the object's identity in
+    the listing (``_identity``) and when it was read; a rewritten object no longer matches, so it is
+    read again.
+    """
+
+    def __init__(self, repo: Repository, listing: dict[str, ObjectInfo], *, now: datetime, reread_days: int) -> None:
+        self.repo, self.listing, self.now, self.reread_days = repo, listing, now, reread_days
+        #: Whether this run may skip what it remembers (not --full, --deep, nor a named backup).
+        self.active = False
+        #: key -> (size, modified in µs, read at in s): objects found intact.
+        self.intact: dict[str, tuple[int, int, int]] = {}
+        #: key -> its corrupt-wal.json entry: the WAL objects this run found corrupt.
+        self.corrupt: dict[str, dict[str, Any]] = {}
+        #: Keys read by this run, and those of them found damaged (never remembered as intact).
+        self.read: set[str] = set()
+        self.bad: set[str] = set()
+        self.problem: str | None = None
+        self._saved = time.monotonic()
+
+    @classmethod
+    def load(cls, scan: _Scan, *, now: datetime, reread_days: int) -> _Memory:
+        listing = {info.key: info for objects in scan.folders.values() for info in objects.values()}
+        listing.update((info.key, info) for _obj, info in scan.wal)
+        memory = cls(scan.repo, listing, now=now, reread_days=reread_days)
+        try:
+            memory.intact = read_memory(scan.repo)
+        except (PgdrError, ValueError) as exc:
+            memory.problem = f"what verify found intact in {scan.repo.name} before cannot be read ({exc}): all is read"
+        return memory
+
+    def skips(self, info: ObjectInfo | None) -> bool:
+        """Whether this run leaves the object unread: found intact, unchanged since, its turn not come."""
+        if not self.active or info is None:
+            return False
+        known = self.intact.get(info.key)
+        return (
+            known is not None
+            and known[:2] == _identity(info)
+            and not reread_due(info.key, datetime.fromtimestamp(known[2], UTC), self.now, self.reread_days)
+        )
+
+    def found_intact(self, info: ObjectInfo) -> None:
+        self.read.add(info.key)
+        self.intact[info.key] = (*_identity(info), int(self.now.timestamp()))
+        if time.monotonic() - self._saved > MEMORY_CHECKPOINT_S:
+            with contextlib.suppress(PgdrError):  # the save at the end of the run says why
+                self.save()
+
+    def found_damaged(self, info: ObjectInfo, *, wal_file: str | None = None, detail: str = "") -> None:
+        """Never remembered as intact; a WAL object is also recorded for restore plans to avoid."""
+        self.read.add(info.key)
+        self.bad.add(info.key)
+        self.intact.pop(info.key, None)
+        if wal_file is not None:
+            size, modified = _identity(info)
+            self.corrupt[info.key] = {
+                "key": info.key,
+                "file": wal_file,
+                "size": size,
+                "modified": modified,
+                "time": self.now.isoformat(),
+                "detail": detail,
+            }
+
+    def save(self) -> None:
+        """Store what is known now; raises PgdrError.
+
+        Another host may have stored its findings since this run loaded: for what this run did not
+        read, what is stored now is what counts (an object another host just found damaged must not be
+        remembered as intact again from this run's older knowledge); for what it read, its own finding,
+        or a newer read of another host's. A corrupt WAL object stays recorded until a run reads it
+        intact, or it is gone or rewritten; entries of objects no longer listed are dropped.
+        """
+        self._saved = time.monotonic()
+        try:
+            stored = read_memory(self.repo)
+        except (PgdrError, ValueError):
+            stored = self.intact  # none to merge with: what this run knows
+        recorded = {entry["key"]: entry for entry in corrupt_wal(self.repo)}
+        corrupt = {key: entry for key, entry in recorded.items() if key not in self.read} | self.corrupt
+        corrupt = {
+            key: entry
+            for key, entry in corrupt.items()
+            if key in self.listing and [entry["size"], entry["modified"]] == list(_identity(self.listing[key]))
+        }
+        merged: dict[str, tuple[int, int, int]] = {}
+        for key, info in self.listing.items():
+            if key in self.bad or key in corrupt:
+                continue
+            mine = self.intact.get(key) if key in self.read else None
+            known = [e for e in (stored.get(key), mine) if e is not None and e[:2] == _identity(info)]
+            if known:
+                merged[key] = max(known, key=lambda e: e[2])
+        import zstandard
+
+        body = json.dumps({"format": MEMORY_FORMAT, "objects": merged}, separators=(",", ":")).encode()
+        self.repo.put(MEMORY_KEY, zstandard.ZstdCompressor(level=3).compress(body))
+        if corrupt != recorded:
+            record = {
+                "format": MEMORY_FORMAT,
+                "repository": self.repo.name,
+                "time": self.now.isoformat(),
+                "objects": sorted(corrupt.values(), key=lambda e: str(e["key"])),
+            }
+            self.repo.put(CORRUPT_WAL_KEY, json.dumps(record, indent=2).encode() + b"\n")
+
+
+def read_memory(repo: Repository) -> dict[str, tuple[int, int, int]]:
+    """The objects a repository remembers as found intact: key -> (size, modified µs, read at s).
+
+    Empty when none is stored yet; raises PgdrError or ValueError when it cannot be read or parsed.
+    """
+    import zstandard
+
+    try:
+        blob = repo.get(MEMORY_KEY)
+    except ObjectNotFound:
+        return {}
+    try:
+        raw = json.loads(zstandard.ZstdDecompressor().decompress(blob))
+        if raw.get("format") != MEMORY_FORMAT:
+            raise ValueError(f"format {raw.get('format')!r}, not {MEMORY_FORMAT}")
+        return {str(key): (int(e[0]), int(e[1]), int(e[2])) for key, e in raw["objects"].items()}
+    except (zstandard.ZstdError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{MEMORY_KEY} is damaged: {exc}") from None
+
+
+def corrupt_wal(repo: Repository) -> list[dict[str, Any]]:
+    """The WAL objects of this repository its last verify found corrupt (the newest finding for each).
+
+    Each is a dict: ``key``, ``file`` (the WAL file name), ``size``, ``modified`` (what the object was
+    in the listing then), ``time`` (ISO 8601, when it was found) and ``detail``. Empty when none was
+    recorded, or the record cannot be read: like ``last_verified``, a reader (a restore plan) must not
+    fail because S3 is briefly away.
+    """
+    try:
+        record = json.loads(repo.get(CORRUPT_WAL_KEY))
+        objects = record["objects"]
+    except (PgdrError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(objects, list):
+        return []
+    return [
+        e
+        for e in objects
+        if isinstance(e, dict)
+        and all(isinstance(e.get(k), str) for k in ("key", "file", "time", "detail"))
+        and all(isinstance(e.get(k), int) for k in ("size", "modified"))
+        and _is_instant(e["time"])
+    ]
+
+
+def _is_instant(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is not None
+    except ValueError:
+        return False
 
 
 # --- reading repositories ------------------------------------------------------------------------
@@ -829,6 +1100,7 @@ def _verify_backup(
     cfg: Config,
     name: str,
     scans: list[_Scan],
+    memories: dict[str, _Memory],
     *,
     deep: bool,
     now: datetime,
@@ -873,7 +1145,12 @@ def _verify_backup(
                 )
         if manifest is None:
             continue
+        memory = memories[scan.repo.name]
         for obj in manifest.objects:
+            info = objects.get(obj.key)
+            if memory.skips(info):
+                result.objects_remembered += 1
+                continue
             problems, read = _check_object(
                 cfg, scan.repo, manifest, obj, thorough_dump=deep, cancel=cancel, meter=meter
             )
@@ -885,6 +1162,11 @@ def _verify_backup(
             result.problems += problems
             result.objects_checked += 1
             result.bytes_checked += read
+            if info is not None:
+                if problems:
+                    memory.found_damaged(info)
+                else:
+                    memory.found_intact(info)
     return result, manifest
 
 
@@ -1224,12 +1506,15 @@ def _holdings(scans: dict[str, _Scan]) -> dict[str, dict[tuple[int, int], dateti
     return {repo: {key: info.modified for key, (_obj, info) in scan.segments.items()} for repo, scan in scans.items()}
 
 
-def _check_against_postgres(report: VerifyReport, physical: list[BackupManifest], scans: list[_Scan]) -> None:
+def _check_against_postgres(
+    report: VerifyReport, physical: list[BackupManifest], scans: list[_Scan], memories: dict[str, _Memory]
+) -> None:
     """pgdr's manifest must name the WAL range PostgreSQL's own ``backup_manifest`` records.
 
     PostgreSQL seals its manifest with a sha256 of its own text, so a changed start or stop LSN (or
     timeline) in ``manifest.json``, which would send a restore to the wrong WAL, shows here even when
-    every copy was changed alike.
+    every copy was changed alike. A copy whose two manifests agreed before, neither rewritten since
+    nor ``manifest.json``'s turn come, is not compared again (nor its ``backup_manifest`` fetched).
     """
     for manifest in physical:
         stored = next((o for o in manifest.objects if o.key == "backup_manifest"), None)
@@ -1239,6 +1524,10 @@ def _check_against_postgres(report: VerifyReport, physical: list[BackupManifest]
         for scan in scans:
             if manifest.name not in scan.manifests or not result.copy_ok(scan.repo.name):
                 continue
+            memory = memories[scan.repo.name]
+            own = scan.folders[manifest.name][MANIFEST_NAME]
+            if memory.skips(own) and manifest.object_key(stored) not in memory.read:
+                continue
             try:
                 raw = scan.repo.get(manifest.object_key(stored))
             except PgdrError:
@@ -1246,6 +1535,9 @@ def _check_against_postgres(report: VerifyReport, physical: list[BackupManifest]
             why = _disagreement(manifest, raw)
             if why:
                 result.problems.append(BackupProblem(scan.repo.name, MANIFEST_NAME, "manifest", why))
+                memory.found_damaged(own)
+            else:
+                memory.found_intact(own)
 
 
 def _disagreement(manifest: BackupManifest, raw: bytes) -> str:
@@ -1375,7 +1667,11 @@ def _rehearse(
         own_folder(scratch, 0o755, owner)
         data_dir.mkdir(mode=0o700)
         on_progress(Progress("rehearsal", 0, manifest.size_bytes, f"restoring {manifest.name} into {scratch}"))
-        result.restored_from = restore_base_backup(manifest, repos, data_dir, on_progress=on_progress, cancel=cancel)
+        # Never the tablespaces' own locations: those are the running cluster's.
+        spaces = {t.oid: scratch / "tablespaces" / str(t.oid) for t in recorded(manifest)}
+        result.restored_from = restore_base_backup(
+            manifest, repos, data_dir, tablespaces=spaces, on_progress=on_progress, cancel=cancel
+        )
 
         # pg_verifybackup checks every file against PostgreSQL's own backup_manifest, and parses the WAL
         # range the backup needs; it must see the directory exactly as unpacked, so it runs first.
@@ -1383,6 +1679,7 @@ def _rehearse(
         wal_dir.mkdir()
         have_wal = _fetch_wal(wal_segments, repos, scans, wal_dir, segment_size, cancel=cancel)
         argv = [program(cfg, "pg_verifybackup", version)]
+        argv += [f"--ignore={TABLESPACE_MAP}"] if spaces else []  # removed: it names the original locations
         argv += [f"--wal-directory={wal_dir}"] if have_wal else ["--no-parse-wal"]
         checked = subprocess.run([*argv, str(data_dir)], capture_output=True, text=True, check=False)
         if checked.returncode != 0:
@@ -1574,6 +1871,7 @@ def verify(
     name: str | None = None,
     *,
     deep: bool = False,
+    full: bool = False,
     only: str | None = None,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
@@ -1581,8 +1879,10 @@ def verify(
 ) -> VerifyReport:
     """Verify every backup (or the one named) and the WAL archive; see the module docstring.
 
-    ``only`` limits the check to one repository (the others are still listed, so a hole there can
-    be told apart from a segment another repository holds). ``now`` is for tests of the grace periods.
+    ``full`` reads every object now, whatever the repositories remember as verified (``deep`` and a
+    named backup always do). ``only`` limits the check to one repository (the others are still
+    listed, so a hole there can be told apart from a segment another repository holds). ``now`` is
+    for tests of the grace periods and of the turns objects are read again at.
 
     Telegram hears of a verify that found problems or failed, whoever started it (``pgdr verify``,
     the console, the daemon): damage found by hand at 3 a.m. is as urgent as damage the daemon found,
@@ -1592,7 +1892,7 @@ def verify(
     kind, what = ("verify_deep", "deep verify") if deep else ("verify", "verify")
     started = time.monotonic()
     try:
-        report = _verify(cfg, name, deep=deep, only=only, on_progress=on_progress, cancel=cancel, now=now)
+        report = _verify(cfg, name, deep=deep, full=full, only=only, on_progress=on_progress, cancel=cancel, now=now)
     except (Cancelled, NoSuchBackup):
         raise  # asked for by the operator (or the daemon's shutdown), or a typo: nothing is wrong
     except Exception as exc:
@@ -1613,6 +1913,7 @@ def _verify(
     name: str | None,
     *,
     deep: bool,
+    full: bool,
     only: str | None,
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
@@ -1622,6 +1923,7 @@ def _verify(
     began = datetime.now(UTC)
     now = now or began
     report = VerifyReport(cfg.cluster.name, "deep" if deep else "checksums", began, began)
+    report.full = full or deep or name is not None or cfg.verify.reread_days == 0
     selected = open_repositories(cfg, only)
     every = open_repositories(cfg) if only else selected
     selected_names = [r.name for r in selected]
@@ -1658,12 +1960,75 @@ def _verify(
         )
     chosen = [name] if name is not None else folders
 
-    total = sum(o.size for s in verified_scans for f in chosen if f in s.manifests for o in s.manifests[f].objects)
+    memories: dict[str, _Memory] = {}
+    for scan in verified_scans:
+        memory = _Memory.load(scan, now=now, reread_days=cfg.verify.reread_days)
+        memory.active = not report.full
+        if memory.problem is not None:
+            report.notes.append(memory.problem)
+        memories[scan.repo.name] = memory
+    try:
+        _verify_stored(
+            cfg,
+            report,
+            name,
+            chosen,
+            verified_scans=verified_scans,
+            scans=scans,
+            memories=memories,
+            queued=queued,
+            histories=histories,
+            segment_size=segment_size,
+            deep=deep,
+            now=now,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+    finally:
+        # Also when cancelled or failed: what was read and found intact so far need not be read again.
+        for memory in memories.values():
+            try:
+                memory.save()
+            except PgdrError as exc:
+                report.notes.append(f"could not record what was verified in {memory.repo.name}: {exc}")
+    report.finished = datetime.now(UTC)
+    _store_results(report, {s.repo.name: s.repo for s in verified_scans}, now)
+    return report
+
+
+def _verify_stored(
+    cfg: Config,
+    report: VerifyReport,
+    name: str | None,
+    chosen: list[str],
+    *,
+    verified_scans: list[_Scan],
+    scans: dict[str, _Scan],
+    memories: dict[str, _Memory],
+    queued: dict[str, set[str]],
+    histories: dict[int, History],
+    segment_size: int,
+    deep: bool,
+    now: datetime,
+    on_progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> None:
+    """Read back the backups ``chosen`` and the WAL, compare the manifests, and rehearse when deep."""
+    total = sum(
+        o.size
+        for s in verified_scans
+        for f in chosen
+        if f in s.manifests
+        for o in s.manifests[f].objects
+        if not memories[s.repo.name].skips(s.folders[f].get(o.key))
+    )
     meter = _Meter(on_progress, total or None)
     manifests: dict[str, BackupManifest] = {}
     for folder in chosen:
         check_cancel(cancel, "verify")
-        result, manifest = _verify_backup(cfg, folder, verified_scans, deep=deep, now=now, cancel=cancel, meter=meter)
+        result, manifest = _verify_backup(
+            cfg, folder, verified_scans, memories, deep=deep, now=now, cancel=cancel, meter=meter
+        )
         report.backups.append(result)
         if manifest is not None:
             manifests[folder] = manifest
@@ -1680,6 +2045,7 @@ def _verify(
             queued=queued,
             histories=histories,
             lost={loss.repository for loss in report.losses},
+            memories=memories,
             segment_size=segment_size,
             deep=deep,
             named=name is not None,
@@ -1688,7 +2054,7 @@ def _verify(
             meter=_Meter(on_progress, None),
         )
 
-    _check_against_postgres(report, physical, verified_scans)
+    _check_against_postgres(report, physical, verified_scans, memories)
     _check_against_wal(cfg, report, physical)
 
     if deep:
@@ -1706,10 +2072,6 @@ def _verify(
             report.notes.append("no physical backup to rehearse a restore of: take one with `pgdr backup`")
         elif not targets:
             report.notes.append(f"{name} is a logical dump: deep ran a full pg_restore of it into /dev/null")
-
-    report.finished = datetime.now(UTC)
-    _store_results(report, {s.repo.name: s.repo for s in verified_scans}, now)
-    return report
 
 
 def _segment_size(scans: dict[str, _Scan]) -> int:
@@ -1749,6 +2111,7 @@ def _verify_wal(
     queued: dict[str, set[str]],
     histories: dict[int, History],
     lost: set[str],
+    memories: dict[str, _Memory],
     segment_size: int,
     deep: bool,
     named: bool,
@@ -1756,7 +2119,7 @@ def _verify_wal(
     cancel: threading.Event | None,
     meter: _Meter,
 ) -> None:
-    """Holes per repository, then the content of the WAL each backup needs (all of it when deep).
+    """Holes per repository, then the content of its WAL objects (``_wal_to_read``; the memory skips some).
 
     In a repository found to have ``lost`` what another holds, no hole gets the grace of a delay.
     """
@@ -1778,12 +2141,21 @@ def _verify_wal(
             now=now,
             grace=timedelta(0) if name in lost else DELAY_GRACE,
         )
-        for obj in _wal_to_read(scan, anchors, segment_size, deep=deep, named=named):
+        memory = memories[name]
+        for obj, info in _wal_to_read(scan, anchors, segment_size, deep=deep, named=named):
+            if memory.skips(info):
+                result.remembered += 1
+                continue
             problem = _verify_wal_object(scan.repo, obj, segment_size, cancel=cancel, meter=meter)
             result.verified += 1
-            if problem is not None:
-                tli = int(obj.filename[:8], 16)
-                result.findings.append(WalFinding(name, tli, obj.filename, obj.filename, 1, "corrupt", problem))
+            if problem is None:
+                memory.found_intact(info)
+                continue
+            memory.found_damaged(info, wal_file=obj.filename, detail=problem)
+            tli = int(obj.filename[:8], 16)
+            result.findings.append(
+                WalFinding(name, tli, obj.filename, obj.filename, 1, "corrupt", problem, key=obj.key)
+            )
         report.wal.append(result)
         # A backup whose consistency WAL is lost or corrupt in a repository cannot be restored from there.
         for manifest in held_here:
@@ -1815,10 +2187,11 @@ def _overlaps(finding: WalFinding, manifest: BackupManifest, segment_size: int) 
 
 def _wal_to_read(
     scan: _Scan, anchors: list[BackupManifest], segment_size: int, *, deep: bool, named: bool
-) -> Iterator[WalObject]:
-    """Which WAL objects to decode: each backup's consistency WAL; when deep, everything a backup can replay."""
-    if deep and not named:
-        yield from (obj for obj, _info in scan.wal)
+) -> Iterator[tuple[WalObject, ObjectInfo]]:
+    """Which WAL objects to decode: all of them in a run over every backup; for a named backup, the
+    WAL it needs to become consistent (deep: everything it can replay)."""
+    if not named:
+        yield from scan.wal
         return
     wanted: set[tuple[int, int]] = set()
     oldest: dict[int, int] = {}
@@ -1828,17 +2201,17 @@ def _wal_to_read(
         last = SegmentName.parse(m.wal_stop, segment_size).number
         wanted.update((m.timeline, n) for n in range(first, last + 1))
         oldest[m.timeline] = min(first, oldest.get(m.timeline, first))
-    for obj, _info in scan.wal:
+    for obj, info in scan.wal:
         try:
             kind = wal_kind(obj.filename)
         except ValueError:
             continue
         if kind is not WalKind.SEGMENT:
             if deep:
-                yield obj
+                yield obj, info
             continue
         seg = SegmentName.parse(obj.filename, segment_size)
         if (seg.timeline, seg.number) in wanted or (
             deep and oldest and seg.timeline >= min(oldest) and seg.number >= min(oldest.values())
         ):
-            yield obj
+            yield obj, info

@@ -1,10 +1,12 @@
-"""What an archived WAL segment covers: commit times, restore points and destructive transactions.
+"""What an archived WAL segment covers: commit times, the transactions that ended in it, restore
+points and destructive transactions.
 
 File times are not commit times: a segment archived at 14:05 may hold commits from 09:00 (a quiet
 server) or be a copy made hours later. This module reads the WAL itself, through PostgreSQL 15's
-``pg_waldump``, and keeps, per segment, the range of commit timestamps, the named restore points and
-the transactions that destroyed relations (DROP, TRUNCATE, DROP DATABASE), so an operator can pick a
-recovery target "just before the TRUNCATE".
+``pg_waldump``, and keeps, per segment, the range of commit timestamps, which transactions committed
+or aborted in it (compactly, see :class:`XidRuns`), the named restore points and the transactions that
+destroyed relations (DROP, TRUNCATE, DROP DATABASE), so an operator can pick a recovery target "just
+before the TRUNCATE", or any committed transaction by its xid.
 
 What pg_waldump prints (PostgreSQL 15, checked on a real cluster), one line per record::
 
@@ -17,7 +19,10 @@ What pg_waldump prints (PostgreSQL 15, checked on a real cluster), one line per 
     ... desc: ABORT <time>[; rels: ...][; dropped stats: ...]
     rmgr: XLOG ... tx: 0, ... desc: RESTORE_POINT before_migration
     rmgr: Storage ... desc: CREATE base/5/16396            (a new relfilenode; forks end _fsm, _vm, _init)
+    rmgr: Storage ... desc: CREATE pg_tblspc/16402/PG_15_202209061/5/16410         (in a tablespace)
     rmgr: Storage ... desc: TRUNCATE base/5/16400 to 0 blocks flags 7
+    rmgr: Standby ... tx: 727, ... desc: LOCK xid 727 db 5 rel 16384               (an ACCESS EXCLUSIVE lock)
+    rmgr: Heap ... desc: INSERT off 11 flags 0x00, blkref #0: rel 1663/5/1259 blk 1  (a row into pg_class)
     rmgr: Database ... desc: DROP dir 1663/16508            (DROP DATABASE, before its COMMIT)
     rmgr: XLOG ... desc: FPI , blkref #0: rel 1663/5/16399 blk 0 FPW
 
@@ -27,32 +32,65 @@ What pg_waldump prints (PostgreSQL 15, checked on a real cluster), one line per 
 * WAL names relations by relfilenode path (``base/<db oid>/<relfilenode>``), never by table name;
   ``dropped stats`` entries are ``<kind>/<db oid>/<object oid>`` with kind 1 = database, 2 = relation,
   3 = function, and name the relation's OID, which differs from its relfilenode once the table has been
-  truncated or rewritten.
+  truncated or rewritten. ``rels:`` lists only relations with WAL-logged files: not views, not
+  temporary tables.
 * RESTORE_POINT prints only the name: the record's ``rp_time`` is not shown. :func:`index_segment`
   reads it from the record's bytes in the segment file (checking the name stored beside it); the
   pure parser can only approximate it with the time of the commit before it.
 
-How a commit is classified (``WalEvent.kind``):
+How a commit is classified (``WalEvent.kind``; the console and ``pgdr timeline --events`` print the
+kind with spaces for underscores). Each statement below was run on a PostgreSQL 15 server and its
+records read with pg_waldump:
+
+* DROP TABLE: ``Standby LOCK`` on each relation, ``Heap DELETE`` from the catalogs, and a commit whose
+  ``rels:`` are the files and ``dropped stats`` the relations.
+* TRUNCATE: ``Standby LOCK`` on the table, then per relation (table, toast, indexes) a ``Storage
+  CREATE`` of a new relfilenode in the same tablespace, left empty (the indexes get their metapage as a
+  page image); ``rels:`` are the old relfilenodes, nothing's statistics are dropped.
+* ALTER TABLE ... SET TABLESPACE: the same, but the new relfilenodes are created in the other
+  tablespace and filled with page images (``FPI``; an empty toast table gets none).
+* REINDEX: new index relfilenodes filled with page images (or index records), old ones in ``rels:``.
+* VACUUM FULL, CLUSTER, REFRESH MATERIALIZED VIEW: a transient table is created (``Standby LOCK`` on
+  its new OID, then a ``Heap INSERT`` into ``pg_class``), filled, its relfilenodes swapped with the
+  table's, then dropped: ``dropped stats`` name the transient relations, ``rels:`` the table's old
+  files. REFRESH (and ALTER TABLE rewrites) also drop the old toast table and its index, OIDs X and
+  X + 1, which existed: one such pair per transient heap is not counted as a drop.
+* REFRESH MATERIALIZED VIEW CONCURRENTLY: temporary tables are created and dropped (``dropped stats``,
+  no ``rels:``: temporary files are not WAL-logged); the view itself is changed row by row.
+
+So a relation the commit drops was created by the transaction itself when its ``LOCK`` record was
+followed by an insert into ``pg_class`` (or its OID is a relfilenode the transaction created), and
+existed before when it was locked without that (a ``Standby LOCK`` is written on the first ACCESS
+EXCLUSIVE lock of a relation in a transaction, for creating and dropping alike). A relfilenode the
+transaction created for an existing relation replaced that relation's files.
 
 ``drop``
-    The commit drops the statistics of a relation (``dropped stats: 2/...``) that existed before the
-    transaction: DROP TABLE / INDEX / VIEW / MATERIALIZED VIEW / SEQUENCE, DROP SCHEMA CASCADE, and
-    also the index that ALTER TABLE ... ALTER COLUMN TYPE or REINDEX CONCURRENTLY replaces.
+    The commit drops relations that existed before the transaction: DROP TABLE / INDEX / VIEW /
+    MATERIALIZED VIEW / SEQUENCE, DROP SCHEMA CASCADE, a temporary table dropped at the end of its
+    session, and also the index that ALTER TABLE ... ALTER COLUMN TYPE or REINDEX CONCURRENTLY replaces.
     ``relations`` are the relfilenodes removed, ``oids`` the dropped relations' OIDs.
 ``truncate``
-    Relfilenodes are removed at commit (``rels:``) without any pre-existing relation being dropped, and
-    the transaction left a new relfilenode empty or wrote rows into it (TRUNCATE, including TRUNCATE
-    followed by reloading the table). TRUNCATE gives a table new, empty relfilenodes and removes the
-    old ones at commit; it does not write a Storage TRUNCATE record. (A Storage TRUNCATE is written only
-    by VACUUM cutting empty pages off a table, or by TRUNCATE of a table created in the same
-    transaction: neither destroys committed data, so neither is reported.)
+    Relfilenodes are removed at commit without any pre-existing relation being dropped, and a new
+    relfilenode the transaction gave an existing relation, in a tablespace files were removed from, was
+    left empty or got rows inserted (TRUNCATE, also followed by reloading the table). TRUNCATE does not
+    write a Storage TRUNCATE record: that is written only by VACUUM cutting empty pages off a table, or
+    by TRUNCATE of a table created in the same transaction, neither of which destroys committed data,
+    so neither is reported.
 ``rewrite``
-    Relfilenodes are replaced without losing rows: VACUUM FULL, CLUSTER, ALTER TABLE rewrites and
-    REFRESH MATERIALIZED VIEW (which swap in a transient table and drop it: its OIDs were created by
-    the same transaction; ALTER TABLE and REFRESH also drop the old toast table and its index, OIDs X
-    and X + 1, which are not counted as a drop), REINDEX and ALTER TABLE SET TABLESPACE (every new
-    relfilenode was filled by bulk page images, none by row inserts). Not destructive; listed so a
-    ``rels:`` commit is explained.
+    Relations were rebuilt without losing rows: every file removed is accounted for by a transient
+    relation dropped or a replacement filled with page images or moved to another tablespace (VACUUM
+    FULL, CLUSTER, REFRESH MATERIALIZED VIEW, ALTER TABLE rewrites, REINDEX, ALTER TABLE / INDEX ... SET
+    TABLESPACE), or the transaction dropped only relations it created itself (REFRESH MATERIALIZED VIEW
+    CONCURRENTLY; also a temporary table created and dropped in one transaction, which the WAL does not
+    tell apart from it). Not destructive; listed so a ``rels:`` commit is explained.
+``relation_files_removed``
+    Relfilenodes are removed at commit, but the records that tell a TRUNCATE from a rewrite are not in
+    this segment: the transaction began in an earlier one (a long VACUUM FULL, a TRUNCATE at the start
+    of a long load). Counted as destructive, since it may be a TRUNCATE.
+``relations_without_files_dropped``
+    The commit drops relations that have no WAL-logged files (views, temporary tables), and whether
+    the transaction created them itself (REFRESH MATERIALIZED VIEW CONCURRENTLY) or they existed
+    (DROP VIEW) is not in this segment. Counted as destructive, since it may be a DROP VIEW.
 ``drop_database``
     DROP DATABASE: ``relations`` are the database directories (``base/<db oid>``, or
     ``pg_tblspc/<spc oid>/<db oid>`` without the version directory), ``oids`` the database OID.
@@ -63,12 +101,13 @@ How a commit is classified (``WalEvent.kind``):
 Row-level destruction (DELETE without WHERE, UPDATE of every row) is not detected: it looks like any
 other DML.
 
-The classification needs the transaction's Storage CREATE records. When the transaction began in an
-earlier segment they are not seen, and the commit is reported the cautious way: a transient table's
-drop is then told apart from a real one only by its OID being newer than every relfilenode removed,
-and a REINDEX is reported as ``truncate``. The time of drop/truncate/rewrite events is the commit time:
-to undo one, recover to ``recovery_target_xid = xid`` with ``recovery_target_inclusive = false`` (or
-to a time before it).
+Each segment is read on its own, so a transaction that began in an earlier segment is classified from
+what this one shows: a dropped relation not locked here counts as transient when its OID is newer
+than every relfilenode the commit removes (a table's files are numbered from its OID up), and existed
+otherwise; removed files not accounted for by what this segment shows make ``relation_files_removed``
+unless a TRUNCATE is seen. The time of drop/truncate/rewrite events is the commit time: to undo one,
+recover to ``recovery_target_xid = xid`` with ``recovery_target_inclusive = false`` (or to a time
+before it).
 
 A record belongs to the segment it starts in. A record that starts near the end of a segment and ends
 in the next one can only be decoded with the next segment at hand: :func:`index_segment` uses it when it
@@ -78,23 +117,38 @@ the segment was decoded.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import os
 import re
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 from backend.errors import PgdrError
 from backend.walnames import PARTIAL_RE, SEGMENT_RE, SegmentName, format_lsn, parse_lsn
 
-EventKind = Literal["restore_point", "drop", "truncate", "rewrite", "drop_database"]
-EVENT_KINDS: tuple[EventKind, ...] = ("restore_point", "drop", "truncate", "rewrite", "drop_database")
-DESTRUCTIVE_KINDS: frozenset[str] = frozenset({"drop", "truncate", "drop_database"})
+EventKind = Literal[
+    "restore_point",
+    "drop",
+    "truncate",
+    "rewrite",
+    "relation_files_removed",
+    "relations_without_files_dropped",
+    "drop_database",
+]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+#: What may have destroyed committed data: the two neutral kinds count, since either may hide a
+#: TRUNCATE or a DROP VIEW.
+DESTRUCTIVE_KINDS: frozenset[str] = frozenset(
+    {"drop", "truncate", "relation_files_removed", "relations_without_files_dropped", "drop_database"}
+)
 TimeSource = Literal["commit", "record", "preceding_commit"]
 
 DEFAULT_TABLESPACE = 1663
@@ -184,6 +238,135 @@ class WalEvent:
         )
 
 
+XidFate = Literal["committed", "subtransaction", "aborted"]
+XID_FATES: tuple[XidFate, ...] = ("committed", "subtransaction", "aborted")
+
+
+@dataclass(frozen=True)
+class XidRuns:
+    """The transactions that ended in one segment: top-level commits, subtransactions committed with
+    their parent, and aborts (of either), so ``--xid N`` finds its segment without an event per commit.
+
+    Kept as runs of consecutive xids: xids are handed out in order and mostly end in the order they
+    began, so a segment's thousands of commits are a few runs (an abort or a transaction still running
+    splits one). ``packed`` is zlib over LEB128 varints: for each fate in ``XID_FATES`` the number of
+    runs, then per run its distance from the end of the previous one (from ``low`` for the first) and
+    its length minus one; a savepoint after every statement, which alternates fates, is a pattern zlib
+    folds away. ``low``/``high`` bound every xid listed, so a lookup skips a segment without unpacking
+    it. Xids are the 32-bit numbers the WAL records; an empty segment has ``packed`` empty.
+    """
+
+    low: int = 0
+    high: int = 0
+    packed: bytes = b""
+
+    @classmethod
+    def build(cls, ended: dict[XidFate, set[int]]) -> XidRuns:
+        everything = set().union(*ended.values())
+        if not everything:
+            return cls()
+        low = min(everything)
+        numbers: list[int] = []
+        for fate in XID_FATES:
+            runs = _runs(sorted(ended.get(fate, ())))
+            numbers.append(len(runs))
+            previous = low
+            for first, last in runs:
+                numbers += [first - previous, last - first]
+                previous = last
+        return cls(low, max(everything), zlib.compress(_varints(numbers), 9))
+
+    def fate(self, xid: int) -> XidFate | None:
+        """How ``xid`` ended in this segment, or None when it did not end here."""
+        if not self.packed or not self.low <= xid <= self.high:
+            return None
+        for fate, runs in self.runs().items():
+            at = bisect.bisect_right(runs, (xid, 1 << 63)) - 1
+            if at >= 0 and runs[at][0] <= xid <= runs[at][1]:
+                return fate
+        return None
+
+    def runs(self) -> dict[XidFate, list[tuple[int, int]]]:
+        """Per fate, the runs (first, last xid) in order."""
+        numbers = iter(_read_varints(zlib.decompress(self.packed)) if self.packed else [0, 0, 0])
+        out: dict[XidFate, list[tuple[int, int]]] = {}
+        for fate in XID_FATES:
+            runs: list[tuple[int, int]] = []
+            previous = self.low
+            for _ in range(next(numbers)):
+                first = previous + next(numbers)
+                previous = first + next(numbers)
+                runs.append((first, previous))
+            out[fate] = runs
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "runs": base64.b64encode(self.packed).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> XidRuns:
+        return cls(int(data["low"]), int(data["high"]), base64.b64decode(data["runs"], validate=True))
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct ``numbers`` as (first, last) runs of consecutive ones."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] + 1 == n:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+def _varints(numbers: list[int]) -> bytes:
+    out = bytearray()
+    for number in numbers:
+        rest = number
+        while rest >= 0x80:
+            out.append(rest & 0x7F | 0x80)
+            rest >>= 7
+        out.append(rest)
+    return bytes(out)
+
+
+def _read_varints(data: bytes) -> list[int]:
+    numbers: list[int] = []
+    value = shift = 0
+    for byte in data:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            numbers.append(value)
+            value = shift = 0
+    return numbers
+
+
+@dataclass
+class XidSightings:
+    """Where the WAL index saw one transaction end, and how much of the archive it could look at.
+
+    ``ends`` are (segment name, fate) in name order, on every timeline. The transaction may also have
+    ended in a segment whose ended transactions are not known: ``unlisted`` names those (unreadable, or
+    indexed by a pgdr that did not list them), ``unindexed`` counts those not indexed yet. ``newest`` is
+    the highest xid seen ending anywhere (None when none is listed).
+    """
+
+    ends: list[tuple[str, XidFate]]
+    unlisted: list[str]
+    unindexed: int
+    newest: int | None
+
+
+class WalEvents(list[WalEvent]):
+    """The archive's events in LSN order, and (``find_xid``) where any transaction ended: what a restore
+    plan needs to find a target no event names."""
+
+    def __init__(self, events: Iterable[WalEvent], find_xid: Callable[[int], XidSightings]) -> None:
+        super().__init__(events)
+        self.find_xid = find_xid
+
+
 @dataclass
 class SegmentIndex:
     """The commits, restore points and destructive transactions of one WAL segment.
@@ -196,7 +379,8 @@ class SegmentIndex:
     every record starting in the segment was decoded (it ends with a WAL switch, or the next segment
     supplied the end of the record crossing the boundary, or there is none); False means re-index once
     the next segment exists. ``stop_reason`` is pg_waldump's end-of-WAL message when valid WAL ended
-    inside the segment (a .partial or in-progress segment), else None.
+    inside the segment (a .partial or in-progress segment), else None. ``xids`` are the transactions
+    that ended in the segment; None only for an entry an older pgdr wrote, which did not list them.
     """
 
     segment: str
@@ -211,6 +395,7 @@ class SegmentIndex:
     last_record_lsn: int | None = None
     tail_complete: bool = False
     stop_reason: str | None = None
+    xids: XidRuns | None = field(default_factory=XidRuns)
 
     def destructive(self) -> list[WalEvent]:
         return [e for e in self.events if e.destructive]
@@ -232,6 +417,7 @@ class SegmentIndex:
             "tail_complete": self.tail_complete,
             "stop_reason": self.stop_reason,
             "events": [e.to_json() for e in self.events],
+            "xids": self.xids.to_json() if self.xids is not None else None,
         }
 
     @classmethod
@@ -249,6 +435,7 @@ class SegmentIndex:
             last_record_lsn=_lsn_from_json(data.get("last_record_lsn")),
             tail_complete=bool(data.get("tail_complete", False)),
             stop_reason=data.get("stop_reason"),
+            xids=XidRuns.from_json(data["xids"]) if data.get("xids") is not None else None,
         )
 
 
@@ -286,6 +473,9 @@ BLKREF_RE = re.compile(r"\brel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk \d+")
 RELPATH_RE = re.compile(r"^(?:base/(\d+)/(\d+)|global/(\d+)|pg_tblspc/(\d+)/[^/]+/(\d+)/(\d+))(?:_(\w+))?$")
 UTC_ZONES = frozenset({"UTC", "GMT", "Z", "+00", "+0000", "+00:00", "UCT", "Etc/UTC"})
 HEAP_RMGRS = frozenset({"Heap", "Heap2"})
+LOCK_RE = re.compile(r"xid (\d+) db (\d+) rel (\d+)")
+PG_CLASS = 1259  # pg_class's relfilenode (a mapped catalog: it changes only by VACUUM FULL pg_class)
+HEAP_INSERTS = frozenset({"INSERT", "INSERT+INIT"})
 
 RelKey = tuple[int, int, int]  # tablespace, database, relfilenode
 
@@ -307,18 +497,28 @@ def relation_key(path: str) -> tuple[RelKey, str | None] | None:
 
 @dataclass
 class _Xact:
-    """What a transaction (or subtransaction) did before its commit record."""
+    """What a transaction (or subtransaction) did before its commit record.
+
+    ``locked`` are the relations (database, OID) it took an ACCESS EXCLUSIVE lock on, ``new_oids``
+    those of them it created (the lock was followed by an insert into ``pg_class``), ``last_lock`` the
+    latest lock not yet followed by a ``pg_class`` change.
+    """
 
     created: set[RelKey] = field(default_factory=set)
     bulk_written: set[RelKey] = field(default_factory=set)
     heap_written: set[RelKey] = field(default_factory=set)
     dropped_dirs: list[tuple[int, int]] = field(default_factory=list)
+    locked: set[tuple[int, int]] = field(default_factory=set)
+    new_oids: set[tuple[int, int]] = field(default_factory=set)
+    last_lock: tuple[int, int] | None = None
 
     def merge(self, other: _Xact) -> None:
         self.created |= other.created
         self.bulk_written |= other.bulk_written
         self.heap_written |= other.heap_written
         self.dropped_dirs.extend(other.dropped_dirs)
+        self.locked |= other.locked
+        self.new_oids |= other.new_oids
 
 
 @dataclass
@@ -373,6 +573,7 @@ class WaldumpParser:
         self.ended_with_switch = False
         self._xacts: dict[int, _Xact] = {}
         self._last_commit_time: datetime | None = None
+        self._ended: dict[XidFate, set[int]] = {fate: set() for fate in XID_FATES}
 
     def feed(self, line: str) -> None:
         if not line.startswith("rmgr: "):
@@ -407,12 +608,25 @@ class WaldumpParser:
         elif rmgr == "Database" and ident == "DROP" and tx:
             dirs = [(int(s), int(d)) for s, d in re.findall(r"(\d+)/(\d+)", rest)]
             self._xacts.setdefault(tx, _Xact()).dropped_dirs.extend(dirs)
+        elif rmgr == "Standby" and ident == "LOCK" and tx:
+            # tx 0: a standby snapshot's list of every lock held, not a lock this transaction took now
+            locks = [(int(db), int(rel)) for xid, db, rel in LOCK_RE.findall(rest) if int(xid) == tx]
+            if locks:
+                xact = self._xacts.setdefault(tx, _Xact())
+                xact.locked.update(locks)
+                xact.last_lock = locks[-1]
         if tx in self._xacts and "blkref" in rest:
             xact = self._xacts[tx]
             for spc, db, rel, fork in BLKREF_RE.findall(rest):
                 key = (int(spc), int(db), int(rel))
                 if key in xact.created and fork in ("", "main"):
                     (xact.heap_written if rmgr in HEAP_RMGRS else xact.bulk_written).add(key)
+                elif rmgr == "Heap" and key[2] == PG_CLASS and xact.last_lock is not None:
+                    # A new relation is locked, then its row goes into pg_class; an existing one's row
+                    # is updated or deleted after its lock.
+                    if ident in HEAP_INSERTS:
+                        xact.new_oids.add(xact.last_lock)
+                    xact.last_lock = None
 
     def _transaction(self, ident: str, tx: int, rest: str, lsn: int) -> None:
         if ident not in ("COMMIT", "COMMIT_PREPARED", "ABORT", "ABORT_PREPARED"):
@@ -425,7 +639,10 @@ class WaldumpParser:
                 xact.merge(part)
         if ident.startswith("ABORT"):
             self.index.aborts += 1
+            self._ended["aborted"].update((done.xid, *done.subxacts))
             return
+        self._ended["committed"].add(done.xid)
+        self._ended["subtransaction"].update(done.subxacts)
         index = self.index
         index.commits += 1
         if index.first_lsn is None:
@@ -439,6 +656,7 @@ class WaldumpParser:
         index.events.extend(_classify(done, xact, lsn))
 
     def result(self) -> SegmentIndex:
+        self.index.xids = XidRuns.build(self._ended)
         return self.index
 
 
@@ -456,23 +674,29 @@ def _classify(done: _Completion, xact: _Xact, lsn: int) -> list[WalEvent]:
         events.append(event("drop_database", dirs, oids))
 
     keys = {path: relation_key(path) for path in done.rels}
+    removed = {k[0] for k in keys.values() if k is not None}
     old_rels = [p for p, k in keys.items() if k is None or k[0] not in xact.created]
     created_numbers = {(db, rel) for _, db, rel in xact.created}
     removed_numbers: dict[int, int] = {}
-    for k in keys.values():
-        if k is not None:
-            _, db, rel = k[0]
-            removed_numbers[db] = max(rel, removed_numbers.get(db, 0))
+    for _, db, rel in removed:
+        removed_numbers[db] = max(rel, removed_numbers.get(db, 0))
 
-    def transient(db: int, oid: int) -> bool:
-        """A relation created by this transaction (VACUUM FULL's and friends' swap table)."""
-        if (db, oid) in created_numbers:
+    def transient(db: int, oid: int) -> bool | None:
+        """Whether the transaction created the relation itself (VACUUM FULL's and friends' swap table,
+        REFRESH ... CONCURRENTLY's temporary tables); None when this segment does not tell."""
+        if (db, oid) in created_numbers or (db, oid) in xact.new_oids:
             return True
-        return not xact.created and db in removed_numbers and oid > removed_numbers[db]
+        if (db, oid) in xact.locked:
+            return False
+        if db in removed_numbers:  # not locked here: the transaction began in an earlier segment
+            return oid > removed_numbers[db]
+        return None
 
     rel_stats = [(db, oid) for kind, db, oid in done.stats if kind == STATS_KIND_RELATION]
-    swapped = [oid for db, oid in rel_stats if transient(db, oid)]
-    dropped = [oid for db, oid in rel_stats if not transient(db, oid)]
+    made = {(db, oid): transient(db, oid) for db, oid in rel_stats}
+    swapped = [oid for (_, oid), new in made.items() if new]
+    dropped = [oid for (_, oid), new in made.items() if new is False]
+    unsure = [oid for (_, oid), new in made.items() if new is None]
     # ALTER TABLE rewrites and REFRESH MATERIALIZED VIEW swap toast tables by link: the transient heap
     # leaves with the old toast table and its index, OIDs X and X + 1. One such pair per transient heap
     # is the old toast, not a dropped relation.
@@ -483,16 +707,37 @@ def _classify(done: _Completion, xact: _Xact, lsn: int) -> list[WalEvent]:
         dropped = [oid for oid in dropped if oid not in (pair, pair + 1)]
     if dropped:
         events.append(event("drop", old_rels, dropped))
+    elif unsure:
+        events.append(event("relations_without_files_dropped", old_rels, unsure))
     elif old_rels:
-        if rel_stats:
-            kind: EventKind = "rewrite"
-        else:
-            filled = bool(xact.created) and all(
-                k in xact.bulk_written and k not in xact.heap_written for k in xact.created
-            )
-            kind = "rewrite" if filled else "truncate"
-        events.append(event(kind, old_rels, []))
+        own = xact.new_oids | {key for key, new in made.items() if new}
+        replacements = [k for k in xact.created if k not in removed and (k[1], k[2]) not in own]
+        events.append(event(_files_replaced(xact, keys, old_rels, replacements, len(rel_stats)), old_rels, []))
+    elif swapped:
+        events.append(event("rewrite", [], []))
     return events
+
+
+def _files_replaced(
+    xact: _Xact,
+    keys: dict[str, tuple[RelKey, str | None] | None],
+    old_rels: list[str],
+    replacements: list[RelKey],
+    dropped: int,
+) -> EventKind:
+    """What removed ``old_rels`` when no relation that existed before was dropped.
+
+    ``replacements`` are the relfilenodes the transaction gave existing relations. One in a tablespace
+    files were removed from that was left empty or got rows (not page images) is a TRUNCATE. Otherwise
+    each removed file must be accounted for by a replacement or a dropped (transient) relation: then it
+    was a rewrite; if not, the transaction's earlier records are in an earlier segment.
+    """
+    spaces = {(k[0][0], k[0][1]) for p in old_rels if (k := keys[p]) is not None}
+    if any((k not in xact.bulk_written or k in xact.heap_written) and (k[0], k[1]) in spaces for k in replacements):
+        return "truncate"
+    if len(old_rels) <= len(replacements) + dropped:
+        return "rewrite"
+    return "relation_files_removed"
 
 
 def parse_waldump(lines: Iterable[str], segment: str = "") -> SegmentIndex:

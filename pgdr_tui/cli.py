@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.add_argument("--background", action="store_true", help=argparse.SUPPRESS)  # started by wal-push
 
-    p = command("backup", cmd_backup, "take a physical base backup (or, with --logical, the seed's dumps)")
+    p = command(
+        "backup", cmd_backup, "take a physical base backup (or, with --logical, the logical dumps: .dump and .sql.gz)"
+    )
     p.add_argument("--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup")
     p.add_argument("--repo", choices=["local", "s3"], help="write to this repository only")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
@@ -277,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("timeline", cmd_timeline, "the recovery windows per timeline, with gaps (and events)")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
-    p.add_argument("--events", action="store_true", help="list restore points and drops/truncates from the WAL")
+    p.add_argument(
+        "--events",
+        action="store_true",
+        help="list restore points, drops, truncates and rewrites (VACUUM FULL, CLUSTER, SET TABLESPACE, "
+        "REFRESH) from the WAL",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = command("restore", cmd_restore, "point-in-time restore (plan with --dry-run first)")
@@ -288,11 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--name", help="a restore point made with pg_create_restore_point()")
     target.add_argument("--latest", action="store_true", help="replay all archived WAL")
     target.add_argument("--immediate", action="store_true", help="stop as soon as the base backup is consistent")
-    seed = p.add_argument_group("logical restore and the seed's postgres-restore forms")
-    seed.add_argument("dump", nargs="?", help="a .dump file (pg_dump custom format) to restore")
+    seed = p.add_argument_group("logical restore (the forms of the postgres-restore service)")
+    seed.add_argument(
+        "dump",
+        nargs="?",
+        help="a dump to restore: .dump (pg_dump custom format), or .sql/.sql.gz (plain SQL, only into a database "
+        "that does not exist)",
+    )
     seed.add_argument("--logical", action="store_true", help="restore a logical dump (with --latest: the newest)")
-    seed.add_argument("--from-dump", metavar="NAME_OR_PATH", help="a logical backup name or a .dump file")
-    seed.add_argument("--from-s3", metavar="URL", help="a .dump at s3://bucket/key")
+    seed.add_argument("--from-dump", metavar="NAME_OR_PATH", help="a logical backup name or a .dump/.sql.gz file")
+    seed.add_argument("--from-s3", metavar="URL", help="a .dump or .sql.gz at s3://bucket/key")
     seed.add_argument("--dbname", help="database to restore a dump into (default: [postgres] dbname)")
     seed.add_argument("--list", action="store_true", help="list the local repository's backups (= pgdr list)")
     seed.add_argument("--list-s3", action="store_true", help="list the S3 repository's backups")
@@ -312,11 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="restore although an earlier restore of this data directory did not finish"
     )
+    p.add_argument(
+        "--tablespace-map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="restore the tablespace named OLD (or at location OLD) into NEW; repeat per tablespace "
+        "(a restore beside puts unmapped ones in <target-dir>-tablespaces/<name>)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan / report as JSON")
 
     p = command("verify", cmd_verify, "verify backups (checksums, WAL continuity; --deep: a restore rehearsal)")
     p.add_argument("name", nargs="?", help="one backup (default: every backup and the WAL archive)")
-    p.add_argument("--deep", action="store_true", help="also restore into a scratch directory and start it")
+    p.add_argument(
+        "--full", action="store_true", help="read every object now, also those verified within [verify] reread_days"
+    )
+    p.add_argument("--deep", action="store_true", help="--full, and also restore into a scratch directory and start it")
     p.add_argument("--repo", choices=["local", "s3"], help="only this repository")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -487,6 +510,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     repos = open_repositories(cfg, args.repo)
     catalog = read_catalog(repos)
     read_verified(catalog, repos)
+    for reason in catalog.unreadable.values():
+        print(f"pgdr: warning: {reason}", file=sys.stderr)
     unfinished = cluster_unfinished_restore(cfg.postgres.data_dir)
     if args.json:
         print(
@@ -569,7 +594,7 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     view = load_view(cfg, args.repo, index_budget_s=VIEW_INDEX_BUDGET_S)
-    shown = [e for e in view.events if e.kind != "rewrite"] if args.events else []
+    shown = list(view.events) if args.events else []
     if args.json:
         extra = {"events": [e.to_json() for e in shown]} if args.events else {}
         counts = {"unindexed_segments": view.unindexed, "unreadable_segments": view.unreadable}
@@ -632,6 +657,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     from backend.recovery import perform_restore, plan_restore
     from backend.restore.target import make_target
+    from backend.tablespaces import parse_mapping
 
     if args.list or args.list_s3:
         args.repo, args.json = ("s3" if args.list_s3 else "local"), args.json
@@ -661,6 +687,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         only=args.repo,
         dry_run=args.dry_run,
         force=args.force,
+        tablespace_map=parse_mapping(args.tablespace_map),
     )
     if args.dry_run:
         print(
@@ -691,7 +718,12 @@ def _restore_logical(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     print(plan.render())
     if not args.yes:
-        _confirm(cfg.cluster.name, f"database {plan.database}")
+        _confirm(
+            cfg.cluster.name,
+            f"database {plan.database}"
+            if plan.exists
+            else f"nothing (database {plan.database} does not exist: it is created)",
+        )
     restore_logical(cfg, plan)
     print(f"restored {source.description} into {plan.database}; safety dump: {plan.safety_dump}")
     return 0
@@ -732,7 +764,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from backend.verify import verify
 
     cfg = load(args)
-    report = verify(cfg, args.name, deep=args.deep, only=args.repo, on_progress=_progress_printer())
+    report = verify(cfg, args.name, deep=args.deep, full=args.full, only=args.repo, on_progress=_progress_printer())
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return 0 if report.ok else 1
 

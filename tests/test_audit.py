@@ -18,6 +18,7 @@ def write(path: Path, retention: int, token: str) -> None:
         f'[telegram]\nbot_token = "{token}"\nchat_id = "1"\n'
     )
     path.chmod(0o600)
+    (path.parent / "repo").mkdir(exist_ok=True)
 
 
 def entries(state: Path) -> list[dict[str, object]]:

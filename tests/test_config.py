@@ -323,6 +323,8 @@ def test_cluster_names_that_are_fine(tmp_path: Path, name: str) -> None:
         ("[s3]\nupload_chunk_mb = 4\n", "s3.upload_chunk_mb", "between 5 and 5120"),
         ("[telegram]\nrepeat_minutes = 99999999\n", "telegram.repeat_minutes", "between 0 and 10080"),
         ("[schedule]\nrpo_alarm_minutes = 0\n", "schedule.rpo_alarm_minutes", "between 1 and 10080"),
+        ("[verify]\nreread_days = -1\n", "verify.reread_days", "between 0 and 3650"),
+        ("[verify]\nreread_days = 3651\n", "verify.reread_days", "between 0 and 3650"),
     ],
 )
 def test_numbers_out_of_range(tmp_path: Path, snippet: str, key: str, bounds: str) -> None:
@@ -508,6 +510,7 @@ def test_starter_config_parses_and_loads_defaults(tmp_path: Path) -> None:
     assert cfg.postgres.user == "postgres"
     assert cfg.archive.compression == "zstd"
     assert cfg.backup.checkpoint == "fast"
+    assert cfg.verify.reread_days == 30
     assert cfg.repository_names == ["local"]
 
 
@@ -636,3 +639,12 @@ def test_cli_init_accepts_config_after_the_command(tmp_path: Path) -> None:
     result = pgdr(tmp_path, "init", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert path.is_file()
+
+
+def test_verify_reread_days_is_read_and_zero_is_allowed(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path / "verify.toml", MINIMAL + "\n[verify]\nreread_days = 0\n"))
+    assert cfg.verify.reread_days == 0
+    message = config_error(write(tmp_path / "typo.toml", MINIMAL + "\n[verify]\nreread_day = 7\n"))
+    assert "verify.reread_day" in message and "did you mean 'reread_days'" in message
+    message = config_error(write(tmp_path / "type.toml", MINIMAL + '\n[verify]\nreread_days = "7"\n'))
+    assert "verify.reread_days" in message and "must be an integer" in message

@@ -26,6 +26,7 @@ def write(config: Path, passphrase: str, retention: int = 7) -> None:
         f'encryption = "aes-256-gcm"\nencryption_passphrase = "{passphrase}"\n'
     )
     config.chmod(0o600)
+    (config.parent / "repo").mkdir(exist_ok=True)
 
 
 def pgdr(config: Path, state: Path, *args: str) -> None:

@@ -21,6 +21,7 @@ from backend.restore.plan import RestorePlan, make_plan
 from backend.restore.run import write_recovery_settings
 from backend.restore.target import make_target, parse_timestamp
 from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline
+from backend.walindex import WalEvents, XidFate, XidSightings
 from backend.walnames import SegmentName, format_lsn
 
 SEG = 16 << 20
@@ -212,6 +213,88 @@ def test_after_the_newest_timeline_began_its_unarchived_wal_is_named_not_an_olde
     assert "pg_switch_wal()" in message
     # Named, timeline 1's abandoned future is restored as asked.
     assert plan_for(tmp_path, manifests, archive, timestamp="2024-01-15 12:35:00", timeline="1").timeline == 1
+
+
+def xid_plan(
+    tmp_path: Path,
+    manifests: list[BackupManifest],
+    archive: RecoveryTimeline,
+    ends: list[tuple[str, XidFate]],
+    *,
+    unlisted: tuple[str, ...] = (),
+    backup_name: str | None = None,
+    timeline: str | None = None,
+) -> RestorePlan:
+    """A plan for transaction 4321, which the WAL index saw end as ``ends`` say (no event names it)."""
+
+    def find_xid(xid: int) -> XidSightings:
+        assert xid == 4321
+        return XidSightings(ends, list(unlisted), 0, 9000)
+
+    catalog = Catalog(backups=[CatalogBackup(m, ["local"]) for m in manifests], wal=[], history_files={})
+    target = make_target(xid="4321", timeline=timeline)
+    return make_plan(
+        config(tmp_path), catalog, archive, target, backup_name=backup_name, events=WalEvents([], find_xid)
+    )
+
+
+def test_an_ordinary_xid_is_planned_from_the_segment_its_commit_lies_in(tmp_path: Path) -> None:
+    """Transaction 4321 committed in segment 6. b1 stopped in segment 2, b2 inside segment 6 (before or
+    after the commit: the WAL index does not say where in the segment), b3 in segment 8."""
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    b2 = backup("20240115T120630Z", 1, 6, T0 + timedelta(minutes=6, seconds=30))
+    b3 = backup("20240115T120830Z", 1, 8, T0 + timedelta(minutes=8, seconds=30))
+    archive = build_timeline([b1, b2, b3], {1: table(1, list(range(1, 11)))}, {}, SEG)
+    ends: list[tuple[str, XidFate]] = [(SegmentName(1, 6, SEG).name, "committed")]
+
+    plan = xid_plan(tmp_path, [b1, b2, b3], archive, ends)
+
+    assert plan.backup.name == b1.name
+    assert [s.segment.number for s in plan.wal] == [2, 3, 4, 5, 6] and plan.wal_complete
+    assert plan.target.recovery_settings()["recovery_target_xid"] == "4321"
+    assert "(5 segments," in plan.render()
+
+    with pytest.raises(PgdrError) as refused:
+        xid_plan(tmp_path, [b1, b2, b3], archive, ends, backup_name=b2.name)
+    message = str(refused.value)
+    assert message.startswith("transaction 4321 committed in WAL segment 000000010000000000000006, which is not")
+    assert f"backup {b2.name} stopped inside that segment" in message and "\n" not in message
+
+
+def test_an_xid_committed_on_another_branch_names_that_timeline(tmp_path: Path) -> None:
+    """Timeline 2 branched off timeline 1 in segment 5: a commit in timeline 1's segment 3 is in timeline
+    2's history too, one in its segment 7 only on the abandoned branch."""
+    manifests, archive = promoted()
+    before = xid_plan(tmp_path, manifests, archive, [(SegmentName(1, 3, SEG).name, "committed")])
+    assert (before.timeline, before.wal[-1].segment.name) == (2, SegmentName(1, 3, SEG).name)
+
+    branch: list[tuple[str, XidFate]] = [(SegmentName(1, 7, SEG).name, "committed")]
+    with pytest.raises(PgdrError) as refused:
+        xid_plan(tmp_path, manifests, archive, branch)
+    assert "committed on timeline 1 (WAL segment 000000010000000000000007), which timeline 2's history" in str(
+        refused.value
+    )
+    named = xid_plan(tmp_path, manifests, archive, branch, timeline="1")
+    assert (named.timeline, named.wal[-1].segment.number) == (1, 7)
+
+
+def test_an_xid_the_index_cannot_place_names_the_backups_that_could_reach_it(tmp_path: Path) -> None:
+    """Segments 7 and 8 were indexed by a pgdr that did not list ended transactions: the commit may lie
+    there. b1 and b2 reach them, b3 (stopped in segment 9) does not."""
+    b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
+    b2 = backup("20240115T120430Z", 1, 4, T0 + timedelta(minutes=4, seconds=30))
+    b3 = backup("20240115T120930Z", 1, 9, T0 + timedelta(minutes=9, seconds=30))
+    archive = build_timeline([b1, b2, b3], {1: table(1, list(range(1, 11)))}, {}, SEG)
+    unlisted = (SegmentName(1, 7, SEG).name, SegmentName(1, 8, SEG).name)
+
+    with pytest.raises(PgdrError) as refused:
+        xid_plan(tmp_path, [b1, b2, b3], archive, [], unlisted=unlisted)
+    message = str(refused.value)
+    assert message.startswith("the WAL index does not show where transaction 4321 committed; 2 archived segments")
+    assert f"backups that reach them: {b1.name}, {b2.name}: pass --backup NAME" in message
+
+    plan = xid_plan(tmp_path, [b1, b2, b3], archive, [], unlisted=unlisted, backup_name=b2.name)
+    assert (plan.backup.name, plan.wal_complete) == (b2.name, False)  # replays on until it meets the commit
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,11 @@ repository (the local disk is gone) still knows commit times, restore points and
 transactions. It is built off the acknowledgement path: by the background ``pgdr wal-upload``
 (wal-push queues each segment for it) and, for whatever is still missing, when a command needs the
 timeline. A segment whose last record runs into a segment not yet archived is indexed again once
-that segment arrives (``tail_complete``).
+that segment arrives (``tail_complete``). An entry written before pgdr listed each segment's ended
+transactions (``SegmentIndex.xids`` None) is used as it is, and read again by the daemon's background
+indexing (``index_archive``), newest first: until then its events keep the labels of the pgdr that
+wrote it, and a ``--xid`` target in it needs ``--backup``. Commands never wait for that: a restore
+plan re-reading a year of WAL would keep the operator waiting for hours.
 
 A segment no copy of which pg_waldump can read (damaged, truncated, not WAL at all) has no entry: this
 host's cache (``indexcache``) remembers the copies it tried, so commands do not fetch it again until
@@ -33,11 +37,14 @@ from backend.archive.indexcache import (
     Failures,
     FolderEntries,
     IndexCache,
+    XidRow,
     add_entry,
     copy_entry,
     entry_events,
     entry_index,
+    entry_xids,
     no_entries,
+    xid_row,
 )
 from backend.archive.segmentreader import ReadAhead, SegmentReader, UnreadableSegment
 from backend.config import Config
@@ -46,7 +53,15 @@ from backend.listcache import folder_contents
 from backend.postgres import program
 from backend.progress import Progress, ProgressCallback, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories
-from backend.walindex import SegmentIndex, WaldumpUnavailable, WalEvent, WalIndexError, index_segment
+from backend.walindex import (
+    SegmentIndex,
+    WaldumpUnavailable,
+    WalEvents,
+    WalIndexError,
+    XidFate,
+    XidSightings,
+    index_segment,
+)
 from backend.walnames import SegmentName, wal_directory
 
 if TYPE_CHECKING:
@@ -211,12 +226,16 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         entries, row = found
         return entries[2][row], entries[3][row]
 
-    def events(self) -> list[WalEvent]:
-        """Every segment's events (restore points, destructive transactions), in LSN order."""
+    def events(self) -> WalEvents:
+        """Every segment's events (restore points, destructive transactions), in LSN order, and where
+        any transaction ended (``find_xid``)."""
         found = [event for index in self._built.values() for event in index.events]
         for entries in self._folders.values():
             found += [event for rows in entries[5] if rows for event in entry_events(rows)]
-        return sorted(found, key=lambda e: e.lsn)
+        lists = [(list(self._built), [xid_row(index.xids) for index in self._built.values()])]
+        lists += [(entries[0], entries[6]) for entries in self._folders.values()]
+        xids = _XidLists(lists, set(self.unreadable_names), self.pending)
+        return WalEvents(sorted(found, key=lambda e: e.lsn), xids.find)
 
     def entries(self, names: list[str], checksums: list[str]) -> FolderEntries:
         """What the cache keeps for one folder: the indexed ones of ``names``, in order."""
@@ -230,6 +249,36 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         return out
 
 
+@dataclass
+class _XidLists:
+    """What ``find_xid`` reads, kept with a view's events: the segments' names and packed lists of
+    ended transactions (``columns``), not the rest of their entries, which a console holding the view
+    would otherwise keep in memory for a year of segments."""
+
+    columns: list[tuple[list[str], list[XidRow]]]
+    unreadable: set[str]
+    pending: int
+
+    def find(self, xid: int) -> XidSightings:
+        """Every segment ``xid`` (32 bits, as the WAL records it) ended in: a segment's list is unpacked
+        only when its bounds hold ``xid``."""
+        ends: list[tuple[str, XidFate]] = []
+        unlisted = set(self.unreadable)
+        newest: int | None = None
+        for names, rows in self.columns:
+            for name, row in zip(names, rows, strict=True):
+                runs = entry_xids(row)
+                if runs is None:
+                    unlisted.add(name)
+                    continue
+                if runs.packed:
+                    newest = runs.high if newest is None else max(newest, runs.high)
+                fate = runs.fate(xid)
+                if fate is not None:
+                    ends.append((name, fate))
+        return XidSightings(sorted(ends), sorted(unlisted), self.pending, newest)
+
+
 def ensure_indexes(
     cfg: Config,
     repos: list[Repository],
@@ -240,6 +289,7 @@ def ensure_indexes(
     persist: bool = True,
     budget_s: float | None = None,
     cancel: threading.Event | None = None,
+    upgrade: bool = False,
 ) -> SegmentIndexes:
     """Index every archived segment (the catalog's ``columns``) that has no complete index yet.
 
@@ -256,6 +306,9 @@ def ensure_indexes(
 
     A segment whose copies are not readable WAL is remembered as ``unreadable`` with those copies, and
     not fetched again until one of them changes: otherwise every command would pay for it again.
+
+    ``upgrade`` also reads again the segments whose entries an older pgdr wrote (no list of ended
+    transactions), within the same budget; their old entries serve until then.
     """
     archived = _by_folder(columns)
     everything = set().union(*(column.names for column in columns))
@@ -269,6 +322,7 @@ def ensure_indexes(
     readable = everything - unreadable if unreadable else everything
     indexes = SegmentIndexes()
     unresolved: dict[str, str] = {}
+    outdated: list[str] = []
     trimmed: set[str] = set()
     for folder, part in archived.items():
         entries = cached.get(folder)
@@ -277,6 +331,7 @@ def ensure_indexes(
             and entries[0] == part.names
             and entries[1] == part.checksums
             and _settled(entries, readable, segment_size)
+            and not (upgrade and None in entries[6])
         ):
             indexes.add_folder(folder, entries)
             continue
@@ -292,7 +347,11 @@ def ensure_indexes(
                     and entries[1][row] == checksum
                     and _settled_at(entries, row, readable, segment_size)
                 ):
-                    copy_entry(entries, row, kept)
+                    if upgrade and entries[6][row] is None and name not in failed:
+                        indexes.add(name, entry_index(entries, row))  # serves until read again
+                        outdated.append(name)
+                    else:
+                        copy_entry(entries, row, kept)
                 elif name not in failed:
                     unresolved[name] = checksum
             if entries is not None and len(kept[0]) != len(entries[0]):
@@ -300,7 +359,9 @@ def ensure_indexes(
         indexes.add_folder(folder, kept)
     todo: list[str] = []
     if unresolved or failures:
-        todo, recovered = _from_repositories(repos, indexes, unresolved, failures, readable, segment_size=segment_size)
+        todo, recovered = _from_repositories(
+            repos, indexes, unresolved, failures, readable, segment_size=segment_size, upgrade=upgrade
+        )
         for name in recovered:  # another host could read it, and stored its entry
             folder = wal_directory(name)
             del failures[folder][name]
@@ -311,6 +372,8 @@ def ensure_indexes(
         indexes.damaged_names |= {name for name in stuck if failed[name] == DAMAGED}
         indexes.pending += len(failed) - len(stuck)  # failed lately for a reason of the moment: tried again later
     tried: dict[str, float] = {}
+    if outdated:
+        todo = sorted([*todo, *outdated])
     if todo:
         todo.reverse()  # newest first
         deadline = None if budget_s is None else time.monotonic() + budget_s
@@ -359,7 +422,9 @@ def index_archive(
 
     repos = open_repositories(cfg)
     catalog = read_catalog(repos)
-    return ensure_indexes(cfg, repos, catalog.columns, catalog.segment_size, budget_s=budget_s, cancel=cancel)
+    return ensure_indexes(
+        cfg, repos, catalog.columns, catalog.segment_size, budget_s=budget_s, cancel=cancel, upgrade=True
+    )
 
 
 #: A segment that could not be indexed for a reason of the moment (a repository out of reach, an
@@ -464,10 +529,11 @@ def _from_repositories(
     readable: set[str],
     *,
     segment_size: int,
+    upgrade: bool,
 ) -> tuple[list[str], set[str]]:
     """Add the repositories' entries of the ``unresolved`` segments (complete ones) and of those that
     failed here (any: pg_waldump elsewhere read more than nothing); return the unresolved ones left
-    to index, in order, and the failed ones found."""
+    to index (with ``upgrade``, also those an older pgdr indexed), in order, and the failed ones found."""
     failed = {name for names in failures.values() for name in names}
     stored = _stored_entries(repos, set(unresolved), failed)
     todo = []
@@ -475,6 +541,8 @@ def _from_repositories(
         found = stored.get(name)
         if found is not None and not _needs_index(found, name, readable, segment_size):
             indexes.add(name, found)
+            if upgrade and found.xids is None:
+                todo.append(name)
         else:
             todo.append(name)
     recovered = stored.keys() & failed

@@ -3,8 +3,9 @@
 The repository stays the source of truth (``walindex/`` objects); this SQLite file in the state dir
 only remembers what was already read, keyed by repository location and segment name, with each
 segment's sha256, so a different segment under the same name (another cluster reusing a path) is
-never mistaken for a cached one. Only what the timeline needs is kept: commit times, whether the
-tail was complete, and the events (rare) as plain tuples.
+never mistaken for a cached one. Only what the timeline and the restore plan need is kept: commit
+times, whether the tail was complete, the events (rare) as plain tuples, and the packed list of the
+transactions that ended in the segment (``XidRuns``: a few bytes each, unpacked only by a lookup).
 
 Entries are stored as one row per WAL folder (``wal_directory``: a timeline's 4 GiB of WAL), its
 segments as columns: a year of WAL is 105,000 segments but 410 folders, and reading 410 blobs and
@@ -29,9 +30,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from backend.cachefile import cache_path, open_cache
-from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent
+from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent, XidRuns
 
-SCHEMA = 5  # 5: failures tell damaged copies (math.inf) from intact ones pg_waldump cannot read
+SCHEMA = 6  # 6: the ended transactions of each segment, and the event kinds that tell rewrites apart
 
 #: One WAL event as cached: kind, LSN, time (microseconds since the epoch, UTC) or None, xid, name,
 #: relations, oids, time source. Tuples of plain values: a year's thousands of events load with the
@@ -39,9 +40,14 @@ SCHEMA = 5  # 5: failures tell damaged copies (math.inf) from intact ones pg_wal
 EventRow = tuple[
     EventKind, int, int | None, int | None, str | None, tuple[str, ...], tuple[int, ...], TimeSource | None
 ]
+#: The transactions that ended in one segment as cached: ``XidRuns``' low, high and packed runs; None
+#: for an entry written before pgdr listed them.
+XidRow = tuple[int, int, bytes] | None
 #: One folder's cached entries as columns, sorted by name: segments, sha256s, first and last commit
-#: (POSIX seconds, NaN when none), tail complete, events (an empty tuple when none).
-FolderEntries = tuple[list[str], list[str], list[float], list[float], list[bool], list[tuple[EventRow, ...]]]
+#: (POSIX seconds, NaN when none), tail complete, events (an empty tuple when none), ended transactions.
+FolderEntries = tuple[
+    list[str], list[str], list[float], list[float], list[bool], list[tuple[EventRow, ...]], list[XidRow]
+]
 
 #: The stored copies of some segments as the catalog lists them, one row per copy: segment,
 #: repository, sha256 in its key, stored size, archived at (POSIX seconds). A copy replaced or
@@ -53,7 +59,7 @@ Failures = tuple[list[str], list[float], CopyRows]
 
 
 def no_entries() -> FolderEntries:
-    return [], [], [], [], [], []
+    return [], [], [], [], [], [], []
 
 
 class IndexCache:
@@ -113,13 +119,14 @@ class IndexCache:
 
 def add_entry(entries: FolderEntries, checksum: str, index: SegmentIndex) -> None:
     """Append ``index`` (callers append in name order)."""
-    names, checksums, firsts, lasts, tails, events = entries
+    names, checksums, firsts, lasts, tails, events, xids = entries
     names.append(index.segment)
     checksums.append(checksum)
     firsts.append(index.first_commit.timestamp() if index.first_commit else math.nan)
     lasts.append(index.last_commit.timestamp() if index.last_commit else math.nan)
     tails.append(index.tail_complete)
     events.append(tuple(_event_row(e) for e in index.events))
+    xids.append(xid_row(index.xids))
 
 
 def copy_entry(source: FolderEntries, row: int, target: FolderEntries) -> None:
@@ -130,14 +137,25 @@ def copy_entry(source: FolderEntries, row: int, target: FolderEntries) -> None:
 
 def entry_index(entries: FolderEntries, row: int) -> SegmentIndex:
     """The index of one cached segment: made only for a segment someone looks at."""
-    names, _checksums, firsts, lasts, tails, events = entries
+    names, _checksums, firsts, lasts, tails, events, xids = entries
     return SegmentIndex(
         segment=names[row],
         first_commit=_time(firsts[row]),
         last_commit=_time(lasts[row]),
         tail_complete=tails[row],
         events=entry_events(events[row]),
+        xids=entry_xids(xids[row]),
     )
+
+
+def entry_xids(row: XidRow) -> XidRuns | None:
+    """One cached segment's ended transactions (its ``xids`` column)."""
+    return None if row is None else XidRuns(*row)
+
+
+def xid_row(runs: XidRuns | None) -> XidRow:
+    """``runs`` as the ``xids`` column keeps them."""
+    return None if runs is None else (runs.low, runs.high, runs.packed)
 
 
 def entry_events(rows: tuple[EventRow, ...]) -> list[WalEvent]:

@@ -47,6 +47,7 @@ import time
 TYPE_CHECKING = False  # not typing's: importing typing (re, enum, functools...) would double the asker's start
 if TYPE_CHECKING:
     import threading
+    from collections.abc import Mapping
     from concurrent.futures import Future
     from pathlib import Path
 
@@ -217,14 +218,21 @@ def run_prefetch(cfg: Config, folder: str | os.PathLike[str], after: str) -> lis
 
 
 def serve_restore(
-    cfg: Config, repos: list[Repository], pg_wal: Path, first: SegmentName, owner: tuple[int, int] | None
+    cfg: Config,
+    repos: list[Repository],
+    pg_wal: Path,
+    first: SegmentName,
+    owner: tuple[int, int] | None,
+    *,
+    order: Mapping[str, tuple[str, ...]] | None = None,
 ) -> threading.Thread | None:
     """Run the prefetcher in this process, from ``first`` on, until ``clean`` removes its folder.
 
     For ``pgdr restore``: started before the server, it has the backup's WAL fetched and verified by
     the time recovery asks, and answers with the repositories the restore already opened. ``owner``
     (when pgdr runs as root) gets what it writes: the server renames the files into pg_wal and must
-    own them. None when another prefetcher holds the folder.
+    own them. ``order`` gives, per segment, the repositories in the order the restore plan chose
+    (sound copies first). None when another prefetcher holds the folder.
     """
     import threading
 
@@ -252,7 +260,7 @@ def serve_restore(
         return None
     finally:
         os.close(folder_fd)
-    prefetcher = _Prefetcher(cfg, repos, folder, first.segment_size, owner=owner)
+    prefetcher = _Prefetcher(cfg, repos, folder, first.segment_size, owner=owner, order=order)
 
     def serve() -> None:
         try:
@@ -274,10 +282,12 @@ class _Prefetcher:
         segment_size: int,
         *,
         owner: tuple[int, int] | None = None,
+        order: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         import threading
 
         self.repos = repos
+        self.order = order or {}
         self._listings: dict[tuple[str, str], dict[str, list[WalObject]]] = {}
         self._listing_lock = threading.Lock()
         self.folder = folder
@@ -383,7 +393,9 @@ class _Prefetcher:
 
         placed = self._answer(name, nonce) if nonce else self.folder / name
         try:  # verified, then renamed into place
-            fetch_from(self.repos, name, placed, self._find, owner=self.owner, sync=not nonce)
+            preferred = self.order.get(name, ())
+            repos = sorted(self.repos, key=lambda r: preferred.index(r.name) if r.name in preferred else len(preferred))
+            fetch_from(repos, name, placed, self._find, owner=self.owner, sync=not nonce)
         except ObjectNotFound:
             return ABSENT
         except PgdrError:

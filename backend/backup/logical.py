@@ -1,4 +1,4 @@
-"""``pgdr backup --logical``: the seed's dumps, a ``.dump`` (pg_dump custom format) and a ``.sql.gz``.
+"""``pgdr backup --logical``: the logical dumps, a ``.dump`` (pg_dump custom format) and a ``.sql.gz``.
 
 Both come from one exported snapshot, so they describe the same instant, and both stream straight
 into the repositories. A logical dump cannot replay WAL; it is for restoring single objects, moving

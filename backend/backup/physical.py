@@ -5,7 +5,9 @@ later, the server compresses with zstd on every core and pg_basebackup writes in
 repository (``backend.backup.staged``); the other repositories get their copy from it. Otherwise
 (S3 only, an encrypted local repository, an older server) pg_basebackup streams a tar to stdout
 (with PostgreSQL's own ``backup_manifest`` injected), and pgdr compresses it with zstd on both cores
-and writes it into every repository at once. Neither keeps a temporary full copy. pg_basebackup runs
+and writes it into every repository at once; a cluster with tablespaces, which pg_basebackup cannot
+stream, goes through a bounded scratch folder instead (``backend.backup.staged``). None keeps a
+temporary full copy. pg_basebackup runs
 with ``-X none`` and returns only once the WAL the backup needs is archived, so a listed backup is
 always restorable from the repositories.
 """
@@ -20,9 +22,9 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
-from backend import __version__, faults, server
+from backend import __version__, faults, server, tablespaces
 from backend.backup import pgbasebackup, staged
 from backend.backup.common import (
     backup_name,
@@ -42,6 +44,7 @@ from backend.postgres import ServerInfo, connect, libpq_env, server_info
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.settings import strip_recovery_settings
+from backend.tablespaces import Tablespace, with_sizes
 from backend.walnames import SegmentName, parse_lsn
 
 CHUNK = 1 << 20
@@ -58,6 +61,7 @@ def take_base_backup(
         info = server_info(conn)
         row = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
         estimate = int(row[0]) if row and row[0] else None
+        spaces = tablespaces.live_tablespaces(conn)
     check_repositories(cfg, repos, info)
     _forget_finished_recovery(cfg, info, on_progress)
     clean_debris(repos)
@@ -65,6 +69,11 @@ def take_base_backup(
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
     local = staged.staging_repository(repos, info)
+    if spaces and info.version_num < staged.SERVER_ZSTD:
+        raise PgdrError(
+            f"the cluster has tablespaces ({', '.join(t.name for t in spaces)}) and PostgreSQL {info.version}: "
+            "pgdr backs up tablespaces from PostgreSQL 15 on; upgrade, or back up with pg_basebackup by hand"
+        )
     reached = 0  # pg_basebackup counts tar bytes, a little more than the files: "done" never goes back
 
     def report(p: Progress) -> None:
@@ -74,13 +83,14 @@ def take_base_backup(
 
     with discard_on_failure(repos, name):
         try:
-            if local is not None:
-                tar_record, pg_manifest = staged.take(
+            if local is not None or spaces:
+                records, pg_manifest = staged.take(
                     cfg=cfg,
                     local=local,
                     repos=repos,
                     info=info,
                     name=name,
+                    tablespaces=spaces,
                     estimate=estimate,
                     on_progress=report,
                     cancel=cancel,
@@ -95,12 +105,15 @@ def take_base_backup(
                     on_progress=report,
                     cancel=cancel,
                 )
+                records = [tar_record]
         except KeyboardInterrupt:
             raise Cancelled(f"backup {name} interrupted: nothing was listed, partial objects were removed") from None
         for repo in repos:
             repo.put(f"{BACKUPS_PREFIX}{name}/{MANIFEST}", pg_manifest)
         pg_record = object_record(MANIFEST, None, len(pg_manifest), None, "none", data=pg_manifest)
-        manifest = _manifest(cfg, info, name, started, objects=[tar_record, pg_record], pg_manifest=pg_manifest)
+        manifest = _manifest(
+            cfg, info, name, started, objects=[*records, pg_record], pg_manifest=pg_manifest, tablespaces=spaces
+        )
         faults.point("backup-before-manifest")
         commit_manifest(repos, manifest)
     final = max(reached, manifest.size_bytes)
@@ -181,10 +194,23 @@ def _stream(
 
 
 def _manifest(
-    cfg: Config, info: ServerInfo, name: str, started: datetime, *, objects: list[StoredObject], pg_manifest: bytes
+    cfg: Config,
+    info: ServerInfo,
+    name: str,
+    started: datetime,
+    *,
+    objects: list[StoredObject],
+    pg_manifest: bytes,
+    tablespaces: list[Tablespace],
 ) -> BackupManifest:
     """pgdr's record of the backup, with the WAL range PostgreSQL's manifest gives."""
     parsed = json.loads(pg_manifest)
+    extra: dict[str, Any] = {
+        "label": f"pgdr {name}",
+        "data_directory": str(Path(cfg.postgres.data_dir)) if cfg.postgres.data_dir else "",
+    }
+    if tablespaces:
+        extra["tablespaces"] = [t.to_json() for t in with_sizes(tablespaces, parsed.get("Files", []))]
     wal = parsed["WAL-Ranges"][0]
     timeline = int(wal["Timeline"])
     start_lsn, stop_lsn = wal["Start-LSN"], wal["End-LSN"]
@@ -205,8 +231,5 @@ def _manifest(
         wal_segment_size=info.segment_size,
         file_count=len(parsed.get("Files", [])),
         pgdr_version=__version__,
-        extra={
-            "label": f"pgdr {name}",
-            "data_directory": str(Path(cfg.postgres.data_dir)) if cfg.postgres.data_dir else "",
-        },
+        extra=extra,
     )

@@ -209,7 +209,10 @@ class LocalRepository(Repository):
                 if prefix.startswith(inside) or key.startswith(prefix) or inside.startswith(prefix):
                     yield from self._walk(Path(entry.path), inside, prefix, after)
             elif key.startswith(prefix) and key > after:
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since the folder was read (a queue entry uploaded): not there now
                 yield ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
     def cleanup_temporary(self, prefix: str) -> int:

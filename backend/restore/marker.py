@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 def marker_path(data_dir: Path) -> Path:
@@ -28,11 +30,16 @@ class Unfinished:
     started: str
     #: The data directory as it was before the first unfinished restore: the real data.
     safety_copy: Path | None
+    #: Each tablespace version folder it replaces, and where its real contents are.
+    tablespaces: dict[Path, Path] = field(default_factory=dict)
 
     def describe(self) -> str:
+        from backend.restore.tablespaces import roll_back_commands
+
+        spaces = "".join(f"; {command}" for command in roll_back_commands(self.tablespaces))
         back = (
             f"to roll back: pg_ctl stop -D {self.data_dir}; mv {self.data_dir} {self.data_dir}.failed; "
-            f"mv {self.safety_copy} {self.data_dir}"
+            f"mv {self.safety_copy} {self.data_dir}{spaces}"
             if self.safety_copy
             else "there was no data directory before it"
         )
@@ -59,7 +66,8 @@ def unfinished_restore(data_dir: Path) -> Unfinished | None:
         with contextlib.suppress(OSError):
             marker.unlink()
         return None
-    return Unfinished(data_dir, str(info.get("backup")), str(info.get("started")), safety)
+    spaces = {Path(folder): Path(copy) for folder, copy in (info.get("tablespaces") or {}).items()}
+    return Unfinished(data_dir, str(info.get("backup")), str(info.get("started")), safety, spaces)
 
 
 def cluster_unfinished_restore(data_dir: str) -> str | None:
@@ -68,15 +76,24 @@ def cluster_unfinished_restore(data_dir: str) -> str | None:
     return f"UNFINISHED RESTORE: {unfinished.describe()}" if unfinished is not None else None
 
 
-def write_marker(data_dir: Path, backup: str, safety_copy: Path | None) -> Path | None:
+def write_marker(
+    data_dir: Path, backup: str, safety_copy: Path | None, tablespaces: Mapping[Path, Path] | None = None
+) -> Path | None:
     """Note a restore that is about to replace ``data_dir``; returns the safety copy with the real data.
 
     When an unfinished restore is forced over, the data directory is half-restored, and the note keeps
     pointing at the copy made before the first one: that is the data, not what is moved aside now.
+    ``tablespaces``: the version folders it replaces, and their real copies (the plan's, which already
+    carry an unfinished restore's forward).
     """
     earlier = unfinished_restore(data_dir)
     real = earlier.safety_copy if earlier is not None else safety_copy
-    note = {"started": datetime.now(UTC).isoformat(), "backup": backup, "safety_copy": str(real) if real else None}
+    note: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(),
+        "backup": backup,
+        "safety_copy": str(real) if real else None,
+        "tablespaces": {str(folder): str(copy) for folder, copy in (tablespaces or {}).items()},
+    }
     if earlier is not None and safety_copy is not None:
         note["half_restored_copy"] = str(safety_copy)
     marker_path(data_dir).write_text(json.dumps(note))

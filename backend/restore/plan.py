@@ -8,7 +8,7 @@ changes nothing anywhere.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,13 +18,14 @@ from backend.catalog import Catalog
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
+from backend.restore.marker import unfinished_restore
 from backend.restore.preflight import Check
+from backend.restore.tablespaces import SAFETY_SUFFIX, Placement, place, space_by_device
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
-from backend.walindex import WalEvent
+from backend.walindex import WalEvent, WalEvents, XidFate, XidSightings
 from backend.walnames import SegmentName, format_lsn
 
-SAFETY_SUFFIX = ".pgdr-safety-"
 #: PostgreSQL's commit timestamps are microseconds: the latest instant before a window's end.
 _TICK = timedelta(microseconds=1)
 
@@ -53,6 +54,8 @@ class RestorePlan:
     force: bool = False
     #: Why "latest" stops before the end of the archive (a gap): the restore then does not report success.
     cut_short: str = ""
+    #: Where each of the backup's tablespaces goes (``backend.restore.tablespaces``).
+    tablespaces: list[Placement] = field(default_factory=list)
 
     @property
     def wal_bytes(self) -> int:
@@ -98,6 +101,8 @@ class RestorePlan:
             row("reaches", f"{self.target_instant:%Y-%m-%d %H:%M:%S} UTC")
         mode = "replaced" if self.in_place else "created (restore beside: the running cluster is left alone)"
         row("data directory", f"{self.data_dir} ({mode})")
+        for placement in self.tablespaces:
+            row("tablespace", f"{placement.describe()}, {size(placement.tablespace.size)}")
         if self.port is not None:
             row("port", str(self.port))
         if self.safety_copy is not None:
@@ -138,6 +143,7 @@ class RestorePlan:
             "in_place": self.in_place,
             "port": self.port,
             "safety_copy": str(self.safety_copy) if self.safety_copy else None,
+            "tablespaces": [placement.to_json() for placement in self.tablespaces],
             "space_needed": self.space_needed,
             "space_free": self.space_free,
             "estimated_seconds": round(self.estimated_seconds, 1),
@@ -157,6 +163,7 @@ def make_plan(
     port: int | None = None,
     now: datetime | None = None,
     events: Sequence[WalEvent] = (),
+    tablespace_map: Mapping[str, str] | None = None,
 ) -> RestorePlan:
     backups = {b.manifest.name: b for b in catalog.backups}
     if backup_name is not None:
@@ -202,7 +209,7 @@ def make_plan(
             "archiving"
         )
 
-    located = locate(target, events)
+    located = locate(target, events, timeline, tli, backup_name)
     window, instant = _choose(timeline, windows, target, backup_name, tli, located=located)
     if target.timeline == "current":
         # PostgreSQL reads 'current' as the base backup's own timeline, but the window chosen may be an
@@ -219,11 +226,22 @@ def make_plan(
 
     data_dir, in_place = _data_dir(cfg, target_dir)
     safety = None
+    suffix = SAFETY_SUFFIX + (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     if in_place and data_dir.exists() and any(data_dir.iterdir()):
-        stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-        safety = data_dir.with_name(data_dir.name + SAFETY_SUFFIX + stamp)
-    needed = chosen.manifest.size_bytes + len(wal) * segment_size
-    free = shutil.disk_usage(_existing_parent(data_dir)).free
+        safety = data_dir.with_name(data_dir.name + suffix)
+    unfinished = unfinished_restore(data_dir) if in_place else None
+    earlier = unfinished.tablespaces if unfinished is not None else {}
+    placements = place(
+        chosen.manifest, tablespace_map or {}, data_dir, in_place=in_place, suffix=suffix, earlier=earlier
+    )
+    # The data directory's file system: the base backup and its WAL, and the tablespaces restored onto it
+    # (those elsewhere are the pre-flight check's, per file system).
+    home = _existing_parent(data_dir)
+    spaces = space_by_device(placements).get(home.stat().st_dev, (home, 0))[1]
+    archives = {p.tablespace.archive for p in placements}
+    base = sum(o.raw_size for o in chosen.manifest.objects if o.key not in archives)
+    needed = base + spaces + len(wal) * segment_size
+    free = shutil.disk_usage(home).free
     return RestorePlan(
         cluster=cfg.cluster.name,
         target=target,
@@ -242,6 +260,7 @@ def make_plan(
         target_instant=instant,
         notes=notes,
         cut_short=cut_short,
+        tablespaces=placements,
     )
 
 
@@ -324,15 +343,134 @@ def _newest_recoverable(
     return tli, target, []
 
 
-def locate(target: RecoveryTarget, events: Sequence[WalEvent]) -> WalEvent | None:
-    """The WAL record a restore point or a transaction target names, when the WAL index saw it."""
+#: Transaction ids as the WAL records them: PostgreSQL reads ``recovery_target_xid`` as 32 bits, so a
+#: 64-bit ``txid_current()`` (epoch and xid) names the same transaction.
+XID_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where the WAL record a restore point or transaction target names is.
+
+    An event gives the record itself: ``lsn`` and ``time`` are its own. Any other transaction is known
+    by the segment its commit lies in (``segment``, the WAL index's list of ended transactions): ``lsn``
+    is the segment's start, so a backup counts as reaching it only when it stopped before the segment
+    began, and the commit's time is not known.
+    """
+
+    lsn: int
+    time: datetime | None
+    segment: SegmentName | None = None
+
+
+def locate(
+    target: RecoveryTarget,
+    events: Sequence[WalEvent],
+    timeline: RecoveryTimeline,
+    tli: int,
+    backup_name: str | None = None,
+) -> Located | None:
+    """The WAL record a restore point or a transaction target names, when the WAL index saw it.
+
+    A transaction that is no event is looked up in the segments' lists of ended transactions (when
+    ``events`` came with them, :class:`WalEvents`), on timeline ``tli``'s path: one that aborted, is a
+    subtransaction, committed only on another branch, or never ended in the archived WAL is refused
+    here, in one line, rather than left to a recovery that would replay to the end and fail. When some
+    segments list no transactions it may lie there: with ``backup_name`` the restore replays until it
+    meets it, without one the refusal names the backups that reach those segments.
+    """
     if target.kind == "name":
         hits = [e for e in events if e.kind == "restore_point" and e.name == target.name]
-    elif target.kind == "xid":
-        hits = [e for e in events if e.xid == target.xid]
+    elif target.kind == "xid" and target.xid is not None:
+        xid = target.xid & XID_MASK
+        hits = [e for e in events if e.xid == xid]
+        if not hits and isinstance(events, WalEvents):
+            return _committed(xid, events.find_xid(xid), timeline, tli, backup_name)
     else:
         return None
-    return hits[-1] if hits else None
+    return Located(hits[-1].lsn, hits[-1].time) if hits else None
+
+
+def _committed(
+    xid: int, seen: XidSightings, timeline: RecoveryTimeline, tli: int, backup_name: str | None
+) -> Located | None:
+    """The segment on ``tli``'s path where transaction ``xid`` committed; None when the WAL index cannot
+    tell (some segments list no transactions) and ``backup_name`` was given; raises otherwise."""
+    on_path: list[tuple[SegmentName, XidFate]] = []
+    elsewhere: list[SegmentName] = []
+    for name, fate in seen.ends:
+        segment = SegmentName.parse(name, timeline.segment_size)
+        info = timeline.segment_info(tli, segment.number)
+        if info is not None and info.segment == segment:
+            on_path.append((segment, fate))
+        elif fate == "committed":
+            elsewhere.append(segment)
+    committed = [segment for segment, fate in on_path if fate == "committed"]
+    if committed:
+        return Located(committed[-1].start_lsn, None, committed[-1])
+    if on_path:
+        segment, fate = on_path[-1]
+        if fate == "aborted":
+            raise PgdrError(
+                f"transaction {xid} was rolled back (its abort is in WAL segment {segment.name}): it committed "
+                "nothing to restore to; give a transaction that committed, or a --timestamp"
+            )
+        raise PgdrError(
+            f"transaction {xid} is a subtransaction (a savepoint) that committed with its parent in WAL segment "
+            f"{segment.name}; recovery stops only at top-level transactions: give the parent's xid (pg_waldump "
+            f"shows it on that segment's COMMIT with 'subxacts: {xid}')"
+        )
+    if elsewhere:
+        other = elsewhere[-1]
+        raise PgdrError(
+            f"transaction {xid} committed on timeline {other.timeline} (WAL segment {other.name}), which timeline "
+            f"{tli}'s history does not pass through: pass --target-timeline {other.timeline} to restore that branch"
+        )
+    if seen.unlisted or seen.unindexed:
+        if backup_name is not None:
+            return None
+        raise _unplaced(xid, seen, timeline, tli)
+    if seen.newest is None or xid > seen.newest:
+        newest = f"the newest that did is {seen.newest}" if seen.newest is not None else "none did"
+        raise PgdrError(
+            f"transaction {xid} has not ended in the archived WAL ({newest}): if it committed since, archive "
+            "its WAL (SELECT pg_switch_wal() on the server) and plan again"
+        )
+    raise PgdrError(
+        f"transaction {xid} never committed in the archived WAL: it was cut off by a crash, is still running, "
+        "or its commit is not archived yet (SELECT pg_switch_wal() on the server, then plan again)"
+    )
+
+
+def _unplaced(xid: int, seen: XidSightings, timeline: RecoveryTimeline, tli: int) -> PgdrError:
+    """A transaction the WAL index cannot place (segments that list no ended transactions): the
+    backups that reach those segments, so ``--backup`` need not be guessed."""
+    on_path = []
+    for name in seen.unlisted:
+        segment = SegmentName.parse(name, timeline.segment_size)
+        info = timeline.segment_info(tli, segment.number)
+        if info is not None and info.segment == segment:
+            on_path.append(segment)
+    where = ""
+    if on_path:
+        reach = sorted(
+            {
+                w.base_backup
+                for w in timeline.windows
+                if any(w.timeline in (s.timeline, tli) and w.start_lsn <= s.start_lsn < w.end_lsn for s in on_path)
+            }
+        )
+        where = (
+            f"; {len(on_path)} archived segments on timeline {tli} do not list their transactions (indexed by an "
+            "older pgdr; `pgdr --daemon` reads them again) and it may have committed in one: "
+            + (f"backups that reach them: {_names(reach)}" if reach else "no backup reaches them")
+        )
+    if seen.unindexed:
+        where += f"; {seen.unindexed} segments are not indexed yet"
+    return PgdrError(
+        f"the WAL index does not show where transaction {xid} committed{where}: pass --backup NAME (a base "
+        "backup taken before it; see `pgdr list`), or check the target with `pgdr timeline --events`"
+    )
 
 
 def _choose(
@@ -342,7 +480,7 @@ def _choose(
     backup_name: str | None,
     tli: int,
     *,
-    located: WalEvent | None,
+    located: Located | None,
 ) -> tuple[Window, datetime | None]:
     """The window (so the base backup) for the target: the newest backup that stops at or before it."""
     usable = [w for w in windows if backup_name is None or w.base_backup == backup_name]
@@ -363,8 +501,12 @@ def _choose(
         lsn = located.lsn if located is not None else target.lsn
         assert lsn is not None
         hits = [w for w in usable if w.start_lsn <= lsn < w.end_lsn]
+        if not hits and located is not None:
+            hits = _before_branch(timeline, tli, lsn, backup_name)
         if not hits:
             spans = "; ".join(f"{format_lsn(w.start_lsn)}..{format_lsn(w.end_lsn)}" for w in usable[-3:])
+            if located is not None and located.segment is not None:
+                raise PgdrError(_segment_unreached(target, located.segment, tli, usable, spans))
             what = target.describe() if located is not None else f"LSN {format_lsn(lsn)}"
             raise PgdrError(
                 f"{what} at LSN {format_lsn(lsn)} is not reachable on timeline {tli} "
@@ -385,6 +527,43 @@ def _choose(
     # immediate: the newest backup, consistent as soon as its own WAL is replayed
     newest = max(usable, key=_newest)
     return newest, newest.start
+
+
+def _before_branch(timeline: RecoveryTimeline, tli: int, lsn: int, backup_name: str | None) -> list[Window]:
+    """The windows of the timeline ``tli`` branched from that reach ``lsn``, when ``tli``'s history
+    reads that timeline's WAL there (before the branch): ``tli``'s own windows begin at the branch, yet
+    recovery following ``tli`` replays the older WAL first and stops at the record on its way."""
+    info = timeline.segment_info(tli, lsn // timeline.segment_size)
+    if info is None or info.segment.timeline == tli:
+        return []
+    return [
+        w
+        for w in timeline.windows_on(info.segment.timeline)
+        if (backup_name is None or w.base_backup == backup_name) and w.start_lsn <= lsn < w.end_lsn
+    ]
+
+
+def _segment_unreached(target: RecoveryTarget, segment: SegmentName, tli: int, usable: list[Window], spans: str) -> str:
+    """Why no backup reaches a commit known only by its segment: a backup that stopped inside that very
+    segment may have stopped before or after it, and recovery cannot stop before its backup's end."""
+    end = segment.next().start_lsn
+    inside = [w.base_backup for w in usable if segment.start_lsn < w.start_lsn < end]
+    why = (
+        f"backup {inside[-1]} stopped inside that segment, so whether the commit came before its stop point "
+        "is not known; a backup taken before the segment reaches it"
+        if inside
+        else "no base backup stopped before it"
+    )
+    return (
+        f"transaction {target.xid} committed in WAL segment {segment.name}, which is not reachable on timeline {tli} "
+        f"from a base backup ({why}; reachable: {spans or 'nothing'})"
+    )
+
+
+def _names(backups: list[str], shown: int = 5) -> str:
+    """The newest ``shown`` of ``backups`` (sorted by name, so by time), and how many more."""
+    more = f" and {len(backups) - shown} older" if len(backups) > shown else ""
+    return ", ".join(backups[-shown:]) + more
 
 
 def _newest(window: Window) -> tuple[datetime, str]:
@@ -477,7 +656,7 @@ def _wal_for(
     *,
     first: int,
     instant: datetime | None,
-    located: WalEvent | None,
+    located: Located | None,
 ) -> tuple[list[SegmentInfo], bool]:
     last = window.last_segment.number
     complete = True

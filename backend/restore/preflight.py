@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,8 @@ def user_name(uid: int | None = None) -> str:
 def run_checks(cfg: Config, plan: RestorePlan) -> list[Check]:
     """Every check, failed or not; only reads the filesystem and (in place) asks the running server."""
     checks = [_unfinished(plan), _identity(plan), _directory(plan), _owner(cfg, plan), _space(plan)]
+    if plan.tablespaces:
+        checks.append(_tablespaces(cfg, plan))
     if plan.in_place:
         checks.append(_connection(cfg, plan))
     return checks
@@ -73,7 +76,9 @@ def _unfinished(plan: RestorePlan) -> Check:
     if unfinished is None:
         return Check("earlier restores", True, "none unfinished")
     if plan.force:
-        where = f" (still kept at {unfinished.safety_copy})" if unfinished.safety_copy else ""
+        kept = [str(unfinished.safety_copy)] if unfinished.safety_copy else []
+        kept += [str(copy) for copy in unfinished.tablespaces.values()]
+        where = f" (still kept at {', '.join(kept)})" if kept else ""
         return Check(
             "earlier restores",
             True,
@@ -197,6 +202,27 @@ def server_owner(cfg: Config, plan: RestorePlan) -> tuple[int, int] | None:
             "run the restored server as: chown the data directory's parent to the server's user"
         ) from None
     return user.pw_uid, user.pw_gid
+
+
+def _tablespaces(cfg: Config, plan: RestorePlan) -> Check:
+    """Every tablespace's destination is free (or is the current one, moved aside) and can be written."""
+    import humanize
+
+    from backend.restore.tablespaces import problems, space_by_device
+
+    running = Path(cfg.postgres.data_dir).absolute() if cfg.postgres.data_dir else None
+    found = problems(plan.tablespaces, plan.data_dir, running)
+    home = _existing_parent(plan.data_dir).stat().st_dev
+    for device, (where, need) in space_by_device(plan.tablespaces).items():
+        free = shutil.disk_usage(where).free
+        if device != home and need > free:
+            found.append(
+                f"the tablespaces restored onto {where}'s file system need {humanize.naturalsize(need)} and "
+                f"{humanize.naturalsize(free)} is free: free some, or map them elsewhere with --tablespace-map"
+            )
+    if found:
+        return Check("tablespaces", False, "; ".join(found))
+    return Check("tablespaces", True, ", ".join(p.describe() for p in plan.tablespaces))
 
 
 def _space(plan: RestorePlan) -> Check:

@@ -31,7 +31,7 @@ from backend.errors import PgdrError
 from backend.postgres import chown_tree, connect_params, own_folder, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
-from backend.restore import marker, preflight
+from backend.restore import marker, preflight, tablespaces
 from backend.restore import settings as recovery_settings
 from backend.restore.plan import RestorePlan
 from backend.restore.unpack import restore_base_backup
@@ -58,6 +58,8 @@ class RestoreReport:
     # Copies of the base backup that failed their checks and were passed over for another repository's:
     # the restore is sound, but a damaged copy is waiting to fail the next restore that has no other.
     refused_copies: list[str] = field(default_factory=list)
+    #: Each tablespace version folder replaced in place, and where its contents from before are.
+    tablespace_copies: dict[Path, Path] = field(default_factory=dict)
 
     def render(self) -> str:
         lines = ["Restore finished" if self.reached_target else "Restore did NOT reach its target"]
@@ -79,12 +81,15 @@ class RestoreReport:
         lines.append(f"  server: {self.server_state}; log {self.log_file}")
         if self.safety_copy:
             lines.append(f"  safety copy: {self.safety_copy}")
+        for folder, copy in self.tablespace_copies.items():
+            lines.append(f"  tablespace safety copy: {copy} (of {folder})")
         for problem in dict.fromkeys(self.problems):
             lines.append(f"  problem: {problem}")
         if not self.reached_target and self.safety_copy and self.data_dir:
+            spaces = "".join(f"; {command}" for command in tablespaces.roll_back_commands(self.tablespace_copies))
             lines.append(
                 f"  to roll back: pg_ctl stop -D {self.data_dir}; mv {self.data_dir} {self.data_dir}.failed; "
-                f"mv {self.safety_copy} {self.data_dir}"
+                f"mv {self.safety_copy} {self.data_dir}{spaces}"
             )
         return "\n".join(lines)
 
@@ -103,6 +108,7 @@ class RestoreReport:
             "problems": list(dict.fromkeys(self.problems)),
             "base_backup_from": self.base_backup_from or None,
             "refused_copies": self.refused_copies,
+            "tablespace_safety_copies": {str(f): str(c) for f, c in self.tablespace_copies.items()},
         }
 
 
@@ -156,6 +162,7 @@ def execute(
     report.data_dir = data_dir
     report.base_backup_from = laid.source
     report.refused_copies = laid.refused
+    report.tablespace_copies = tablespaces.real_copies(plan.tablespaces)
     return report
 
 
@@ -167,6 +174,8 @@ class _Laid:
     source: str = ""
     refused: list[str] = field(default_factory=list)
     quick_fetch: bool = False
+    #: The tablespaces' destinations were being written (their moves are undone with the data directory's).
+    tablespaces: bool = False
     #: Where the data directory as it was before any unfinished restore is (None: there was none).
     real_copy: Path | None = None
 
@@ -184,24 +193,36 @@ def _lay_down(
     """Move the old data directory aside, unpack the base backup, and write the recovery settings."""
     data_dir = plan.data_dir
     if plan.in_place:  # from here on the old data directory is being replaced
-        laid.real_copy = marker.write_marker(data_dir, plan.backup.name, plan.safety_copy)
+        laid.real_copy = marker.write_marker(
+            data_dir, plan.backup.name, plan.safety_copy, tablespaces.real_copies(plan.tablespaces)
+        )
     if plan.safety_copy is not None:
         on_progress(Progress("safety", 0, 1, f"moving {data_dir} aside to {plan.safety_copy}"))
         os.rename(data_dir, plan.safety_copy)
         laid.moved_aside = True
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    laid.tablespaces = True
+    tablespaces.make_room(plan.tablespaces, owner)
     own_folder(data_dir, 0o700, owner)  # already: the server's user tries the quick restore_command in the unpack
     check_cancel(cancel, "restore")
     faults.point("restore-after-safety-copy")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
         quick_fetch_runs = beside.submit(_quick_fetch_runs, cfg, data_dir)
         laid.source = restore_base_backup(
-            plan.backup, repos, data_dir, on_progress=on_progress, cancel=cancel, refused=laid.refused
+            plan.backup,
+            sorted(repos, key=lambda repo: repo.name != plan.backup_repository),  # the plan's choice first
+            data_dir,
+            tablespaces={p.tablespace.oid: p.destination for p in plan.tablespaces},
+            on_progress=on_progress,
+            cancel=cancel,
+            refused=laid.refused,
         )
     laid.quick_fetch = quick_fetch_runs.result()
     write_recovery_settings(cfg, plan, data_dir)
     if owner is not None:
         chown_tree(data_dir, owner)
+        for placement in plan.tablespaces:
+            chown_tree(placement.folder, owner)
 
 
 def _replay(
@@ -252,7 +273,8 @@ def _serve_wal(
         from backend.repository import open_repositories
 
         repos = open_repositories(cfg)
-    return prefetch.serve_restore(cfg, repos, plan.data_dir / "pg_wal", plan.wal[0].segment, owner)
+    order = {s.segment.name: s.repositories for s in plan.wal}  # the plan's: sound copies first
+    return prefetch.serve_restore(cfg, repos, plan.data_dir / "pg_wal", plan.wal[0].segment, owner, order=order)
 
 
 def _quick_fetch_runs(cfg: Config, data_dir: Path) -> bool:
@@ -279,8 +301,16 @@ def _untouched(plan: RestorePlan, laid: _Laid) -> str:
     No server was started on it, and nothing was written but the new data directory. A restore
     beside removes the directory it created, so a retry starts clean; in place, the old data
     directory goes back where it was (left stopped: the operator asked to replace it, and decides
-    whether it should run again), so a failed restore changes nothing at all.
+    whether it should run again), so a failed restore changes nothing at all. The tablespaces go
+    back with it; what could not be put back is said, and the unfinished-restore note stays.
     """
+    left = tablespaces.undo(plan.tablespaces) if laid.tablespaces else []
+    said = _put_back(plan, laid, done=not left)
+    return f"{said}; put the tablespaces back by hand first: {'; '.join(left)}" if left else said
+
+
+def _put_back(plan: RestorePlan, laid: _Laid, *, done: bool) -> str:
+    """``_untouched`` for the data directory; ``done``: nothing else is left to put back (the note may go)."""
     data_dir, safety = plan.data_dir, plan.safety_copy
     start = f"start it again with pg_ctl start -D {data_dir} (or the service manager) if it should run"
     if not plan.in_place:
@@ -288,10 +318,11 @@ def _untouched(plan: RestorePlan, laid: _Laid) -> str:
         return f"no server was started and {data_dir} was removed"
     earlier = laid.real_copy is not None and laid.real_copy != safety  # a forced restore over an unfinished one
     if safety is None:
-        marker.clear_marker(data_dir)
+        if done:
+            marker.clear_marker(data_dir)
         return f"no server was started; {data_dir} is left empty"
     if not laid.moved_aside:
-        if not earlier:
+        if not earlier and done:
             marker.clear_marker(data_dir)
         return f"nothing was changed: {data_dir} was not moved, and its server is stopped: {start}"
     try:
@@ -305,7 +336,8 @@ def _untouched(plan: RestorePlan, laid: _Laid) -> str:
         )
     if earlier:
         return f"{data_dir} is back as it was, half-restored by the unfinished restore: {_roll_back(plan, laid)}"
-    marker.clear_marker(data_dir)
+    if done:
+        marker.clear_marker(data_dir)
     return f"nothing was changed: {data_dir} is back in place, and its server is stopped: {start}"
 
 
@@ -314,7 +346,10 @@ def _roll_back(plan: RestorePlan, laid: _Laid) -> str:
     data_dir, safety = plan.data_dir, laid.real_copy or plan.safety_copy
     if safety is None:
         return f"the server on {data_dir} may be running: see its log in {data_dir / 'log'}"
-    return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}"
+    spaces = "".join(
+        f"; {command}" for command in tablespaces.roll_back_commands(tablespaces.real_copies(plan.tablespaces))
+    )
+    return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}{spaces}"
 
 
 def recovery_command(cfg: Config, data_dir: Path) -> str:

@@ -21,7 +21,7 @@ import os
 import shutil
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, cast
@@ -31,6 +31,7 @@ from backend.errors import PgdrError
 from backend.manifest import BackupManifest, StoredObject
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
+from backend.tablespaces import TABLESPACE_MAP, recorded
 from backend.tarstream import MemberSink, TarStream
 
 READ_SIZE = 4 << 20  # decompressed bytes per read: member data passes on as slices of it
@@ -43,34 +44,107 @@ def restore_base_backup(
     repos: list[Repository],
     target: Path,
     *,
+    tablespaces: Mapping[int, Path] | None = None,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
     refused: list[str] | None = None,
 ) -> str:
-    """Unpack the base backup into ``target`` from the first repository whose copy verifies.
+    """Unpack the base backup into ``target``, each archive from the first repository whose copy verifies.
 
-    Returns that repository's name. A copy that fails its checks is emptied out of ``target`` and
-    described in ``refused`` (repository, object, what is wrong), so the caller can tell the operator
-    which copy is damaged even when another repository's copy saved the restore.
+    ``tablespaces`` gives each tablespace's destination (by oid): its archive is unpacked there and
+    ``pg_tblspc/<oid>`` linked to it (see ``backend.tablespaces``). Returns the repository the data
+    directory came from. A copy that fails its checks is removed and described in ``refused``
+    (repository, object, what is wrong), so the caller can tell the operator which copy is damaged
+    even when another repository's copy saved the restore.
     """
-    tar_object = next(o for o in manifest.objects if o.key == TAR_OBJECT)
+    places = dict(tablespaces or {})
+    spaces = recorded(manifest)
+    missing = [t.name for t in spaces if t.oid not in places]
+    if missing:
+        raise PgdrError(f"backup {manifest.name} holds tablespaces {', '.join(missing)}: no destination was given")
+    objects = {o.key: o for o in manifest.objects}
+    absent = [key for key in (TAR_OBJECT, *(t.archive for t in spaces)) if key not in objects]
+    if absent:
+        raise PgdrError(
+            f"backup manifest {manifest.key} names no object {', '.join(absent)}: it is damaged; "
+            "run `pgdr verify` and restore another backup"
+        )
+    archives = [(objects[TAR_OBJECT], target, target)]
+    archives += [(objects[t.archive], places[t.oid], places[t.oid] / t.version_dir) for t in spaces]
+    # Never written, so no moment exists at which a started server would link the tablespaces to their
+    # original locations (the running cluster's, for a restore beside) and replay WAL into them.
+    skip = frozenset({TABLESPACE_MAP}) if spaces else frozenset()
+    total = sum(obj.raw_size for obj, _, _ in archives)
+    done = 0
+    source = ""
+    for obj, where, written in archives:
+        repo = _unpack_copy(
+            manifest,
+            obj,
+            repos,
+            where,
+            written,
+            refused=refused,
+            skip=skip if where == target else frozenset(),
+            progress=_Counted(on_progress, done, total),
+            cancel=cancel,
+        )
+        source = source or repo
+        done += obj.raw_size
+    for space in spaces:
+        os.symlink(places[space.oid], target / "pg_tblspc" / str(space.oid))
+    if spaces:
+        fd = os.open(target / "pg_tblspc", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return source
+
+
+class _Counted:
+    """Progress of one archive, counted as part of all of them."""
+
+    def __init__(self, on_progress: ProgressCallback, before: int, total: int) -> None:
+        self._on_progress, self._before, self._total = on_progress, before, total
+
+    def __call__(self, p: Progress) -> None:
+        self._on_progress(Progress(p.step, self._before + p.done, self._total, p.message))
+
+
+def _unpack_copy(
+    manifest: BackupManifest,
+    obj: StoredObject,
+    repos: list[Repository],
+    where: Path,
+    written: Path,
+    *,
+    refused: list[str] | None,
+    skip: frozenset[str],
+    progress: ProgressCallback,
+    cancel: threading.Event | None,
+) -> str:
+    """Unpack ``obj`` into ``where`` from the first repository whose copy verifies.
+
+    After a bad copy, ``written`` (the data directory, or a tablespace's version folder) is removed.
+    """
     problems = []
     for repo in repos:
         try:
-            _unpack(manifest=manifest, obj=tar_object, repo=repo, target=target, on_progress=on_progress, cancel=cancel)
-            _place_pg_manifest(manifest, repo, target)
-        except _CorruptCopy as exc:
-            problems.append(f"{repo.name}: {exc}")
-            _empty(target)
-            continue
-        except PgdrError as exc:
-            if exc.exit_code == 130 or isinstance(exc, TargetFailed):
+            _unpack(manifest=manifest, obj=obj, repo=repo, target=where, skip=skip, on_progress=progress, cancel=cancel)
+            if obj.key == TAR_OBJECT:
+                _place_pg_manifest(manifest, repo, where)
+        except (_CorruptCopy, PgdrError) as exc:
+            if isinstance(exc, PgdrError) and (exc.exit_code == 130 or isinstance(exc, TargetFailed)):
                 raise
             problems.append(f"{repo.name}: {exc}")
-            _empty(target)
+            if written == where:
+                _empty(written)
+            else:
+                shutil.rmtree(written, ignore_errors=True)
             continue
         if problems:
-            on_progress(Progress("base backup", 1, 1, f"restored from the {repo.name} repository instead"))
+            progress(Progress("base backup", 1, 1, f"{obj.key}: restored from the {repo.name} repository instead"))
         if refused is not None:
             refused.extend(problems)
         return repo.name
@@ -109,6 +183,7 @@ def _unpack(
     obj: StoredObject,
     repo: Repository,
     target: Path,
+    skip: frozenset[str] = frozenset(),
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
 ) -> None:
@@ -123,7 +198,7 @@ def _unpack(
     view = memoryview(buffer)
     with repo.open(key) as stored, ThreadPoolExecutor(max_workers=2, thread_name_prefix="pgdr-fsync") as syncer:
         hashed = _HashingReader(stored)
-        writer = _Writer(key, target, syncer)
+        writer = _Writer(key, target, syncer, skip)
         tar = TarStream(writer.open)
         try:
             reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], hashed), read_size=1 << 20)
@@ -155,8 +230,9 @@ def _unpack(
 class _Writer:
     """Creates each member under ``target`` as the tar stream reaches it (the TarStream opener)."""
 
-    def __init__(self, key: str, target: Path, syncer: ThreadPoolExecutor) -> None:
+    def __init__(self, key: str, target: Path, syncer: ThreadPoolExecutor, skip: frozenset[str]) -> None:
         self._key = key
+        self._skip = skip  # members not written (their bytes are still read and checked)
         self._target = target
         self._syncer = syncer
         self._open_file: _FileWriter | None = None
@@ -169,6 +245,8 @@ class _Writer:
         if name.startswith("/") or ".." in Path(name).parts:
             raise _CorruptCopy(f"{self._key} holds an unsafe path {name!r}")
         self.current = name
+        if name in self._skip:
+            return None
         path = os.path.join(self._target, name)
         if info.isreg():
             if self.failure is not None:

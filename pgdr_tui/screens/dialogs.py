@@ -174,7 +174,7 @@ class HelpScreen(ModalScreen[None]):
             (g.backup, "cyan", "physical base backup finished"),
             (g.logical, "cyan", "logical dump"),
             (g.restore_point, "magenta", "named restore point"),
-            (g.destructive, "bold red", "DROP / TRUNCATE / DROP DATABASE committed"),
+            (g.destructive, "bold red", "DROP / TRUNCATE / DROP DATABASE committed (or relation files removed)"),
         ):
             text.append(f"  {glyph:<3}", style=style)
             text.append(f"{meaning}\n")
