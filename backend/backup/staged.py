@@ -246,7 +246,11 @@ class _Run:
                     pass
                 check_cancel(self.cancel, f"backup {self.name}")
                 faults.point("backup-during-pg-basebackup")
-                archives.follow(proc.pid)
+                try:
+                    archives.follow(proc.pid)
+                except PgdrError:
+                    if proc.poll() is None:
+                        raise  # else it has exited (a zombie's descriptors cannot be read): its own outcome counts
                 if time.monotonic() - reported >= POLL:
                     total = stderr.total_bytes or self.estimate
                     self.on_progress(Progress("backup", stderr.done_bytes, total, f"{self.name}: streaming"))
