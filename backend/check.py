@@ -206,10 +206,9 @@ def _tablespaces(conn: psycopg.Connection[Any], info: ServerInfo) -> CheckResult
     if not spaces:
         return CheckResult(True, "tablespaces: none outside the data directory")
     listed = ", ".join(f"{t.name} ({t.location})" for t in spaces)
-    if info.version_num < SERVER_ZSTD:
-        return CheckResult(
-            False, f"tablespaces {listed}: pgdr backs up tablespaces from PostgreSQL 15 on; upgrade the server"
-        )
+    if info.version_num < SERVER_ZSTD or not info.zstd:
+        why = "from PostgreSQL 15 on" if info.zstd else "with the server's zstd, which this build lacks"
+        return CheckResult(False, f"tablespaces {listed}: pgdr backs up tablespaces {why}; base backups fail")
     return CheckResult(
         True,
         f"tablespaces {listed}: in every base backup; a restore puts them back there "

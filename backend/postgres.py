@@ -88,6 +88,8 @@ class ServerInfo:
     segment_size: int
     timeline: int
     in_recovery: bool
+    #: Whether the server can compress with zstd (a build without it refuses ``--compress=server-zstd``).
+    zstd: bool = True
 
 
 def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
@@ -95,10 +97,13 @@ def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
         "SELECT (SELECT system_identifier FROM pg_control_system()),"
         " current_setting('server_version'), current_setting('server_version_num')::int,"
         " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
-        " (SELECT timeline_id FROM pg_control_checkpoint()), pg_is_in_recovery()"
+        " (SELECT timeline_id FROM pg_control_checkpoint()), pg_is_in_recovery(),"
+        " (SELECT 'zstd' = ANY(enumvals) FROM pg_settings WHERE name = 'wal_compression')"
     ).fetchone()
     assert row is not None
-    return ServerInfo(int(row[0]), str(row[1]).split()[0], int(row[2]), int(row[3]), int(row[4]), bool(row[5]))
+    return ServerInfo(
+        int(row[0]), str(row[1]).split()[0], int(row[2]), int(row[3]), int(row[4]), bool(row[5]), bool(row[6])
+    )
 
 
 def bin_dir(cfg: Config, version_num: int | None = None) -> Path | None:

@@ -756,7 +756,9 @@ def parse_waldump(lines: Iterable[str], segment: str = "") -> SegmentIndex:
 
 # --- reading segment files -----------------------------------------------------------------------
 
-XLOG_PAGE_MAGIC = 0xD110  # PostgreSQL 15
+#: Each major version stamps its own 0xD1xx (15: D110, 16: D113, 17: D116, 18: D118); the records read
+#: here (the page headers, a restore point's) have kept their layout across them.
+XLOG_PAGE_MAGIC_MIN = 0xD100
 XLP_FIRST_IS_CONTRECORD = 0x0001
 XLP_LONG_HEADER = 0x0002
 LONG_HEADER = struct.Struct("<HHIQI4xQII")  # XLogLongPageHeaderData, 40 bytes
@@ -808,10 +810,8 @@ def read_segment_header(path: Path) -> SegmentHeader:
     if len(raw) < LONG_HEADER_SIZE:
         raise WalIndexError(f"{path} is not a WAL segment: only {len(raw)} bytes")
     magic, info, tli, pageaddr, rem_len, sysid, seg_size, blcksz = LONG_HEADER.unpack(raw)
-    if magic != XLOG_PAGE_MAGIC or not info & XLP_LONG_HEADER:
-        raise WalIndexError(
-            f"{path} is not a PostgreSQL 15 WAL segment (page magic {magic:04X}, expected {XLOG_PAGE_MAGIC:04X})"
-        )
+    if magic & 0xFF00 != XLOG_PAGE_MAGIC_MIN or not info & XLP_LONG_HEADER:
+        raise WalIndexError(f"{path} is not a PostgreSQL WAL segment (page magic {magic:04X}, expected D1xx)")
     return SegmentHeader(info, tli, pageaddr, rem_len, sysid, seg_size, blcksz)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.cluster import Cluster, make_shared_dir, running_cluster, server_pgdr
+from tests.harness.cluster import Cluster, make_shared_dir, pg_bin, running_cluster, server_pgdr
 from tests.harness.s3 import ACCESS_KEY, REGION, SECRET_KEY, MotoEndpoint
 
 
@@ -67,19 +67,32 @@ def s3_settings(moto: MotoEndpoint, bucket: str) -> dict[str, str]:
     }
 
 
+#: The PostgreSQL versions the representative tests run on (``@on_every_version``).
+VERSIONS = ("15", "18")
+on_every_version = pytest.mark.parametrize("pg_major", VERSIONS, ids=[f"pg{v}" for v in VERSIONS])
+
+
 @pytest.fixture
-def cluster(shared_dir: Path, pgdr_for_server: Path) -> Iterator[Cluster]:
+def pg_major() -> str:
+    """The PostgreSQL major version of ``cluster`` and ``cluster_s3``: 15, unless a test is ``@on_every_version``."""
+    return "15"
+
+
+@pytest.fixture
+def cluster(shared_dir: Path, pgdr_for_server: Path, pg_major: str) -> Iterator[Cluster]:
     """A fresh, running cluster archiving into a local repository."""
-    with running_cluster(shared_dir, pgdr_for_server) as c:
+    with running_cluster(shared_dir, pgdr_for_server, pg_bin=pg_bin(pg_major)) as c:
         c.write_config(c.base_config())
         c.start()
         yield c
 
 
 @pytest.fixture
-def cluster_s3(shared_dir: Path, pgdr_for_server: Path, moto: MotoEndpoint, bucket: str) -> Iterator[Cluster]:
+def cluster_s3(
+    shared_dir: Path, pgdr_for_server: Path, moto: MotoEndpoint, bucket: str, pg_major: str
+) -> Iterator[Cluster]:
     """A fresh, running cluster archiving into a local repository (synchronously) and S3 (queued)."""
-    with running_cluster(shared_dir, pgdr_for_server) as c:
+    with running_cluster(shared_dir, pgdr_for_server, pg_bin=pg_bin(pg_major)) as c:
         c.write_config(c.base_config(s3=s3_settings(moto, bucket)))
         c.start()
         yield c

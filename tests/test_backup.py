@@ -17,6 +17,7 @@ import zstandard
 from backend.config import load_config
 from backend.repository import open_repository
 from backend.walnames import SegmentName
+from tests.conftest import on_every_version
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user, pgdr_executable, run_checked
 
 
@@ -89,6 +90,7 @@ def chown_tree(path: Path) -> None:
         ["s3"],  # S3 alone: pg_basebackup's tar streamed through pgdr
     ],
 )
+@on_every_version
 def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: list[str]) -> None:
     only = ["--repo", "s3"] if repos == ["s3"] else []
     with Workload(cluster_s3) as load:
@@ -106,7 +108,7 @@ def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: lis
         manifest = extract_backup(cluster_s3, repo_name, backup["name"], restored)
         assert manifest["file_count"] > 100
         verify = subprocess.run(
-            [str(PG_BIN / "pg_verifybackup"), str(restored)], capture_output=True, text=True, check=False
+            [str(cluster_s3.pg_bin / "pg_verifybackup"), str(restored)], capture_output=True, text=True, check=False
         )
         assert verify.returncode == 0, verify.stderr
         assert "successfully verified" in verify.stdout
@@ -125,7 +127,9 @@ def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: lis
     chown_tree(sock)
     log = cluster_s3.root / "restored.log"
     run_checked(
-        as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(restored), "-l", str(log), "-w", "-t", "60", "start"])
+        as_server_user(
+            [str(cluster_s3.pg_bin / "pg_ctl"), "-D", str(restored), "-l", str(log), "-w", "-t", "60", "start"]
+        )
     )
     try:
         import psycopg
@@ -135,7 +139,7 @@ def test_backup_during_workload_restores_by_hand(cluster_s3: Cluster, repos: lis
         assert row is not None and 0 < row[0] <= load.committed
     finally:
         subprocess.run(
-            as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(restored), "-m", "immediate", "stop"]),
+            as_server_user([str(cluster_s3.pg_bin / "pg_ctl"), "-D", str(restored), "-m", "immediate", "stop"]),
             capture_output=True,
             check=False,
         )

@@ -115,7 +115,7 @@ def fake_waldump(unreadable: set[str], tail_complete: bool, ran: list[str]) -> C
     def index_segment(path: Path, pg_waldump: str) -> SegmentIndex:
         ran.append(path.name)
         if path.name in unreadable:
-            raise WalIndexError(f"{path} is not a PostgreSQL 15 WAL segment")
+            raise WalIndexError(f"{path} is not a PostgreSQL WAL segment")
         when = START + timedelta(minutes=int(path.name[16:], 16) - FIRST)
         return SegmentIndex(
             segment=path.name, first_commit=when, last_commit=when, commits=1, tail_complete=tail_complete

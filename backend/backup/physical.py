@@ -69,10 +69,11 @@ def take_base_backup(
     started = datetime.now(UTC)
     name = backup_name(started, "", repos)
     local = staged.staging_repository(repos, info)
-    if spaces and info.version_num < staged.SERVER_ZSTD:
+    if spaces and (info.version_num < staged.SERVER_ZSTD or not info.zstd):
         raise PgdrError(
-            f"the cluster has tablespaces ({', '.join(t.name for t in spaces)}) and PostgreSQL {info.version}: "
-            "pgdr backs up tablespaces from PostgreSQL 15 on; upgrade, or back up with pg_basebackup by hand"
+            f"the cluster has tablespaces ({', '.join(t.name for t in spaces)}) and its PostgreSQL {info.version} "
+            f"{'is older than 15' if info.zstd else 'was built without zstd'}: pgdr backs up tablespaces with the "
+            "server's zstd; use a PostgreSQL 15 or later built with zstd (Debian's and PGDG's are)"
         )
     reached = 0  # pg_basebackup counts tar bytes, a little more than the files: "done" never goes back
 

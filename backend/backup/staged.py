@@ -89,7 +89,7 @@ _PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 def staging_repository(repos: Sequence[Repository], info: ServerInfo) -> LocalRepository | None:
     """The local repository when the server-compressed path can write into it, else None."""
-    if info.version_num < SERVER_ZSTD:
+    if info.version_num < SERVER_ZSTD or not info.zstd:
         return None
     return next((r for r in repos if isinstance(r, LocalRepository) and r.encryption == ""), None)
 

