@@ -106,14 +106,28 @@ def server_info(conn: psycopg.Connection[Any]) -> ServerInfo:
     )
 
 
+def data_dir_version(data_dir: Path) -> int | None:
+    """The major version a data directory's ``PG_VERSION`` names, as a server_version_num (18 -> 180000)."""
+    try:
+        return int((data_dir / "PG_VERSION").read_text().strip()) * 10000
+    except (OSError, ValueError):
+        return None
+
+
 def bin_dir(cfg: Config, version_num: int | None = None) -> Path | None:
-    """Where the PostgreSQL programs are: the configured folder, Debian's for the major version, or PATH."""
+    """Where the PostgreSQL programs are: the configured folder, Debian's for the major version, or PATH.
+
+    The major version is the caller's (the server's, a backup's), else the configured data directory's.
+    Another major's programs are never taken for it: pg_basebackup refuses a newer server, pg_waldump
+    cannot read another version's WAL, pg_ctl cannot start another version's data directory.
+    """
     if cfg.postgres.bin_dir:
         return Path(cfg.postgres.bin_dir)
+    if version_num is None and cfg.postgres.data_dir:
+        version_num = data_dir_version(Path(cfg.postgres.data_dir))
     if version_num is not None:
         candidate = DEBIAN_BIN / str(version_num // 10000) / "bin"
-        if candidate.is_dir():
-            return candidate
+        return candidate if candidate.is_dir() else None
     # Debian puts only wrappers for client programs on PATH; pg_ctl and pg_waldump live here.
     versions = sorted(
         (p for p in DEBIAN_BIN.glob("*/bin") if p.parent.name.isdigit()), key=lambda p: int(p.parent.name)

@@ -15,6 +15,8 @@
 #   --venv DIR     the venv to install into (default: .venv in this checkout, editable install)
 #   --link DIR     symlink DIR/pgdr to the venv's pgdr
 #   --no-apt       never call apt-get: fail if a PostgreSQL program or Python's venv is missing
+#   --print-plan   only print what would be installed and whether an apt source would be added
+#                  (changes nothing, needs no root)
 # Environment:
 #   PG_MAJOR       PostgreSQL major version whose programs pgdr uses (default 15); a version the
 #                  configured apt sources lack comes from apt.postgresql.org (PGDG)
@@ -35,6 +37,7 @@ bench=0
 venv=""
 link=""
 apt=1
+plan=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) extra="[dev]" ;;
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     --link) link="${2:?install.sh: --link needs a directory}"; shift ;;
     --link=*) link="${1#--link=}" ;;
     --no-apt) apt=0 ;;
+    --print-plan) plan=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see: bash deploy/install.sh --help)" >&2; exit 2 ;;
   esac
@@ -76,6 +80,28 @@ if [ ! -x "${venv:-$root/.venv}/bin/python" ] && ! "$PYTHON" -c 'import ensurepi
   packages+=(python3 python3-venv)
 fi
 
+# The PostgreSQL package comes from the configured apt sources when they carry it (Debian 12: 15), else
+# from apt.postgresql.org (PGDG), which is then added. apt-cache's answer is read whole before it is
+# matched: `apt-cache policy | grep -q` under pipefail fails with SIGPIPE when grep stops reading early.
+pg_package="postgresql-$PG_MAJOR"
+in_apt_sources() {
+  local policy
+  policy="$(apt-cache policy "$1" 2>/dev/null || true)"
+  [[ "$policy" == *"Candidate: "[0-9]* ]]
+}
+needs_pgdg() { [[ " ${packages[*]} " == *" $pg_package "* ]] && ! in_apt_sources "$pg_package"; }
+
+if [ "$plan" -eq 1 ]; then
+  echo "install: ${packages[*]:-nothing}"
+  if in_apt_sources "$pg_package"; then
+    echo "$pg_package from: the configured apt sources"
+  else
+    echo "$pg_package from: apt.postgresql.org"
+  fi
+  if needs_pgdg; then echo "add apt source: apt.postgresql.org"; else echo "add apt source: none"; fi
+  exit 0
+fi
+
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$apt" -eq 0 ]; then
     echo "install.sh: missing ${packages[*]} (--no-apt): install them, or run without --no-apt as root" >&2
@@ -87,9 +113,7 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  pg_package="postgresql-$PG_MAJOR"
-  if [[ " ${packages[*]} " == *" $pg_package "* ]] \
-      && ! apt-cache policy "$pg_package" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  if needs_pgdg; then
     # Not in the configured sources (Debian 12 carries 15 only): add apt.postgresql.org with the
     # script and signing key postgresql-common ships.
     apt-get install -y -qq --no-install-recommends postgresql-common ca-certificates >/dev/null

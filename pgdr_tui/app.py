@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -335,4 +336,11 @@ def run_app(cfg: Config, *, demo: bool = False) -> int:
     result = app.run()
     if demo:
         print("The demo keeps running (server and workload): `pgdr demo` reopens it, `pgdr demo --clean` removes it.")
+    # Textual sets return_code to 1 when the app dies of an exception (e.g. an unreadable stylesheet)
+    # and prints the error itself; ``result`` is then None, which must not become exit status 0.
+    code = app.return_code or 0
+    if code:
+        if app._exception is None:  # an exit with an error code but nothing printed: say so
+            print(f"pgdr: the console stopped with an error (exit status {code})", file=sys.stderr)
+        return code
     return int(result or 0)

@@ -240,13 +240,47 @@ def test_dockerfiles_install_pgdr_with_the_script_ci_uses() -> None:
     assert exec_form(cmd) == ["pgdr", "--daemon", "--log-format", "json"]
     (health,) = instructions("Dockerfile", "HEALTHCHECK")
     assert exec_form(health.split(" CMD ", 1)[1])[:2] == ["pgdr", "status"]
+    # LANG names a locale only once the image has it (before, every perl in the build warns).
+    made = next(i for i, (word, rest) in enumerate(lines) if word == "RUN" and "localedef -i en_US" in rest)
+    lang = [i for i, (word, rest) in enumerate(lines) if word == "ENV" and re.search(r"\bLANG=", rest)]
+    assert lang and all(i > made for i in lang), "Dockerfile sets LANG before it generates the locale"
 
     usage = ok(run(["bash", str(DEPLOY / "install.sh"), "--help"], clean_env()))
-    assert all(flag in usage for flag in ("--venv", "--link", "--no-apt", "--dev", "PG_MAJOR"))
+    assert all(flag in usage for flag in ("--venv", "--link", "--no-apt", "--print-plan", "--dev", "PG_MAJOR"))
     assert run(["bash", str(DEPLOY / "install.sh"), "--no-such-flag"], clean_env()).returncode == 2
     for script in (DEPLOY / "install.sh", DOCKER / "initdb-pgdr.sh", *SCRIPTS):
         ok(run(["bash", "-n", str(script)], clean_env()))
         assert os.access(script, os.X_OK) or script.name == "install.sh", f"{script} is not executable"
+
+
+def install_plan(pg_major: str) -> dict[str, str]:
+    """``install.sh --print-plan``: what it would install and which apt source it would add."""
+    out = ok(run(["bash", str(DEPLOY / "install.sh"), "--print-plan"], clean_env(PG_MAJOR=pg_major)))
+    return dict(line.split(": ", 1) for line in out.splitlines())
+
+
+def test_install_script_adds_no_apt_source_for_the_postgresql_debian_carries() -> None:
+    """Issue 16: ``apt-cache policy | grep -q`` under pipefail failed with SIGPIPE, so install.sh added
+    apt.postgresql.org for PostgreSQL 15, which Debian 12 carries. The plan changes nothing on the machine."""
+    if shutil.which("apt-cache") is None:
+        pytest.skip("no apt-cache: not a Debian machine")
+    sources = Path("/etc/apt/sources.list.d")
+    before = sorted(p.name for p in sources.iterdir())
+    for _ in range(10):  # the SIGPIPE failed most runs, not all
+        plan = install_plan("15")
+        assert plan["postgresql-15 from"] == "the configured apt sources", plan
+        assert plan["add apt source"] == "none", plan
+    assert plan["install"] == "nothing"  # PostgreSQL 15's programs are installed on this machine
+
+    # A version the configured sources lack is the one case that adds apt.postgresql.org.
+    plan = install_plan("99")
+    assert plan == {
+        "install": "postgresql-99",
+        "postgresql-99 from": "apt.postgresql.org",
+        "add apt source": "apt.postgresql.org",
+    }
+    after = sorted(p.name for p in sources.iterdir())
+    assert after == before and not [name for name in after if "pgdg" in name]
 
 
 # --- every command the services run, run against a real cluster ------------------------------------
