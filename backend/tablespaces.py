@@ -65,13 +65,18 @@ def live_tablespaces(conn: psycopg.Connection[Any]) -> list[Tablespace]:
     return [Tablespace(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
+def oid_of(path: str) -> int | None:
+    """The tablespace a backup_manifest path (``pg_tblspc/<oid>/...``) lies in; None: the data directory."""
+    parts = path.split("/")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "pg_tblspc" and parts[1].isdigit() else None
+
+
 def with_sizes(tablespaces: Iterable[Tablespace], files: Iterable[dict[str, Any]]) -> list[Tablespace]:
     """``tablespaces`` with each one's size summed from PostgreSQL's backup_manifest ``Files``."""
-    sizes: dict[int, int] = {}
+    sizes: dict[int | None, int] = {}
     for entry in files:
-        parts = str(entry.get("Path", "")).split("/")
-        if len(parts) > 2 and parts[0] == "pg_tblspc" and parts[1].isdigit():
-            sizes[int(parts[1])] = sizes.get(int(parts[1]), 0) + int(entry.get("Size", 0))
+        oid = oid_of(str(entry.get("Path", "")))
+        sizes[oid] = sizes.get(oid, 0) + int(entry.get("Size", 0))
     return [Tablespace(t.oid, t.name, t.location, t.version_dir, sizes.get(t.oid, 0)) for t in tablespaces]
 
 

@@ -80,7 +80,7 @@ from typing import IO, Any, cast
 
 from backend import notify as tg
 from backend.archive import queue
-from backend.archive.walfile import WalObject, decode
+from backend.archive.walfile import WalObject, decode, encode
 from backend.audit import state_dir
 from backend.config import Config
 from backend.errors import ConfigError, ObjectNotFound, PgdrError, RepositoryError
@@ -725,10 +725,11 @@ class _Memory:
         intact, or it is gone or rewritten; entries of objects no longer listed are dropped.
         """
         self._saved = time.monotonic()
+        readable = True
         try:
             stored = read_memory(self.repo)
         except (PgdrError, ValueError):
-            stored = self.intact  # none to merge with: what this run knows
+            stored, readable = self.intact, False  # none to merge with: what this run knows
         recorded = {entry["key"]: entry for entry in corrupt_wal(self.repo)}
         corrupt = {key: entry for key, entry in recorded.items() if key not in self.read} | self.corrupt
         corrupt = {
@@ -744,10 +745,9 @@ class _Memory:
             known = [e for e in (stored.get(key), mine) if e is not None and e[:2] == _identity(info)]
             if known:
                 merged[key] = max(known, key=lambda e: e[2])
-        import zstandard
-
-        body = json.dumps({"format": MEMORY_FORMAT, "objects": merged}, separators=(",", ":")).encode()
-        self.repo.put(MEMORY_KEY, zstandard.ZstdCompressor(level=3).compress(body))
+        if merged != stored or not readable:  # a run that learnt nothing new writes nothing
+            body = json.dumps({"format": MEMORY_FORMAT, "objects": merged}, separators=(",", ":")).encode()
+            self.repo.put(MEMORY_KEY, encode(body, "zstd", 3))
         if corrupt != recorded:
             record = {
                 "format": MEMORY_FORMAT,
@@ -763,18 +763,16 @@ def read_memory(repo: Repository) -> dict[str, tuple[int, int, int]]:
 
     Empty when none is stored yet; raises PgdrError or ValueError when it cannot be read or parsed.
     """
-    import zstandard
-
     try:
         blob = repo.get(MEMORY_KEY)
     except ObjectNotFound:
         return {}
     try:
-        raw = json.loads(zstandard.ZstdDecompressor().decompress(blob))
+        raw = json.loads(decode(blob, "zstd"))
         if raw.get("format") != MEMORY_FORMAT:
             raise ValueError(f"format {raw.get('format')!r}, not {MEMORY_FORMAT}")
         return {str(key): (int(e[0]), int(e[1]), int(e[2])) for key, e in raw["objects"].items()}
-    except (zstandard.ZstdError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise ValueError(f"{MEMORY_KEY} is damaged: {exc}") from None
 
 
@@ -1480,6 +1478,8 @@ def _losses(
     segment_size: int,
     now: datetime,
 ) -> list[RepositoryLoss]:
+    from backend.retention import retention_days
+
     holdings = _holdings(scans)
     backups = {name: list(scan.manifests.values()) for name, scan in scans.items()}
     identities = {name: scan.has_identity for name, scan in scans.items()}
@@ -1491,7 +1491,7 @@ def _losses(
             backups,
             identities=identities,
             queued=queued.get(name, set()),
-            retention_days=cfg.local.retention_days if name == "local" else cfg.s3.retention_days,
+            retention_days=retention_days(cfg, name),
             histories=histories,
             segment_size=segment_size,
             now=now,

@@ -112,12 +112,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _user() -> str:
-    import pwd
+    from backend.restore.preflight import user_name
 
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid without a passwd entry (containers)
-        return str(os.geteuid())
+    return user_name()
 
 
 def _os_error(exc: OSError) -> str:

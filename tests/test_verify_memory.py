@@ -198,7 +198,7 @@ def test_what_another_host_found_damaged_meanwhile_is_not_remembered_as_intact(t
     """Two hosts verify the same repository at once: the one storing last keeps the other's finding."""
     repo = LocalRepository(tmp_path, "main")
     now = datetime(2024, 5, 1, tzinfo=UTC)
-    infos = {key: ObjectInfo(key, 10, now - DAY) for key in ("wal/a", "wal/b")}
+    infos = {key: ObjectInfo(key, 10, now - DAY) for key in ("wal/a", "wal/b", "wal/c")}
     seed = _Memory(repo, infos, now=now - DAY, reread_days=30)
     for info in infos.values():
         seed.found_intact(info)
@@ -207,9 +207,10 @@ def test_what_another_host_found_damaged_meanwhile_is_not_remembered_as_intact(t
     host_a = _Memory.load(scan, now=now, reread_days=30)
     host_b = _Memory.load(scan, now=now, reread_days=30)
     host_b.found_damaged(infos["wal/a"], wal_file="a", detail="sha256 mismatch")
+    host_b.found_damaged(infos["wal/c"])  # no corrupt-WAL record: only the merge keeps it out of the memory
     host_b.save()
     host_a.found_intact(infos["wal/b"])
-    host_a.save()  # it did not read wal/a: what host B stored about it stands
+    host_a.save()  # it did not read wal/a nor wal/c: what host B stored about them stands
     assert set(read_memory(repo)) == {"wal/b"}
     assert [e["key"] for e in corrupt_wal(repo)] == ["wal/a"]
 

@@ -67,7 +67,7 @@ from backend.progress import Progress, ProgressCallback, check_cancel
 from backend.repository import Repository
 from backend.repository.local import FOLDER_FLAGS, TEMP_PREFIX, LocalRepository
 from backend.statedir import state_base
-from backend.tablespaces import Tablespace
+from backend.tablespaces import Tablespace, archive_name, oid_of
 
 STAGING_PREFIX = f"{TEMP_PREFIX}staging."
 #: Where the scratch folders are, in pgdr's state dir: one folder per cluster, one scratch folder per backup.
@@ -176,9 +176,8 @@ def _records(sinks: dict[str, FanOut], pg_manifest: bytes) -> list[StoredObject]
     """Each archive's record; its ``raw_size`` is the bytes of the files PostgreSQL's manifest puts in it."""
     data: dict[str, int] = {}
     for entry in _files(pg_manifest):
-        parts = str(entry.get("Path", "")).split("/")
-        in_tablespace = len(parts) > 2 and parts[0] == "pg_tblspc"
-        archive = f"{parts[1]}.tar.zst" if in_tablespace else pgbasebackup.TAR_OBJECT
+        oid = oid_of(str(entry.get("Path", "")))
+        archive = pgbasebackup.TAR_OBJECT if oid is None else archive_name(oid)
         data[archive] = data.get(archive, 0) + int(entry.get("Size", 0))
     return [StoredObject(a, s.size, s.sha256, data.get(a, 0), "", "zstd") for a, s in sinks.items()]
 

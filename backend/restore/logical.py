@@ -38,11 +38,13 @@ from backend.config import Config
 from backend.errors import PgdrError
 from backend.jobs import notify_restore
 from backend.manifest import BACKUPS_PREFIX
+from backend.notify import first_line
 from backend.postgres import connect, libpq_env, program, server_info
 from backend.repository import ENCRYPTED_MAGIC, Repository, open_repositories
 
 if TYPE_CHECKING:
     import psycopg
+    from psycopg import sql
 
 S3_SCHEME = "s3://"
 #: How each kind of dump begins: pg_dump's archive formats, gzip, and pg_dump's plain SQL.
@@ -647,22 +649,12 @@ def _restore_new(cfg: Config, plan: LogicalPlan, version: int) -> None:
     assert contents is not None
     gone = f"database {plan.database} was dropped again: it does not exist, as before"
     with local_copy(plan.source) as path:  # fetched before anything is created
-        with maintenance_connection(cfg, plan.database) as conn:
-            name = sql.Identifier(plan.database)
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {} WITH {}").format(name, sql.SQL(plan.create_options)))
-            except Exception as exc:
-                raise PgdrError(
-                    f"cannot create database {plan.database}: {_db_reason(exc)}; nothing was changed"
-                ) from None
+        name = sql.Identifier(plan.database)
+        create = sql.SQL("CREATE DATABASE {} WITH {}").format(name, sql.SQL(plan.create_options))
+        _ddl(cfg, plan.database, create, f"cannot create database {plan.database}", "nothing was changed")
         try:
-            with maintenance_connection(cfg, plan.database) as conn:
-                try:
-                    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(plan.owner)))
-                except Exception as exc:
-                    raise PgdrError(
-                        f"cannot give database {plan.database} to {plan.owner}: {_db_reason(exc)}; {gone}"
-                    ) from None
+            owner = sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(plan.owner))
+            _ddl(cfg, plan.database, owner, f"cannot give database {plan.database} to {plan.owner}", gone)
             if contents.plain:
                 with _opened(path) as stream:
                     _psql(cfg, version, plan.database, stream, what="psql", outcome=gone)
@@ -684,11 +676,20 @@ def _restore_new(cfg: Config, plan: LogicalPlan, version: int) -> None:
                 text = (preamble + contents.database_sql).encode("utf-8", errors="surrogateescape")
                 _psql(cfg, version, plan.database, text, what="the database's own settings", outcome=gone)
         except BaseException as exc:
-            _drop_created(cfg, plan.database, version, exc)
+            _drop_created(cfg, plan.database, version, exc, gone)
             raise
 
 
-def _drop_created(cfg: Config, database: str, version: int, cause: BaseException) -> None:
+def _ddl(cfg: Config, database: str, statement: sql.Composed, failed: str, outcome: str) -> None:
+    """Run one statement about ``database`` on the maintenance connection; a failure is one line."""
+    with maintenance_connection(cfg, database) as conn:
+        try:
+            conn.execute(statement)
+        except Exception as exc:
+            raise PgdrError(f"{failed}: {first_line(exc)}; {outcome}") from None
+
+
+def _drop_created(cfg: Config, database: str, version: int, cause: BaseException, gone: str) -> None:
     """Drop the database this restore created; if that fails too, say so, and how to finish it."""
     from psycopg import sql
 
@@ -697,10 +698,10 @@ def _drop_created(cfg: Config, database: str, version: int, cause: BaseException
         with maintenance_connection(cfg, database) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(database), force))
     except Exception as exc:
-        message = str(cause).replace(f"; database {database} was dropped again: it does not exist, as before", "")
+        message = str(cause).replace(f"; {gone}", "")
         raise PgdrError(
             f"{message or type(cause).__name__}; database {database}, created for this restore, could not be "
-            f"dropped again ({_db_reason(exc)}): drop it with DROP DATABASE before restoring again"
+            f"dropped again ({first_line(exc)}): drop it with DROP DATABASE before restoring again"
         ) from None
 
 
@@ -780,8 +781,3 @@ def _reason(stderr: str) -> str:
     if following.startswith("Command was: ") and len(following) <= 200:
         reason += f" ({following.removesuffix(';')})"
     return reason
-
-
-def _db_reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

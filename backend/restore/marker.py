@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,8 +35,6 @@ class Unfinished:
     tablespaces: dict[Path, Path] = field(default_factory=dict)
 
     def describe(self) -> str:
-        from backend.restore.tablespaces import roll_back_commands
-
         spaces = "".join(f"; {command}" for command in roll_back_commands(self.tablespaces))
         back = (
             f"to roll back: pg_ctl stop -D {self.data_dir}; mv {self.data_dir} {self.data_dir}.failed; "
@@ -98,6 +97,15 @@ def write_marker(
         note["half_restored_copy"] = str(safety_copy)
     marker_path(data_dir).write_text(json.dumps(note))
     return real
+
+
+def roll_back_commands(copies: Mapping[Path, Path]) -> list[str]:
+    """The shell commands that put version folders back (``copies``: folder -> its real copy)."""
+    return [
+        f"mv {shlex.quote(str(folder))} {shlex.quote(f'{folder}.failed')}; "
+        f"mv {shlex.quote(str(copy))} {shlex.quote(str(folder))}"
+        for folder, copy in copies.items()
+    ]
 
 
 def clear_marker(data_dir: Path) -> None:

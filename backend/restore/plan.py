@@ -19,7 +19,7 @@ from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
 from backend.restore.marker import unfinished_restore
-from backend.restore.preflight import Check
+from backend.restore.preflight import Check, existing_parent
 from backend.restore.tablespaces import SAFETY_SUFFIX, Placement, place, space_by_device
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
@@ -236,7 +236,7 @@ def make_plan(
     )
     # The data directory's file system: the base backup and its WAL, and the tablespaces restored onto it
     # (those elsewhere are the pre-flight check's, per file system).
-    home = _existing_parent(data_dir)
+    home = existing_parent(data_dir)
     spaces = space_by_device(placements).get(home.stat().st_dev, (home, 0))[1]
     archives = {p.tablespace.archive for p in placements}
     base = sum(o.raw_size for o in chosen.manifest.objects if o.key not in archives)
@@ -400,8 +400,7 @@ def _committed(
     elsewhere: list[SegmentName] = []
     for name, fate in seen.ends:
         segment = SegmentName.parse(name, timeline.segment_size)
-        info = timeline.segment_info(tli, segment.number)
-        if info is not None and info.segment == segment:
+        if _on_path(timeline, tli, segment):
             on_path.append((segment, fate))
         elif fate == "committed":
             elsewhere.append(segment)
@@ -442,15 +441,17 @@ def _committed(
     )
 
 
+def _on_path(timeline: RecoveryTimeline, tli: int, segment: SegmentName) -> bool:
+    """Whether ``segment`` is the one recovery following ``tli``'s history replays at its position."""
+    info = timeline.segment_info(tli, segment.number)
+    return info is not None and info.segment == segment
+
+
 def _unplaced(xid: int, seen: XidSightings, timeline: RecoveryTimeline, tli: int) -> PgdrError:
     """A transaction the WAL index cannot place (segments that list no ended transactions): the
     backups that reach those segments, so ``--backup`` need not be guessed."""
-    on_path = []
-    for name in seen.unlisted:
-        segment = SegmentName.parse(name, timeline.segment_size)
-        info = timeline.segment_info(tli, segment.number)
-        if info is not None and info.segment == segment:
-            on_path.append(segment)
+    listed = (SegmentName.parse(name, timeline.segment_size) for name in seen.unlisted)
+    on_path = [segment for segment in listed if _on_path(timeline, tli, segment)]
     where = ""
     if on_path:
         reach = sorted(
@@ -687,13 +688,6 @@ def _data_dir(cfg: Config, target_dir: str | None) -> tuple[Path, bool]:
             f"postgres.data_dir is not set in {cfg.where()}: set it, or restore beside with --target-dir DIR"
         )
     return Path(cfg.postgres.data_dir).absolute(), True
-
-
-def _existing_parent(path: Path) -> Path:
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    return probe
 
 
 def safety_copies(data_dir: Path) -> list[Path]:

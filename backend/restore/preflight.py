@@ -118,7 +118,7 @@ def _directory(plan: RestorePlan) -> Check:
     me = user_name()
     data_dir = plan.data_dir
     if not plan.in_place:
-        parent = _existing_parent(data_dir)
+        parent = existing_parent(data_dir)
         if not os.access(parent, os.W_OK | os.X_OK):
             return Check(
                 "data directory",
@@ -126,7 +126,7 @@ def _directory(plan: RestorePlan) -> Check:
                 f"{parent} is not writable by {me}: make it writable for {me}, or give a directory {me} can create",
             )
         return Check("data directory", True, f"{data_dir} can be created by {me}")
-    parent = _existing_parent(data_dir.parent)
+    parent = existing_parent(data_dir.parent)
     if plan.safety_copy is not None and os.path.ismount(data_dir):
         return Check(
             "data directory",
@@ -212,7 +212,7 @@ def _tablespaces(cfg: Config, plan: RestorePlan) -> Check:
 
     running = Path(cfg.postgres.data_dir).absolute() if cfg.postgres.data_dir else None
     found = problems(plan.tablespaces, plan.data_dir, running)
-    home = _existing_parent(plan.data_dir).stat().st_dev
+    home = existing_parent(plan.data_dir).stat().st_dev
     for device, (where, need) in space_by_device(plan.tablespaces).items():
         free = shutil.disk_usage(where).free
         if device != home and need > free:
@@ -228,7 +228,7 @@ def _tablespaces(cfg: Config, plan: RestorePlan) -> Check:
 def _space(plan: RestorePlan) -> Check:
     import humanize
 
-    where = _existing_parent(plan.data_dir)
+    where = existing_parent(plan.data_dir)
     need, free = humanize.naturalsize(plan.space_needed), humanize.naturalsize(plan.space_free)
     if plan.space_needed > plan.space_free:
         return Check(
@@ -270,7 +270,8 @@ def connection_problem(cfg: Config, reason: str) -> str:
     return f"{reason}; check [postgres] host, port and user in {cfg.where()}"
 
 
-def _existing_parent(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists: where a directory to be made would be made."""
     probe = path
     while not probe.exists():
         probe = probe.parent

@@ -86,7 +86,7 @@ class RestoreReport:
         for problem in dict.fromkeys(self.problems):
             lines.append(f"  problem: {problem}")
         if not self.reached_target and self.safety_copy and self.data_dir:
-            spaces = "".join(f"; {command}" for command in tablespaces.roll_back_commands(self.tablespace_copies))
+            spaces = "".join(f"; {command}" for command in marker.roll_back_commands(self.tablespace_copies))
             lines.append(
                 f"  to roll back: pg_ctl stop -D {self.data_dir}; mv {self.data_dir} {self.data_dir}.failed; "
                 f"mv {self.safety_copy} {self.data_dir}{spaces}"
@@ -346,9 +346,7 @@ def _roll_back(plan: RestorePlan, laid: _Laid) -> str:
     data_dir, safety = plan.data_dir, laid.real_copy or plan.safety_copy
     if safety is None:
         return f"the server on {data_dir} may be running: see its log in {data_dir / 'log'}"
-    spaces = "".join(
-        f"; {command}" for command in tablespaces.roll_back_commands(tablespaces.real_copies(plan.tablespaces))
-    )
+    spaces = "".join(f"; {command}" for command in marker.roll_back_commands(tablespaces.real_copies(plan.tablespaces)))
     return f"to roll back: pg_ctl stop -D {data_dir}; mv {data_dir} {data_dir}.failed; mv {safety} {data_dir}{spaces}"
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
+from backend.restore.preflight import existing_parent
 from backend.tablespaces import Tablespace, recorded
 
 #: The suffix of safety copies (the data directory's too), before the restore's UTC time.
@@ -158,7 +159,7 @@ def problems(placements: Sequence[Placement], data_dir: Path, running: Path | No
             found.append(
                 f"tablespace {name}: its safety copy {p.safety_copy} already exists: wait a second and plan again"
             )
-        parent = _existing_parent(p.destination if p.safety_copy is None else p.folder.parent)
+        parent = existing_parent(p.destination if p.safety_copy is None else p.folder.parent)
         if not os.access(parent, os.W_OK | os.X_OK):
             found.append(
                 f"tablespace {name}: {parent} is not writable by this user, so {p.folder} cannot be made: "
@@ -171,17 +172,11 @@ def space_by_device(placements: Sequence[Placement]) -> dict[int, tuple[Path, in
     """What the tablespaces need per file system (device): a folder on it, and the bytes."""
     need: dict[int, tuple[Path, int]] = {}
     for p in placements:
-        where = _existing_parent(p.destination)
+        where = existing_parent(p.destination)
         device = where.stat().st_dev
         before = need.get(device, (where, 0))[1]
         need[device] = (where, before + p.tablespace.size)
     return need
-
-
-def _existing_parent(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def make_room(placements: Sequence[Placement], owner: tuple[int, int] | None) -> None:
@@ -209,15 +204,6 @@ def undo(placements: Sequence[Placement]) -> list[str]:
         except OSError as exc:
             left.append(f"mv {shlex.quote(str(p.safety_copy))} {shlex.quote(str(p.folder))} ({exc.strerror})")
     return left
-
-
-def roll_back_commands(copies: Mapping[Path, Path]) -> list[str]:
-    """The shell commands that put version folders back (``copies``: folder -> its real copy)."""
-    return [
-        f"mv {shlex.quote(str(folder))} {shlex.quote(f'{folder}.failed')}; "
-        f"mv {shlex.quote(str(copy))} {shlex.quote(str(folder))}"
-        for folder, copy in copies.items()
-    ]
 
 
 def real_copies(placements: Sequence[Placement]) -> dict[Path, Path]:
