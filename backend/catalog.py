@@ -59,6 +59,7 @@ class CatalogBackup:
         return {
             "name": m.name,
             "kind": m.kind,
+            "parent": m.parent,
             "start_time": m.start_time.isoformat(),
             "stop_time": m.stop_time.isoformat(),
             "start_lsn": m.start_lsn,
@@ -240,7 +241,7 @@ def read_catalog(repos: list[Repository]) -> Catalog:
             unreadable[repo.name] = reason
         identity = read_identity(repo)
         segment_size = identity.segment_size if identity else segment_size
-        for manifest in _manifests(repo):
+        for manifest in manifests(repo):
             entry = backups.setdefault(manifest.name, CatalogBackup(manifest))
             entry.repositories.append(repo.name)
         folders = folder_contents(
@@ -415,7 +416,7 @@ def _history_text(repo: Repository, key: str, compression: str) -> str:
     return decode(repo.get(key), compression).decode("utf-8", errors="replace")
 
 
-def _manifests(repo: Repository) -> list[BackupManifest]:
+def manifests(repo: Repository) -> list[BackupManifest]:
     """Every backup's manifest; their bytes are cached by the listing cache with their folder."""
     found = []
     for name, raw in folder_contents(

@@ -72,6 +72,7 @@ def take_backup(
     cfg: Config,
     *,
     logical: bool = False,
+    incremental: bool = False,
     only: str | None = None,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
@@ -85,13 +86,14 @@ def take_backup(
             return take_logical_dump(cfg, repos, on_progress=on_progress, cancel=cancel)
         from backend.backup.physical import take_base_backup
 
-        return take_base_backup(cfg, repos, on_progress=on_progress, cancel=cancel)
+        return take_base_backup(cfg, repos, incremental=incremental, on_progress=on_progress, cancel=cancel)
 
 
 def backup_job(
     cfg: Config,
     *,
     logical: bool = False,
+    incremental: bool = False,
     only: str | None = None,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
@@ -102,7 +104,9 @@ def backup_job(
     """
     started = time.monotonic()
     try:
-        manifest = take_backup(cfg, logical=logical, only=only, on_progress=on_progress, cancel=cancel)
+        manifest = take_backup(
+            cfg, logical=logical, incremental=incremental, only=only, on_progress=on_progress, cancel=cancel
+        )
     except (LockBusy, Cancelled):
         raise
     except Exception as exc:

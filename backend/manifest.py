@@ -7,6 +7,7 @@ without it is debris from an interrupted run, never a backup.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,19 @@ class BackupManifest:
     #: (sizes and checksums above are of the plaintext either way).
     encryption: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The backup an incremental backup builds on (its changed blocks are relative to that one's);
+    #: None for a full backup. Restoring it needs every backup down the chain to the full one.
+    parent: str | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.parent is not None
+
+    @property
+    def version_num(self) -> int | None:
+        """The server's major version as ``server_version_num`` counts it (170000): which programs to run."""
+        major = self.pg_version.split(".")[0]
+        return int(major) * 10000 if major.isdigit() else None
 
     @property
     def size_bytes(self) -> int:
@@ -106,7 +120,7 @@ class BackupManifest:
             for name in ("name", "cluster", "pg_version"):
                 if not isinstance(data[name], str):
                     raise ValueError(f"{name} must be a string")
-            for name in ("start_lsn", "stop_lsn", "wal_start", "wal_stop", "database", "encryption"):
+            for name in ("start_lsn", "stop_lsn", "wal_start", "wal_stop", "database", "encryption", "parent"):
                 if data.get(name) is not None and not isinstance(data[name], str):
                     raise ValueError(f"{name} must be a string")
             optional_int = ("timeline", "wal_segment_size", "file_count")
@@ -133,11 +147,38 @@ class BackupManifest:
                 pgdr_version=str(data.get("pgdr_version", "")),
                 encryption=data.get("encryption") or "",
                 extra=dict(data.get("extra") or {}),
+                parent=data.get("parent"),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise PgdrError(
                 f"backup manifest {where} is damaged ({exc}): run `pgdr verify` and take a new backup"
             ) from None
+
+
+class BrokenChain(PgdrError):
+    """An incremental backup whose chain down to its full backup is not whole: it cannot be restored."""
+
+    def __init__(self, backup: str, missing: str) -> None:
+        self.backup, self.missing = backup, missing
+        super().__init__(
+            f"backup {backup} is incremental and the backup it builds on, {missing}, is gone (expired or "
+            "deleted): its chain is broken; restore an older backup, and take a full backup (`pgdr backup`)"
+        )
+
+
+def chain(manifest: BackupManifest, backups: Mapping[str, BackupManifest]) -> list[BackupManifest]:
+    """The backups a restore of ``manifest`` combines, the full one first and ``manifest`` last.
+
+    Raises ``BrokenChain`` when a backup down the chain is not in ``backups`` (or names itself or a
+    later backup as its parent, which only a damaged manifest can).
+    """
+    members = [manifest]
+    while members[-1].parent is not None:
+        parent = backups.get(members[-1].parent)
+        if parent is None or parent.kind != "physical" or parent.name >= members[-1].name:
+            raise BrokenChain(manifest.name, members[-1].parent)
+        members.append(parent)
+    return members[::-1]
 
 
 def _choice(value: Any, allowed: tuple[str, ...]) -> str:

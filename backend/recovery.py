@@ -190,7 +190,8 @@ def perform_restore(
     audit.record(cfg, "restore", "started", **details)
     try:
         with job_lock(cfg, "restore"):
-            _check_backup_present(view.repositories, plan.backup)
+            for member in plan.chain:
+                _check_backup_present(view.repositories, member)
             report = execute(cfg, plan, view.repositories, on_progress=on_progress, cancel=cancel)
     except BaseException as exc:
         audit.record(cfg, "restore", "failed", error=str(exc), **details)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backend.manifest import BackupManifest
+from backend.manifest import BackupManifest, BrokenChain, chain
 from backend.walnames import SegmentName, format_lsn, parse_lsn
 
 # Conservative throughputs for the restore-time estimate (this machine class: 2 cores). They are
@@ -306,8 +306,14 @@ def build_timeline(
     reached: dict[tuple[int, int], tuple[int, datetime]] = {}
     physical = [b for b in backups if b.kind == "physical" and b.wal_start and b.wal_stop and b.timeline]
     disowned: dict[str, str] = {}
+    by_name = {b.name: b for b in physical}
     for backup in sorted(physical, key=lambda b: b.stop_time):
         assert backup.wal_start and backup.wal_stop and backup.stop_lsn and backup.timeline
+        try:
+            chain(backup, by_name)
+        except BrokenChain as exc:
+            disowned[backup.name] = str(exc)
+            continue
         start = SegmentName.parse(backup.wal_start, segment_size).number
         stop = SegmentName.parse(backup.wal_stop, segment_size).number
         stop_lsn = parse_lsn(backup.stop_lsn)

@@ -263,7 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "backup", cmd_backup, "take a physical base backup (or, with --logical, the logical dumps: .dump and .sql.gz)"
     )
-    p.add_argument("--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--logical", action="store_true", help="pg_dump .dump and .sql.gz instead of pg_basebackup")
+    kind.add_argument(
+        "--incremental",
+        action="store_true",
+        help="PostgreSQL 17+: only the blocks changed since the newest base backup (needs summarize_wal = on)",
+    )
     p.add_argument("--repo", choices=["local", "s3"], help="write to this repository only")
     p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
 
@@ -482,17 +488,22 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from backend.jobs import backup_job
 
     cfg = load(args)
-    manifest = backup_job(cfg, logical=args.logical, only=args.repo, on_progress=_progress_printer())
+    manifest = backup_job(
+        cfg, logical=args.logical, incremental=args.incremental, only=args.repo, on_progress=_progress_printer()
+    )
     if args.json:
         print(json.dumps(json.loads(manifest.to_json())))
     else:
         import humanize
 
         took = (manifest.stop_time - manifest.start_time).total_seconds()
+        kind = f"incremental on {manifest.parent}" if manifest.parent else manifest.kind
         print(
-            f"backup {manifest.name} ({manifest.kind}) complete: {humanize.naturalsize(manifest.size_bytes)} "
+            f"backup {manifest.name} ({kind}) complete: {humanize.naturalsize(manifest.size_bytes)} "
             f"stored as {humanize.naturalsize(manifest.stored_bytes)}, {took:.1f} s"
         )
+        if args.incremental and not manifest.parent:
+            print(f"  taken as a full backup: {manifest.extra.get('full_because', 'no backup to build on')}")
     return 0
 
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 from typing import IO, cast
 
 from backend.config import Config
@@ -20,8 +21,12 @@ MANIFEST = "backup_manifest"
 _PROGRESS = re.compile(rb"(\d+)/(\d+) kB")
 
 
-def base_argv(cfg: Config, info: ServerInfo, name: str) -> list[str]:
-    """pg_basebackup in tar format without WAL: it returns once the WAL the backup needs is archived."""
+def base_argv(cfg: Config, info: ServerInfo, name: str, parent_manifest: Path | None = None) -> list[str]:
+    """pg_basebackup in tar format without WAL: it returns once the WAL the backup needs is archived.
+
+    With ``parent_manifest`` (an earlier backup's backup_manifest), only what changed since that one.
+    """
+    incremental = [f"--incremental={parent_manifest}"] if parent_manifest is not None else []
     return [
         program(cfg, "pg_basebackup", info.version_num),
         "--format=tar",
@@ -30,6 +35,7 @@ def base_argv(cfg: Config, info: ServerInfo, name: str) -> list[str]:
         f"--label=pgdr {name}",
         "--manifest-checksums=CRC32C",
         "--no-password",
+        *incremental,
     ]
 
 

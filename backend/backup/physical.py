@@ -14,10 +14,12 @@ always restorable from the repositories.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from backend import __version__, faults, server, tablespaces
+from backend.backup import incremental as chains
 from backend.backup import pgbasebackup, staged
 from backend.backup.common import (
     backup_name,
@@ -54,72 +57,121 @@ def take_base_backup(
     cfg: Config,
     repos: list[Repository],
     *,
+    incremental: bool = False,
     on_progress: ProgressCallback = no_progress,
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
+    """A full base backup, or with ``incremental`` one on top of the newest backup (``backend.backup.incremental``)."""
     with connect(cfg) as conn:
         info = server_info(conn)
         row = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
         estimate = int(row[0]) if row and row[0] else None
         spaces = tablespaces.live_tablespaces(conn)
+        summarize = conn.execute("SELECT current_setting('summarize_wal', true)").fetchone() if incremental else None
     check_repositories(cfg, repos, info)
-    _forget_finished_recovery(cfg, info, on_progress)
-    clean_debris(repos)
-    staged.clean_staging(repos)
-    started = datetime.now(UTC)
-    name = backup_name(started, "", repos)
-    local = staged.staging_repository(repos, info)
+    if incremental:
+        chains.refuse_unless_possible(info, str(summarize[0]) if summarize else None, spaces)
     if spaces and (info.version_num < staged.SERVER_ZSTD or not info.zstd):
         raise PgdrError(
             f"the cluster has tablespaces ({', '.join(t.name for t in spaces)}) and its PostgreSQL {info.version} "
             f"{'is older than 15' if info.zstd else 'was built without zstd'}: pgdr backs up tablespaces with the "
             "server's zstd; use a PostgreSQL 15 or later built with zstd (Debian's and PGDG's are)"
         )
-    reached = 0  # pg_basebackup counts tar bytes, a little more than the files: "done" never goes back
-
-    def report(p: Progress) -> None:
-        nonlocal reached
-        reached = max(reached, p.done) if p.step == "backup" else reached
-        on_progress(p)
-
-    with discard_on_failure(repos, name):
+    _forget_finished_recovery(cfg, info, on_progress)
+    clean_debris(repos)
+    staged.clean_staging(repos)
+    parent, full_because = chains.choose_parent(repos, info) if incremental else (None, "")
+    run = _Backup(
+        cfg=cfg, repos=repos, info=info, spaces=spaces, estimate=estimate, on_progress=on_progress, cancel=cancel
+    )
+    if parent is None:
+        return run.take(None, None, full_because)
+    with tempfile.TemporaryDirectory(prefix="pgdr-incremental.") as scratch:
+        parent_file = chains.write_parent_manifest(parent, repos, Path(scratch))
         try:
-            if local is not None or spaces:
-                records, pg_manifest = staged.take(
-                    cfg=cfg,
-                    local=local,
-                    repos=repos,
-                    info=info,
-                    name=name,
-                    tablespaces=spaces,
-                    estimate=estimate,
-                    on_progress=report,
-                    cancel=cancel,
-                )
-            else:
-                tar_record, pg_manifest = _stream(
-                    cfg=cfg,
-                    repos=repos,
-                    info=info,
-                    name=name,
-                    estimate=estimate,
-                    on_progress=report,
-                    cancel=cancel,
-                )
-                records = [tar_record]
-        except KeyboardInterrupt:
-            raise Cancelled(f"backup {name} interrupted: nothing was listed, partial objects were removed") from None
-        for repo in repos:
-            repo.put(f"{BACKUPS_PREFIX}{name}/{MANIFEST}", pg_manifest)
-        pg_record = object_record(MANIFEST, None, len(pg_manifest), None, "none", data=pg_manifest)
-        manifest = _manifest(
-            cfg, info, name, started, objects=[*records, pg_record], pg_manifest=pg_manifest, tablespaces=spaces
-        )
-        faults.point("backup-before-manifest")
-        commit_manifest(repos, manifest)
-    final = max(reached, manifest.size_bytes)
-    on_progress(Progress("backup", final, final, f"{name}: done"))
-    return manifest
+            return run.take(parent, parent_file, "")
+        except PgdrError as exc:
+            if not chains.refused_by_server(exc):
+                raise
+            why = f"PostgreSQL would not build on {parent.name}: {str(exc).partition(': ')[2]}"
+    return run.take(None, None, why)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Backup:
+    """One ``pgdr backup`` run: what it learnt of the server, and how to take the backup with it."""
+
+    cfg: Config
+    repos: list[Repository]
+    info: ServerInfo
+    spaces: list[Tablespace]
+    estimate: int | None
+    on_progress: ProgressCallback
+    cancel: threading.Event | None
+
+    def take(self, parent: BackupManifest | None, parent_file: Path | None, full_because: str) -> BackupManifest:
+        """Take the backup (incremental on ``parent``, else full) and list it once every object is whole."""
+        cfg, repos, info, spaces = self.cfg, self.repos, self.info, self.spaces
+        if full_because:
+            self.on_progress(Progress("backup", 0, None, f"taking a full backup: {full_because}"))
+        started = datetime.now(UTC)
+        name = backup_name(started, "", repos)
+        local = staged.staging_repository(repos, info)
+        reached = 0  # pg_basebackup counts tar bytes, a little more than the files: "done" never goes back
+
+        def report(p: Progress) -> None:
+            nonlocal reached
+            reached = max(reached, p.done) if p.step == "backup" else reached
+            self.on_progress(p)
+
+        with discard_on_failure(repos, name):
+            try:
+                if local is not None or spaces:
+                    records, pg_manifest = staged.take(
+                        cfg=cfg,
+                        local=local,
+                        repos=repos,
+                        info=info,
+                        name=name,
+                        tablespaces=spaces,
+                        estimate=self.estimate,
+                        on_progress=report,
+                        cancel=self.cancel,
+                        parent_manifest=parent_file,
+                    )
+                else:
+                    tar_record, pg_manifest = _stream(
+                        cfg=cfg,
+                        repos=repos,
+                        info=info,
+                        name=name,
+                        estimate=self.estimate,
+                        on_progress=report,
+                        cancel=self.cancel,
+                        parent_manifest=parent_file,
+                    )
+                    records = [tar_record]
+            except KeyboardInterrupt:
+                raise Cancelled(
+                    f"backup {name} interrupted: nothing was listed, partial objects were removed"
+                ) from None
+            for repo in repos:
+                repo.put(f"{BACKUPS_PREFIX}{name}/{MANIFEST}", pg_manifest)
+            pg_record = object_record(MANIFEST, None, len(pg_manifest), None, "none", data=pg_manifest)
+            manifest = _manifest(
+                cfg, info, name, started, objects=[*records, pg_record], pg_manifest=pg_manifest, tablespaces=spaces
+            )
+            if self.estimate is not None:
+                manifest.extra["cluster_bytes"] = self.estimate  # what a restore of a chain ending here may rebuild
+            if parent is not None:
+                manifest = dataclasses.replace(manifest, parent=parent.name)
+            elif full_because:
+                manifest.extra["full_because"] = full_because
+            faults.point("backup-before-manifest")
+            commit_manifest(repos, manifest)
+        final = max(reached, manifest.size_bytes)
+        self.on_progress(Progress("backup", final, final, f"{name}: done"))
+        return manifest
 
 
 def _forget_finished_recovery(cfg: Config, info: ServerInfo, on_progress: ProgressCallback) -> None:
@@ -153,11 +205,12 @@ def _stream(
     estimate: int | None,
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
+    parent_manifest: Path | None,
 ) -> tuple[StoredObject, bytes]:
     """pg_basebackup's tar on stdout, compressed here into every repository: the tar's record and backup_manifest."""
     import zstandard
 
-    argv = [*pgbasebackup.base_argv(cfg, info, name), "--pgdata=-"]
+    argv = [*pgbasebackup.base_argv(cfg, info, name, parent_manifest), "--pgdata=-"]
     on_progress(Progress("backup", 0, estimate, f"starting {name}"))
     scanner = TarScanner({MANIFEST})
     raw_hash = hashlib.sha256()

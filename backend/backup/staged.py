@@ -113,13 +113,23 @@ def take(
     estimate: int | None,
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
+    parent_manifest: Path | None = None,
 ) -> tuple[list[StoredObject], bytes]:
     """Back up into ``local`` (and, from its copy, the other ``repos``): the archives' records and backup_manifest.
 
     Without ``local``, pg_basebackup writes into a scratch folder and every repository gets its copy
     from there. backup_manifest is returned, not stored: the caller stores it in every repository.
     """
-    run = _Run(cfg, info, name, tablespaces, estimate=estimate, on_progress=on_progress, cancel=cancel)
+    run = _Run(
+        cfg,
+        info,
+        name,
+        tablespaces,
+        estimate=estimate,
+        on_progress=on_progress,
+        cancel=cancel,
+        parent_manifest=parent_manifest,
+    )
     if local is None:
         return run.through_scratch(repos)
     backups = local.open_folder(local.root / BACKUPS_PREFIX)
@@ -195,8 +205,9 @@ class _Run:
         estimate: int | None,
         on_progress: ProgressCallback,
         cancel: threading.Event | None,
+        parent_manifest: Path | None,
     ) -> None:
-        self.cfg, self.info, self.name = cfg, info, name
+        self.cfg, self.info, self.name, self.parent_manifest = cfg, info, name, parent_manifest
         self.expected = [pgbasebackup.TAR_OBJECT, *(t.archive for t in tablespaces)]
         self.estimate, self.on_progress, self.cancel = estimate, on_progress, cancel
 
@@ -227,7 +238,7 @@ class _Run:
     def into(self, folder: int, repos: Sequence[Repository], *, spill: bool) -> dict[str, FanOut]:
         """pg_basebackup into ``folder``: each archive's sink (base first), once every one is complete."""
         argv = [
-            *pgbasebackup.base_argv(self.cfg, self.info, self.name),
+            *pgbasebackup.base_argv(self.cfg, self.info, self.name, self.parent_manifest),
             f"--pgdata=/proc/{os.getpid()}/fd/{folder}",
             f"--compress=server-zstd:level={self.cfg.backup.compression_level},workers={os.cpu_count() or 1}",
             "--progress",

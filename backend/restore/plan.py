@@ -17,7 +17,8 @@ from typing import Any
 from backend.catalog import Catalog
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.manifest import BackupManifest
+from backend.manifest import BackupManifest, chain
+from backend.restore.combine import combined_peak
 from backend.restore.marker import unfinished_restore
 from backend.restore.preflight import Check, existing_parent
 from backend.restore.tablespaces import SAFETY_SUFFIX, Placement, place, space_by_device
@@ -56,6 +57,13 @@ class RestorePlan:
     cut_short: str = ""
     #: Where each of the backup's tablespaces goes (``backend.restore.tablespaces``).
     tablespaces: list[Placement] = field(default_factory=list)
+    #: An incremental backup's chain below it, the full backup first (``backend.restore.combine``).
+    parents: list[BackupManifest] = field(default_factory=list)
+
+    @property
+    def chain(self) -> list[BackupManifest]:
+        """The backups the restore unpacks: the full one first, ``backup`` last."""
+        return [*self.parents, self.backup]
 
     @property
     def wal_bytes(self) -> int:
@@ -89,6 +97,13 @@ class RestorePlan:
             f"{b.name} (stopped {b.stop_time:%Y-%m-%d %H:%M:%S} UTC, LSN {b.stop_lsn}, "
             f"{size(b.size_bytes)}) from the {self.backup_repository} repository",
         )
+        if self.parents:
+            members = " + ".join(f"{m.name} ({size(m.size_bytes)})" for m in self.chain)
+            row(
+                "chain",
+                f"{len(self.parents)} backup{'s' if len(self.parents) > 1 else ''} below it, combined with "
+                f"pg_combinebackup: {members}; {size(sum(m.stored_bytes for m in self.chain))} to fetch",
+            )
         if self.wal:
             sources = ", ".join(f"{n} from {repo}" for repo, n in self.wal_sources.items())
             more = "" if self.wal_complete else "at least "
@@ -134,6 +149,8 @@ class RestorePlan:
             "timeline": self.timeline,
             "base_backup": self.backup.name,
             "base_backup_repository": self.backup_repository,
+            "chain": [m.name for m in self.chain],
+            "fetch_bytes": sum(m.stored_bytes for m in self.chain) + self.wal_bytes,
             "wal_first": self.wal[0].segment.name if self.wal else None,
             "wal_last": self.wal[-1].segment.name if self.wal else None,
             "wal_segments": len(self.wal),
@@ -201,9 +218,7 @@ def make_plan(
             f"--target-timeline {abandoned[-1]} restores that branch"
         )
     if not windows:
-        disowned = "".join(
-            f"; backup {name} is not offered: its manifest contradicts the WAL" for name in timeline.disowned
-        )
+        disowned = "".join(f"; backup {name} is not offered: {why}" for name, why in timeline.disowned.items())
         raise PgdrError(
             f"nothing is recoverable on timeline {tli}{disowned}: take a base backup (`pgdr backup`) and check "
             "archiving"
@@ -217,6 +232,7 @@ def make_plan(
         # follows the WAL the plan counted, not the backup's abandoned timeline.
         target = replace(target, timeline=str(tli))
     chosen = backups[window.base_backup]
+    members = chain(chosen.manifest, {name: b.manifest for name, b in backups.items()})
     cut_short = _cut_short(timeline, window) if target.kind == "latest" else ""
     if cut_short:
         notes.append(cut_short)
@@ -240,6 +256,8 @@ def make_plan(
     spaces = space_by_device(placements).get(home.stat().st_dev, (home, 0))[1]
     archives = {p.tablespace.archive for p in placements}
     base = sum(o.raw_size for o in chosen.manifest.objects if o.key not in archives)
+    if len(members) > 1:
+        base = combined_peak(members)
     needed = base + spaces + len(wal) * segment_size
     free = shutil.disk_usage(home).free
     return RestorePlan(
@@ -256,11 +274,12 @@ def make_plan(
         safety_copy=safety,
         space_needed=needed,
         space_free=free,
-        estimated_seconds=estimate_restore_seconds(chosen.manifest.size_bytes, len(wal) * segment_size),
+        estimated_seconds=estimate_restore_seconds(sum(m.size_bytes for m in members), len(wal) * segment_size),
         target_instant=instant,
         notes=notes,
         cut_short=cut_short,
         tablespaces=placements,
+        parents=members[:-1],
     )
 
 

@@ -33,8 +33,8 @@ from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel
 from backend.repository import Repository
 from backend.restore import marker, preflight, tablespaces
 from backend.restore import settings as recovery_settings
+from backend.restore.combine import restore_chain
 from backend.restore.plan import RestorePlan
-from backend.restore.unpack import restore_base_backup
 from backend.walnames import SegmentName, format_lsn, parse_lsn
 
 
@@ -208,8 +208,9 @@ def _lay_down(
     faults.point("restore-after-safety-copy")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgdr-probe") as beside:
         quick_fetch_runs = beside.submit(_quick_fetch_runs, cfg, data_dir)
-        laid.source = restore_base_backup(
-            plan.backup,
+        laid.source = restore_chain(
+            cfg,
+            plan.chain,
             sorted(repos, key=lambda repo: repo.name != plan.backup_repository),  # the plan's choice first
             data_dir,
             tablespaces={p.tablespace.oid: p.destination for p in plan.tablespaces},

@@ -86,7 +86,7 @@ def restore_base_backup(
             written,
             refused=refused,
             skip=skip if where == target else frozenset(),
-            progress=_Counted(on_progress, done, total),
+            progress=Counted(on_progress, done, total),
             cancel=cancel,
         )
         source = source or repo
@@ -102,14 +102,14 @@ def restore_base_backup(
     return source
 
 
-class _Counted:
-    """Progress of one archive, counted as part of all of them."""
+class Counted:
+    """Progress of one part (an archive, a backup of a chain), counted as part of all of them."""
 
-    def __init__(self, on_progress: ProgressCallback, before: int, total: int) -> None:
-        self._on_progress, self._before, self._total = on_progress, before, total
+    def __init__(self, on_progress: ProgressCallback, before: int, total: int, prefix: str = "") -> None:
+        self._on_progress, self._before, self._total, self._prefix = on_progress, before, total, prefix
 
     def __call__(self, p: Progress) -> None:
-        self._on_progress(Progress(p.step, self._before + p.done, self._total, p.message))
+        self._on_progress(Progress(p.step, self._before + p.done, self._total, self._prefix + p.message))
 
 
 def _unpack_copy(
