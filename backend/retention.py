@@ -13,17 +13,36 @@ The rules, and why:
   the newest restorable physical backup, and the newest logical dump of each database. After a
   point-in-time restore the newest backup may lie on the abandoned branch, so the newest physical
   backup from which the latest timeline can be reached is kept too.
+* Incremental backups (PostgreSQL 17+) are restored by combining every backup down their chain to
+  the full one, so retention never breaks a chain: a kept incremental keeps every parent this
+  repository holds down its chain, whatever their age (the reason names the incremental that builds
+  on it). "Restorable" above means restorable from this repository alone: an incremental whose chain
+  is broken here (a parent is missing) is not, so it is never the newest backup or the one reaching
+  the latest timeline that is kept whatever its age (an older whole backup is); it is kept or expired
+  by its own age like any other, and the report says its chain is broken. If it is kept, the parents
+  it still has here are kept with it, and its WAL floor counts (the missing link may yet be in
+  another repository, and a restore combining the two would need the rest): more is kept, never less.
 * WAL is deleted only when no kept physical backup can replay it: a kept backup on timeline T that
   starts in segment N needs every segment numbered N or later on T and on every timeline descending
   from T (read from the ``.history`` files; a timeline whose history is missing is assumed to
   descend). ``.backup`` and ``.partial`` files go with their segment. ``.history`` files are never
   deleted: they are tiny, and restores need them to follow timelines.
+* Only a backup kept for its own sake (within the retention, or protected as above) is a WAL floor. A
+  parent kept only as a link of a chain is not: a restore of an incremental replays WAL from the
+  incremental's own start (the combined data directory is consistent as of the newest backup of the
+  chain, whose ``backup_label`` it carries), so the WAL between the full backup's start and the kept
+  incremental's start is needed by no restore this repository can still do. A full backup or an
+  earlier incremental that is itself within the retention is a restore start of its own and keeps its
+  floor. A parent kept only as a link is therefore restorable only through its chain, not on its own.
 * A repository where no physical backup is kept deletes no WAL at all: without a backup there is no
   window to compute, and old WAL may still be the only record of something.
 * An expired backup's ``manifest.json`` is deleted first, on its own, then its other objects, then
   its ``verify/<name>.json``: an interrupted expire leaves an unlisted folder of debris, never a
-  listed backup with objects missing. WAL is deleted oldest first, so an interrupted expire leaves the
-  archive contiguous (a shorter history, never a hole in the middle).
+  listed backup with objects missing. Expired backups go oldest first, except that the expired
+  incrementals of a chain go before the backup they build on (children before parents), so an
+  interrupted expire never leaves a listed incremental whose parent is already unlisted. WAL is
+  deleted oldest first, so an interrupted expire leaves the archive contiguous (a shorter history,
+  never a hole in the middle).
 """
 
 from __future__ import annotations
@@ -41,7 +60,7 @@ from backend.archive.walfile import WAL_PREFIX, WalObject
 from backend.config import Config
 from backend.errors import ConfigError, PgdrError
 from backend.locks import job_lock
-from backend.manifest import BACKUPS_PREFIX, BackupManifest
+from backend.manifest import BACKUPS_PREFIX, BackupManifest, BrokenChain, chain
 from backend.repository import ObjectInfo, Repository, open_repositories
 from backend.timeline import History, timeline_path
 from backend.walnames import DEFAULT_SEGMENT_SIZE, SegmentName, WalKind, parse_lsn, wal_kind
@@ -60,11 +79,16 @@ _SEGMENT_PART = re.compile(r"^[0-9A-F]{24}")
 
 @dataclass(frozen=True)
 class KeptBackup:
-    """A backup retention keeps, and why (``overdue``: kept although older than the retention)."""
+    """A backup retention keeps, and why (``overdue``: kept although older than the retention).
+
+    ``chain_link``: kept only because a kept incremental builds on it. Such a backup is no restore
+    start of its own, so it holds no WAL floor (see the module docstring).
+    """
 
     manifest: BackupManifest
     reason: str
     overdue: bool = False
+    chain_link: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,17 +97,22 @@ class ExpiryPlan:
 
     retention_days: int
     now: datetime
+    #: In the order they are to be deleted: oldest first, the incrementals of a chain before their parents.
     expired: tuple[BackupManifest, ...]
     kept: tuple[KeptBackup, ...]
     #: WAL file names to delete (segments, ``.backup``, ``.partial``), oldest first.
     wal_delete: tuple[str, ...]
-    #: ``(timeline, first segment number)`` of every kept physical backup: the WAL floor.
+    #: ``(timeline, first segment number)`` of every physical backup kept for its own sake (not only as
+    #: a chain link): the WAL floor.
     wal_floors: tuple[tuple[int, int], ...]
     histories: Mapping[int, History] = field(repr=False)
     segment_size: int = DEFAULT_SEGMENT_SIZE
     #: True when no WAL may be deleted at all (see ``note``).
     keep_all_wal: bool = False
     note: str = ""
+    #: Incremental backups whose chain is broken here, with the missing backup: not restorable from
+    #: this repository, so judged by their age alone.
+    broken_chains: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def cutoff(self) -> datetime:
@@ -124,7 +153,14 @@ def plan_expiry(
     manifests = sorted(backups, key=lambda m: (m.stop_time, m.name))
     wal_names = sorted(set(wal))
 
-    restorable = [m for m in manifests if _wal_start(m, segment_size) is not None]
+    by_name = {m.name: m for m in manifests}
+    broken: dict[str, str] = {}
+    for m in manifests:
+        missing = _missing_link(m, by_name)
+        if missing is not None:
+            broken[m.name] = missing
+    # Restorable from this repository alone: a broken chain cannot be combined here.
+    restorable = [m for m in manifests if _wal_start(m, segment_size) is not None and m.name not in broken]
     timelines = {1, *histories}
     timelines.update(m.timeline for m in restorable if m.timeline is not None)
     for name in wal_names:
@@ -158,21 +194,29 @@ def plan_expiry(
     for m in newest_logical.values():
         protected[m.name] = "newest logical dump" + (f" of {m.database}" if m.database else "")
 
+    own: dict[str, str] = {}
+    for m in manifests:
+        if m.stop_time >= cutoff:
+            own[m.name] = "within the retention"
+        elif m.name in protected:
+            own[m.name] = protected[m.name]
+    links = _chain_links([by_name[name] for name in own], own, by_name)
+
     expired: list[BackupManifest] = []
     kept: list[KeptBackup] = []
     for m in manifests:
         overdue = m.stop_time < cutoff
-        if not overdue:
-            kept.append(KeptBackup(m, "within the retention"))
-        elif m.name in protected:
-            kept.append(KeptBackup(m, protected[m.name], overdue=True))
+        if m.name in own:
+            kept.append(KeptBackup(m, own[m.name], overdue=overdue))
+        elif m.name in links:
+            kept.append(KeptBackup(m, links[m.name], overdue=overdue, chain_link=True))
         else:
             expired.append(m)
 
     floors: list[tuple[int, int]] = []
     for k in kept:
         start = _wal_start(k.manifest, segment_size)
-        if start is not None:
+        if start is not None and not k.chain_link:
             floors.append((start.timeline, start.number))
     if not floors and not keep_all_wal:
         keep_all_wal = True
@@ -181,7 +225,7 @@ def plan_expiry(
     plan = ExpiryPlan(
         retention_days=retention_days,
         now=now,
-        expired=tuple(expired),
+        expired=tuple(_children_first(expired)),
         kept=tuple(kept),
         wal_delete=(),
         wal_floors=tuple(sorted(set(floors))),
@@ -189,6 +233,7 @@ def plan_expiry(
         segment_size=segment_size,
         keep_all_wal=keep_all_wal,
         note=note,
+        broken_chains=broken,
     )
     doomed = []
     for name in wal_names:
@@ -197,6 +242,90 @@ def plan_expiry(
             doomed.append((position, name))
     doomed.sort()
     return dataclasses.replace(plan, wal_delete=tuple(name for _, name in doomed))
+
+
+def _missing_link(m: BackupManifest, by_name: Mapping[str, BackupManifest]) -> str | None:
+    """The backup missing down ``m``'s chain in this repository, or None when its chain is whole.
+
+    The chain is read by :func:`backend.manifest.chain`, the same walk a restore makes. Only physical
+    backups have chains.
+    """
+    if m.kind != "physical":
+        return None
+    try:
+        chain(m, by_name)
+    except BrokenChain as exc:
+        return exc.missing
+    return None
+
+
+def _parents(m: BackupManifest, by_name: Mapping[str, BackupManifest]) -> list[BackupManifest]:
+    """The backups down ``m``'s chain that this repository holds, nearest first, up to a missing link.
+
+    A broken chain yields the parents before the gap: a kept incremental keeps what it still has,
+    since the missing link may be in another repository and a combine would need the rest.
+    """
+    if m.kind != "physical":
+        return []
+    try:
+        return chain(m, by_name)[-2::-1]
+    except BrokenChain as exc:
+        missing = exc.missing
+    found: list[BackupManifest] = []
+    current = m
+    # chain() has walked exactly these links before stopping at ``missing``: each is present, physical
+    # and older than the one building on it, so this walk ends.
+    while current.parent is not None and current.parent != missing:
+        current = by_name[current.parent]
+        found.append(current)
+    return found
+
+
+def _chain_links(
+    roots: Sequence[BackupManifest], own: Mapping[str, str], by_name: Mapping[str, BackupManifest]
+) -> dict[str, str]:
+    """The parents kept only as links of the chains of ``roots`` (the backups kept for their own sake), with why.
+
+    A parent is named after the backup that builds on it directly and, when that is another link,
+    the nearest backup up the chain kept for its own sake, whose restore needs it (the newest chain's,
+    when several chains share the parent).
+    """
+    links: dict[str, str] = {}
+    for root in sorted(roots, key=lambda m: (m.stop_time, m.name), reverse=True):
+        child = needs = root
+        for parent in _parents(root, by_name):
+            if parent.name in own:
+                needs = parent
+            elif parent.name not in links:
+                why = f"incremental {child.name} builds on it"
+                links[parent.name] = why if child is needs else f"{why} (restoring {needs.name} needs it)"
+            child = parent
+    return links
+
+
+def _children_first(expired: Sequence[BackupManifest]) -> list[BackupManifest]:
+    """``expired`` (oldest first) reordered so that every incremental comes before its expired parent.
+
+    The expired members of a chain are grouped under their oldest expired ancestor and go newest
+    first (a child is always newer than its parent: :func:`backend.manifest.chain` refuses
+    otherwise); the groups keep the oldest-first order of those ancestors. Deleting manifests in this
+    order, an interrupted expire never leaves a listed incremental whose parent is unlisted.
+    """
+    doomed = {m.name: m for m in expired}
+
+    def root(m: BackupManifest) -> BackupManifest:
+        while m.parent is not None and m.parent in doomed and m.parent < m.name:
+            m = doomed[m.parent]
+        return m
+
+    rank = {m.name: i for i, m in enumerate(expired)}
+    groups: dict[str, list[BackupManifest]] = defaultdict(list)
+    for m in expired:
+        groups[root(m).name].append(m)
+    ordered: list[BackupManifest] = []
+    for head in sorted(groups, key=rank.__getitem__):
+        ordered.extend(sorted(groups[head], key=lambda m: m.name, reverse=True))
+    return ordered
 
 
 def _wal_start(m: BackupManifest, segment_size: int) -> SegmentName | None:
@@ -294,6 +423,8 @@ class RepositoryExpiry:
     wal_bytes: int = 0
     #: The first segment kept on each timeline a kept backup starts on.
     wal_kept_from: list[str] = field(default_factory=list)
+    #: Incremental backups whose chain is broken here, with the backup missing down it.
+    broken_chains: dict[str, str] = field(default_factory=dict)
     note: str = ""
     error: str | None = None
 
@@ -313,9 +444,11 @@ class RepositoryExpiry:
                     "stop_time": k.manifest.stop_time.isoformat(),
                     "reason": k.reason,
                     "older_than_retention": k.overdue,
+                    "chain_link": k.chain_link,
                 }
                 for k in self.kept_backups
             ],
+            "broken_chains": [{"name": name, "missing": missing} for name, missing in self.broken_chains.items()],
             "wal": {
                 "segments": self.wal_segments,
                 "first": self.wal_first,
@@ -384,7 +517,14 @@ class ExpireReport:
                 lines.append(f"  {r.note}")
             for k in r.kept_backups:
                 why = f"{k.reason}, older than the retention" if k.overdue else k.reason
+                if k.chain_link:
+                    why += "; a link of the chain only, so the WAL to restore it on its own is not kept"
                 lines.append(f"  {keep} {k.manifest.name} ({k.manifest.kind}): {why}")
+            for name, missing in r.broken_chains.items():
+                lines.append(
+                    f"  {name} cannot be restored from this repository: it is incremental and {missing}, down its "
+                    "chain, is not here; it is kept or removed by its age alone"
+                )
             if r.error:
                 lines.append(f"  FAILED: {r.error}")
             lines.append(f"  {free} {size(r.bytes_freed)}")
@@ -497,6 +637,7 @@ def _apply(repo: Repository, result: RepositoryExpiry, now: datetime, *, dry_run
         segment_size=catalog.segment_size,
     )
     result.kept_backups = list(plan.kept)
+    result.broken_chains = dict(plan.broken_chains)
     result.note = plan.note
     result.wal_kept_from = [SegmentName(t, n, plan.segment_size).name for t, n in plan.wal_floors]
     delete: Callable[[list[str]], None] = (lambda keys: None) if dry_run else repo.delete
@@ -504,7 +645,7 @@ def _apply(repo: Repository, result: RepositoryExpiry, now: datetime, *, dry_run
     if plan.expired:
         stored = _group_backups(repo.list(BACKUPS_PREFIX))
         verified = {info.key: info for info in repo.list(VERIFY_PREFIX)}
-        for m in plan.expired:
+        for m in plan.expired:  # in the plan's order: the incrementals of a chain before their parents
             objects = stored.get(m.name, {})
             # The manifest first, alone: from here on the backup is unlisted, whatever happens next.
             delete([m.key])
