@@ -71,7 +71,9 @@ def test_a_chain_in_s3_alone_restores_with_exact_rows(
         c.start()
         c.sql("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
         c.sql("INSERT INTO ledger SELECT g, 'full' FROM generate_series(1, 1000) g")
-        full = backup(c)
+        full = backup(c, "--incremental")  # nothing to build on yet: a full one
+        assert full["parent"] is None
+        assert "no base backup of this cluster in the s3 repository" in dict(full["extra"])["full_because"]  # type: ignore[call-overload]
         c.sql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(1001, 1200) g")
         backup(c, "--incremental")
         c.sql("UPDATE ledger SET note = 'second' WHERE id > 1100")
@@ -86,3 +88,59 @@ def test_a_chain_in_s3_alone_restores_with_exact_rows(
         done = c.pgdr("restore", "--name", "before_cleanup", "--yes", timeout=600)
         assert "Restore finished" in done.stdout and full["name"] in done.stdout, done.stdout + done.stderr
         assert c.sql("SELECT count(*), count(*) FILTER (WHERE note = 'second') FROM ledger")[0] == (1210, 100)
+
+
+def test_on_15_an_incremental_is_refused_in_one_line(cluster: Cluster) -> None:
+    cluster.pgdr("backup")
+    refused = cluster.pgdr("backup", "--incremental", check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert "incremental backups need PostgreSQL 17 or later (this server runs 15." in line
+
+
+def test_without_summaries_it_says_what_to_change_and_takes_a_full_one_until_they_cover_one(
+    shared_dir: Path, pgdr_for_server: Path
+) -> None:
+    with running_cluster(shared_dir, pgdr_for_server, pg_bin=pg_bin("18")) as c:
+        c.write_config(c.base_config())
+        c.start()
+        refused = c.pgdr("backup", "--incremental", check=False)
+        assert refused.returncode == 2 and "summarize_wal = on, and it is off" in refused.stderr
+        assert "ALTER SYSTEM SET summarize_wal = on" in refused.stderr
+
+        c.pgdr("backup")
+        c.sql("CREATE TABLE later (x int)")
+        c.switch_wal()
+        c.sql("CHECKPOINT")
+        c.sql("ALTER SYSTEM SET summarize_wal = on")
+        c.sql("SELECT pg_reload_conf()")
+        # The summaries begin at the checkpoint after the full backup began: PostgreSQL cannot build on it.
+        second = c.pgdr("backup", "--incremental").stdout
+        assert "taken as a full backup: PostgreSQL would not build on" in second, second
+        assert ": WAL summaries are required on timeline 1 from" in second, second
+        third = backup(c, "--incremental")
+        names = [b["name"] for b in json.loads(c.pgdr("list", "--json").stdout)["backups"]]
+        assert third["parent"] == names[1] and len(names) == 3
+
+
+def test_expire_keeps_the_chain_of_a_kept_incremental_and_the_restore_still_combines_it(pg18: Cluster) -> None:
+    pg18.sql("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+    pg18.sql("INSERT INTO ledger SELECT g, 'full' FROM generate_series(1, 300) g")
+    full = backup(pg18)
+    pg18.sql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(301, 400) g")
+    first = backup(pg18, "--incremental")
+    pg18.sql("INSERT INTO ledger SELECT g, 'second' FROM generate_series(401, 450) g")
+    second = backup(pg18, "--incremental")
+    pg18.wait_archived(pg18.switch_wal())
+    for name in (full["name"], first["name"]):  # older than the local repository's 7 days of retention
+        path = pg18.local_repo / "main" / "backups" / str(name) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["stop_time"] = "2026-01-01T00:00:00+00:00"
+        path.write_text(json.dumps(manifest))
+
+    report = json.loads(pg18.pgdr("expire", "--json").stdout)
+    listed = [b["name"] for b in json.loads(pg18.pgdr("list", "--json").stdout)["backups"]]
+    assert listed == [full["name"], first["name"], second["name"]], report
+    done = pg18.pgdr("restore", "--latest", "--yes", timeout=600)
+    assert "Restore finished" in done.stdout, done.stdout + done.stderr
+    assert pg18.sql("SELECT count(*) FROM ledger")[0] == (450,)

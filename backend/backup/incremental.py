@@ -15,6 +15,7 @@ repository stays restorable alone (an S3 copy must not need the local disk).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,6 +101,12 @@ def write_parent_manifest(parent: BackupManifest, repos: Sequence[Repository], f
         f"no intact copy of backup {parent.name}'s backup_manifest ({'; '.join(problems)}): "
         "run `pgdr verify`, and take a full backup"
     )
+
+
+def server_reason(exc: PgdrError) -> str:
+    """PostgreSQL's own words from pg_basebackup's failure, without the layers of prefixes around them."""
+    detail = str(exc).partition("): ")[2]
+    return re.sub(r"^(error: )?(could not initiate base backup: )?(ERROR:\s+)?", "", detail)
 
 
 def refused_by_server(exc: PgdrError) -> bool:

@@ -93,7 +93,7 @@ def take_base_backup(
         except PgdrError as exc:
             if not chains.refused_by_server(exc):
                 raise
-            why = f"PostgreSQL would not build on {parent.name}: {str(exc).partition(': ')[2]}"
+            why = f"PostgreSQL would not build on {parent.name}: {chains.server_reason(exc)}"
     return run.take(None, None, why)
 
 
