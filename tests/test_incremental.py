@@ -144,3 +144,31 @@ def test_expire_keeps_the_chain_of_a_kept_incremental_and_the_restore_still_comb
     done = pg18.pgdr("restore", "--latest", "--yes", timeout=600)
     assert "Restore finished" in done.stdout, done.stdout + done.stderr
     assert pg18.sql("SELECT count(*) FROM ledger")[0] == (450,)
+
+
+def test_as_the_owner_a_chain_restores_beside_and_again_in_place_after_a_restore(pg18: Cluster) -> None:
+    pg18.sql("CREATE TABLE ledger (id int PRIMARY KEY, note text)")
+    pg18.sql("INSERT INTO ledger SELECT g, 'full' FROM generate_series(1, 200) g")
+    pg18.pgdr_as_owner("backup")
+    pg18.sql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(201, 300) g")
+    pg18.pgdr_as_owner("backup", "--incremental")
+    pg18.wait_archived(pg18.switch_wal())
+
+    beside = pg18.root / "beside"
+    done = pg18.pgdr_as_owner("restore", "--latest", "--target-dir", str(beside), "--port", "5499", "--yes")
+    assert "Restore finished" in done.stdout, done.stdout + done.stderr
+    assert not (beside / ".pgdr-chain").exists()
+    pg18.pgdr_as_owner("restore", "--latest", "--yes")  # in place: the server now runs on timeline 2
+    assert pg18.sql("SELECT count(*) FROM ledger")[0] == (300,)
+
+    # The restored server has no WAL summaries from before the restore: a full backup starts a new chain.
+    restarted = pg18.pgdr_as_owner("backup", "--incremental").stdout
+    assert "taken as a full backup" in restarted, restarted
+    pg18.sql("INSERT INTO ledger SELECT g, 'again' FROM generate_series(301, 333) g")
+    again = json.loads(pg18.pgdr_as_owner("backup", "--incremental", "--json").stdout)
+    assert again["parent"] and again["timeline"] == 2
+    pg18.sql("INSERT INTO ledger SELECT g, 'last' FROM generate_series(334, 340) g")
+    pg18.wait_archived(pg18.switch_wal())
+    second = pg18.pgdr_as_owner("restore", "--latest", "--yes")
+    assert "Restore finished" in second.stdout, second.stdout + second.stderr
+    assert pg18.sql("SELECT count(*) FROM ledger")[0] == (340,)
