@@ -21,14 +21,22 @@ Levels:
   Anything found damaged is never remembered, so it is read (and reported) again on every run.
 * full (``--full``): the same checks of every object now, whatever is remembered.
 * deep: full, plus a restore rehearsal: the newest physical backup (or the named one) is restored
-  into a scratch directory, checked with ``pg_verifybackup``, started as a real server that replays to
-  its consistency point through the real ``restore_command``, and queried; the scratch directory is
+  into a scratch directory (an incremental one combined with its chain by ``pg_combinebackup``, as a
+  restore does), checked with ``pg_verifybackup``, started as a real server that replays to its
+  consistency point through the real ``restore_command``, and queried; the scratch directory is
   removed whatever happens. A rehearsal this host cannot hold (no room or no permission for the
   scratch directory, too few open files, shared memory) proves nothing about the backup: it is an
   error of the run, "could not rehearse", never a BAD backup.
 
 A named backup (``pgdr verify NAME``) is read whole, with the WAL it needs to become consistent
-(deep: all the WAL it can replay), whatever is remembered: the operator asked about it now.
+(deep: all the WAL it can replay), whatever is remembered: the operator asked about it now. A named
+incremental is read with every backup down its chain, which it cannot be restored without.
+
+An incremental backup is only as good as its chain: in each repository, every backup it builds on,
+down to the full one, must be there and sound. A link missing (expired, deleted) or found damaged in
+a repository is the incremental's problem there (``_check_chains``), so it shows as BAD; a restore
+plan judges each backup of the chain by its own record, and refuses a chain one of whose backups
+has no intact copy left (``backend.restore.copies``).
 
 WAL holes are classified so that normal archive lag never raises a data-loss alarm: a hole that is
 queued for upload to that repository (and held by another one) is "uploading"; a hole in a repository
@@ -84,7 +92,7 @@ from backend.archive.walfile import WalObject, decode, encode
 from backend.audit import state_dir
 from backend.config import Config
 from backend.errors import ConfigError, ObjectNotFound, PgdrError, RepositoryError
-from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, StoredObject
+from backend.manifest import BACKUPS_PREFIX, MANIFEST_NAME, BackupManifest, BrokenChain, StoredObject, chain
 from backend.postgres import chown_tree, own_folder, owner_of, program, run_server_program
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories, read_identity
@@ -116,6 +124,12 @@ IN_FLIGHT = timedelta(seconds=5)
 #: A backup folder without a manifest younger than this is probably a backup being written right now
 #: (objects appear one by one, the manifest last), not debris of a crashed one.
 DEBRIS_GRACE = timedelta(hours=1)
+#: Problems of a backup an incremental builds on that leave the incremental restorable from that
+#: repository: the WAL the link itself needs to become consistent (a restore of the incremental replays
+#: from the incremental's own start), and the link's own chain (judged for each backup on its own).
+_NOT_LINK_DAMAGE = frozenset({"wal", "chain"})
+#: How a broken chain problem ends: what it means for the incremental.
+_UNRESTORABLE = "this backup cannot be restored from it"
 #: WAL statuses that are a real problem; "uploading" and "delayed" are normal lag.
 PROBLEM_STATUSES = frozenset({"lost", "corrupt"})
 #: What a rehearsal server's log says when the host, not the backup, kept it from starting.
@@ -149,7 +163,9 @@ class BackupProblem:
     """One thing wrong with one backup: which copy (``repository``), which object, what is wrong.
 
     ``kind`` is one of: missing, size, checksum, undecodable, content (decompresses to other bytes),
-    unreadable, manifest, incomplete, debris, pg_restore, wal.
+    unreadable, manifest, incomplete, debris, pg_restore, wal, chain (an incremental's chain is
+    broken in that repository: a backup it builds on is missing or damaged there; the incremental's
+    own bytes may be sound, see ``_check_chains``).
     """
 
     repository: str | None
@@ -159,6 +175,8 @@ class BackupProblem:
 
     def describe(self) -> str:
         where = f"{self.repository}: " if self.repository else ""
+        if self.kind == "chain":  # its detail says "chain broken: ..." itself
+            return f"{where}{self.detail}"
         what = f"{self.object}: " if self.object else ""
         return f"{where}{what}{self.kind}: {self.detail}"
 
@@ -1072,7 +1090,7 @@ def _check_dump(
     Deep also runs a restore into /dev/null, which reads and decompresses every data block.
     """
     try:
-        pg_restore = program(cfg, "pg_restore", _version_num(manifest.pg_version))
+        pg_restore = program(cfg, "pg_restore", manifest.version_num)
     except PgdrError as exc:
         return [BackupProblem(repository, obj.key, "pg_restore", f"not checked: {exc}")]
     runs = [("pg_restore --list", [pg_restore, "--list", str(path)])]
@@ -1087,11 +1105,6 @@ def _check_dump(
             problems.append(BackupProblem(repository, obj.key, "pg_restore", f"{label} fails: {reason}"))
             break
     return problems
-
-
-def _version_num(pg_version: str) -> int | None:
-    match = re.match(r"(\d+)", pg_version)
-    return int(match.group(1)) * 10000 if match else None
 
 
 def _verify_backup(
@@ -1565,22 +1578,33 @@ def _check_against_wal(cfg: Config, report: VerifyReport, physical: list[BackupM
 
     The recovery timeline disowns a backup whose recorded stop time lies before commits its WAL
     holds (``timeline._contradicted_stop``): the same judgement the planner makes, reported here as
-    the backup's problem, so the alarm goes off before a restore needs it.
+    the backup's problem, so the alarm goes off before a restore needs it. The timeline also disowns
+    an incremental whose chain is broken in every repository: that is no contradicted manifest, and
+    ``_check_chains`` says where each link is missing.
     """
     if not physical:
         return
     from backend.recovery import VIEW_INDEX_BUDGET_S, load_view
 
     try:
-        disowned = load_view(cfg, index_budget_s=VIEW_INDEX_BUDGET_S).timeline.disowned
+        view = load_view(cfg, index_budget_s=VIEW_INDEX_BUDGET_S)
     except PgdrError as exc:
         report.notes.append(f"the manifests were not compared with the WAL: {exc}")
         return
+    catalog = {b.manifest.name: b.manifest for b in view.catalog.backups}
     for manifest in physical:
-        why = disowned.get(manifest.name)
-        if why is not None:
+        why = view.timeline.disowned.get(manifest.name)
+        if why is not None and not _chain_broken(manifest, catalog):
             result = next(b for b in report.backups if b.name == manifest.name)
             result.problems.append(BackupProblem(None, MANIFEST_NAME, "manifest", why))
+
+
+def _chain_broken(manifest: BackupManifest, backups: dict[str, BackupManifest]) -> bool:
+    try:
+        chain(manifest, backups)
+    except BrokenChain:
+        return True
+    return False
 
 
 # --- the restore rehearsal -----------------------------------------------------------------------
@@ -1627,28 +1651,41 @@ def _rehearse(
     scans: dict[str, _Scan],
     segment_size: int,
     *,
+    backups: dict[str, BackupManifest],
     on_progress: ProgressCallback,
     cancel: threading.Event | None,
 ) -> Rehearsal:
     """Restore ``manifest`` into a scratch directory, prove it with pg_verifybackup, start it, query it.
 
-    What the backup's content causes is a problem (a BAD backup); what this host causes is
-    ``could_not`` (see the module docstring).
+    An incremental is restored as a restore does it: its chain (from ``backups``, every manifest the
+    repositories hold) is unpacked and combined with pg_combinebackup (``restore_chain``), whose
+    ``backup_manifest`` of the combined directory is what pg_verifybackup checks; so the rehearsal
+    proves the chain, not the incremental alone (which no server could start on). What the backup's
+    content causes is a problem (a BAD backup); what this host causes is ``could_not`` (see the
+    module docstring).
     """
+    from backend.restore.combine import combined_peak, restore_chain
     from backend.restore.run import recovery_command
     from backend.restore.settings import write_recovery_settings
     from backend.restore.target import RecoveryTarget
-    from backend.restore.unpack import TargetFailed, restore_base_backup
+    from backend.restore.unpack import TargetFailed
 
     result = Rehearsal()
     began = time.monotonic()
+    try:
+        members = chain(manifest, backups)
+    except BrokenChain as exc:
+        result.problems.append(str(exc))
+        return result
     assert manifest.wal_start and manifest.wal_stop
     first = SegmentName.parse(manifest.wal_start, segment_size)
     last = SegmentName.parse(manifest.wal_stop, segment_size)
     wal_segments = [SegmentName(first.timeline, n, segment_size) for n in range(first.number, last.number + 1)]
     parent = _scratch_parent(cfg)
-    needed = manifest.size_bytes + 2 * len(wal_segments) * segment_size
-    version = _version_num(manifest.pg_version)
+    restored = sum(m.size_bytes for m in members)
+    needed = (combined_peak(members) if len(members) > 1 else restored) + 2 * len(wal_segments) * segment_size
+    version = manifest.version_num
+    what = manifest.name if len(members) == 1 else f"{manifest.name} with its chain of {len(members)} backups"
     try:
         owner = _server_owner(cfg)
         if needed > (free := shutil.disk_usage(parent).free):
@@ -1666,12 +1703,19 @@ def _rehearse(
     try:
         own_folder(scratch, 0o755, owner)
         data_dir.mkdir(mode=0o700)
-        on_progress(Progress("rehearsal", 0, manifest.size_bytes, f"restoring {manifest.name} into {scratch}"))
+        on_progress(Progress("rehearsal", 0, restored, f"restoring {what} into {scratch}"))
         # Never the tablespaces' own locations: those are the running cluster's.
         spaces = {t.oid: scratch / "tablespaces" / str(t.oid) for t in recorded(manifest)}
-        result.restored_from = restore_base_backup(
-            manifest, repos, data_dir, tablespaces=spaces, on_progress=on_progress, cancel=cancel
-        )
+        try:
+            result.restored_from = restore_chain(
+                cfg, members, repos, data_dir, tablespaces=spaces, on_progress=on_progress, cancel=cancel
+            )
+        except PgdrError as exc:
+            # pg_combinebackup writing into a full or unwritable scratch directory says nothing of the chain.
+            if str(exc).startswith("pg_combinebackup") and HOST_FAILURES.search(str(exc)):
+                result.could_not = f"the scratch directory cannot take the combined backup: {exc}"
+                return result
+            raise
 
         # pg_verifybackup checks every file against PostgreSQL's own backup_manifest, and parses the WAL
         # range the backup needs; it must see the directory exactly as unpacked, so it runs first.
@@ -1713,7 +1757,7 @@ def _rehearse(
             chown_tree(scratch, owner)
 
         pg_ctl = program(cfg, "pg_ctl", version)
-        wait = int(max(300.0, estimate_restore_seconds(manifest.size_bytes, len(wal_segments) * segment_size) * 5))
+        wait = int(max(300.0, estimate_restore_seconds(restored, len(wal_segments) * segment_size) * 5))
         on_progress(Progress("rehearsal", 0, None, f"starting {manifest.name} in {scratch} on port {port}"))
         started = True
         run_server_program(
@@ -1958,7 +2002,7 @@ def _verify(
             f"there is no backup named {name!r} in {', '.join(selected_names)} "
             f"(closest: {', '.join(close) if close else 'none, no backups yet'})"
         )
-    chosen = [name] if name is not None else folders
+    chosen = _with_chain(name, verified_scans) if name is not None else folders
 
     memories: dict[str, _Memory] = {}
     for scan in verified_scans:
@@ -2035,13 +2079,16 @@ def _verify_stored(
     meter.finish("backups read back")
 
     physical = [m for m in manifests.values() if m.kind == "physical" and m.wal_start and m.wal_stop and m.timeline]
-    if name is None or physical:  # a named logical dump needs no WAL
+    # A named incremental is read with its chain, but a restore of it replays only from its own start:
+    # the WAL its links need to become consistent on their own is not asked about.
+    anchors = [m for m in physical if name is None or m.name == name]
+    if name is None or anchors:  # a named logical dump needs no WAL
         _verify_wal(
             cfg,
             report,
             verified_scans=verified_scans,
             scans=scans,
-            physical=physical,
+            physical=anchors,
             queued=queued,
             histories=histories,
             lost={loss.repository for loss in report.losses},
@@ -2056,15 +2103,21 @@ def _verify_stored(
 
     _check_against_postgres(report, physical, verified_scans, memories)
     _check_against_wal(cfg, report, physical)
+    _check_chains(report, manifests, verified_scans)
 
     if deep:
-        targets = physical if name is not None else sorted(physical, key=lambda m: m.stop_time)[-1:]
+        targets = anchors if name is not None else sorted(physical, key=lambda m: m.stop_time)[-1:]
+        known = {n: m for s in verified_scans for n, m in s.manifests.items()}
         for manifest in targets:
             result = next(b for b in report.backups if b.name == manifest.name)
-            holding = [s.repo for s in verified_scans if manifest.name in s.manifests]
-            holding.sort(key=lambda r: not result.copy_ok(r.name))  # sound copies first
+            # Every repository holding a backup of the chain; those whose copy of it (and, for an
+            # incremental, of its chain: ``_check_chains``) is sound first.
+            holding = [
+                s.repo for s in verified_scans if manifest.name in s.manifests or _holds_link(s, manifest, known)
+            ]
+            holding.sort(key=lambda r: not result.copy_ok(r.name))
             result.rehearsal = _rehearse(
-                cfg, manifest, holding, scans, segment_size, on_progress=on_progress, cancel=cancel
+                cfg, manifest, holding, scans, segment_size, backups=known, on_progress=on_progress, cancel=cancel
             )
             if result.rehearsal.could_not is not None:
                 report.errors.append(f"could not rehearse backup {manifest.name}: {result.rehearsal.could_not}")
@@ -2072,6 +2125,94 @@ def _verify_stored(
             report.notes.append("no physical backup to rehearse a restore of: take one with `pgdr backup`")
         elif not targets:
             report.notes.append(f"{name} is a logical dump: deep ran a full pg_restore of it into /dev/null")
+
+
+def _holds_link(scan: _Scan, manifest: BackupManifest, known: dict[str, BackupManifest]) -> bool:
+    """Whether the repository holds a backup ``manifest`` builds on (so a rehearsal may fetch it there)."""
+    parent = manifest.parent
+    seen: set[str] = set()
+    while parent is not None and parent not in seen:
+        if parent in scan.manifests:
+            return True
+        seen.add(parent)
+        parent = known[parent].parent if parent in known else None
+    return False
+
+
+def _with_chain(name: str, scans: list[_Scan]) -> list[str]:
+    """A named backup and, for an incremental, the backups down its chain any repository holds (full first).
+
+    An incremental restores only together with them, so asking about it asks about them too: each is
+    read whole, and ``_check_chains`` judges the named one by what they were found to be.
+    """
+    known = {n: m for s in scans for n, m in s.manifests.items()}
+    names = [name]
+    manifest = known.get(name)
+    while manifest is not None and manifest.parent in known and manifest.parent not in names:
+        names.append(manifest.parent)
+        manifest = known[manifest.parent]
+    return names[::-1]
+
+
+def _check_chains(report: VerifyReport, manifests: dict[str, BackupManifest], scans: list[_Scan]) -> None:
+    """Each incremental's chain, link by link, in every repository holding it: where one is broken, it is
+    the incremental's problem there (kind "chain").
+
+    A restore of an incremental needs every backup down to the full one, and a repository's copy of it
+    is only worth something with that repository's links (a restore can mix repositories, but an
+    operator reading "ok" for one must be able to restore from it alone, as from a full backup's copy).
+    A link is broken when it is missing there (expired or deleted, its manifest gone) or this run
+    found its copy there damaged; its WAL is not its successors' concern (``_NOT_LINK_DAMAGE``). Runs
+    after the other checks of the links' copies (``_check_against_postgres``), so they all count.
+    """
+    results = {b.name: b for b in report.backups}
+    for name, manifest in manifests.items():
+        if manifest.kind != "physical" or not manifest.incremental:
+            continue
+        result = results[name]
+        for scan in scans:
+            repository = scan.repo.name
+            if name not in scan.manifests or repository not in result.repositories:
+                continue
+            try:
+                links = chain(manifest, scan.manifests)[:-1]
+            except BrokenChain as exc:
+                result.problems.append(BackupProblem(repository, None, "chain", _broken_link(exc, scan)))
+                continue
+            for link in links:
+                found = results.get(link.name)
+                if found is None:
+                    continue  # not read by this run (cannot happen: a named backup is read with its chain)
+                if repository not in found.repositories:
+                    gone = f"{link.name} was removed from the {repository} repository while it was verified"
+                    result.problems.append(
+                        BackupProblem(repository, None, "chain", f"chain broken: {gone}: {_UNRESTORABLE}")
+                    )
+                    continue
+                damage = [p for p in found.problems if p.repository == repository and p.kind not in _NOT_LINK_DAMAGE]
+                if damage:
+                    what = "; ".join(f"{p.object or 'the copy'}: {p.kind}" for p in damage[:3])
+                    result.problems.append(
+                        BackupProblem(
+                            repository,
+                            None,
+                            "chain",
+                            f"chain broken: {link.name}, a backup it builds on, is damaged in the {repository} "
+                            f"repository ({what}): {_UNRESTORABLE}",
+                        )
+                    )
+
+
+def _broken_link(exc: BrokenChain, scan: _Scan) -> str:
+    """Why ``exc.missing`` breaks the chain in this repository, in one line."""
+    where = f"the {scan.repo.name} repository"
+    if exc.missing in scan.manifests:  # there, but not an earlier physical backup: only a damaged manifest says so
+        why = f"{exc.missing}, named as the backup {exc.backup} builds on, is no earlier backup in {where}"
+    elif exc.missing in scan.folders:
+        why = f"{exc.missing} has no readable manifest in {where}"
+    else:
+        why = f"{exc.missing} is missing in {where} (expired or deleted)"
+    return f"chain broken: {why}: {_UNRESTORABLE}"
 
 
 def _segment_size(scans: dict[str, _Scan]) -> int:

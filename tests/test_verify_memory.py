@@ -264,7 +264,8 @@ def _plan(
         repo.put(CORRUPT_WAL_KEY, json.dumps({"objects": corrupt}).encode())
         repos.append(repo)
     wal = [SegmentInfo(SegmentName(1, n), ("local", "s3"), 1, now) for n in range(1, 9)]
-    plan = SimpleNamespace(backup=SimpleNamespace(name="B"), backup_repository="local", wal=wal, notes=[])
+    backup = SimpleNamespace(name="B")
+    plan = SimpleNamespace(backup=backup, chain=[backup], backup_repository="local", wal=wal, notes=[])
     view = SimpleNamespace(
         repositories=repos,
         catalog=SimpleNamespace(backups=[SimpleNamespace(manifest=plan.backup, repositories=["local", "s3"])]),
