@@ -6,6 +6,10 @@ settings can all look right while WAL still never arrives (a wrong ``--config`` 
 repository the server user cannot write, an S3 upload that fails), so the last check is end to end:
 it forces a WAL switch and waits until that very segment is in every repository.
 
+Incremental backups (PostgreSQL 17+) are checked too, though not archiving: their one server setting,
+``summarize_wal``, is reported either way with the fix, and counts as a problem only when the daemon
+is told to take them (``[schedule] incremental_backup``), as does a server too old for any.
+
 ``run_check`` is a generator so the command line prints each line as soon as it is known; the final
 wait can take up to ``timeout`` seconds and the operator should see the settings results before it.
 """
@@ -43,7 +47,9 @@ ARCHIVER_RETRIES = 3
 POLL_INTERVAL = 0.2
 
 _REQUIRED = ("wal_level", "archive_mode", "archive_command", "archive_timeout")
-_SETTINGS = (*_REQUIRED, "archive_library")
+_SETTINGS = (*_REQUIRED, "archive_library", "summarize_wal")
+#: Incremental base backups (``pg_basebackup --incremental``, and ``summarize_wal``) came with PostgreSQL 17.
+INCREMENTAL_SINCE = 170000
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,9 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
         if not check.ok:
             blocking.append(check)
     yield _archive_timeout(settings)
+    incremental = _incremental(cfg, info, settings)
+    if incremental is not None:
+        yield incremental
 
     repositories: list[Repository] = []
     for name in cfg.repository_names:
@@ -317,6 +326,47 @@ def _archive_timeout(settings: dict[str, _Setting]) -> CheckResult:
     return CheckResult(
         True,
         f"archive_timeout = {seconds} s: a commit waits at most {seconds} s for its segment to be switched out",
+    )
+
+
+def _incremental(cfg: Config, info: ServerInfo, settings: dict[str, _Setting]) -> CheckResult | None:
+    """Can this server take the incremental backups the schedule asks for (or ``pgdr backup --incremental``)?
+
+    On 17+ the answer is ``summarize_wal``: without it the server keeps no record of the blocks each
+    stretch of WAL changed, and pg_basebackup refuses an incremental. It is reloadable, so the fix is
+    two statements and no restart. Off is a problem only when incrementals are scheduled: a server
+    backed up by full backups alone needs nothing here. A server older than 17 gets a line only then.
+    """
+    expr = cfg.schedule.incremental_backup
+    scheduled = bool(expr.strip())
+    if info.version_num < INCREMENTAL_SINCE:
+        if not scheduled:
+            return None
+        return CheckResult(
+            False,
+            f'[schedule] incremental_backup = "{expr}" in {cfg.where()}, but incremental '
+            f"backups need PostgreSQL 17 or later and this server runs {info.version}: every scheduled incremental "
+            'fails; set incremental_backup = "" (full backups only) until the upgrade',
+        )
+    summarize = settings.get("summarize_wal")
+    if summarize is None:  # every 17+ has it, readable by whoever could read the archiving settings above
+        return None
+    if summarize.value == "on":
+        how = (
+            f'scheduled: incremental_backup = "{expr}", each holding only the blocks changed since the backup before'
+            if scheduled
+            else "`pgdr backup --incremental`, or [schedule] incremental_backup"
+        )
+        return CheckResult(True, f"summarize_wal = on: incremental backups work ({how})")
+    consequence = (
+        f'the incremental backups scheduled in {cfg.where()} (incremental_backup = "{expr}") all fail without it'
+        if scheduled
+        else "incremental backups (`pgdr backup --incremental`, [schedule] incremental_backup) need it"
+    )
+    return CheckResult(
+        not scheduled,
+        f"summarize_wal = {summarize.value}: {consequence}; run ALTER SYSTEM SET summarize_wal = on; "
+        "SELECT pg_reload_conf(); (no restart), then take a full backup (`pgdr backup`) for them to build on",
     )
 
 

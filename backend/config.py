@@ -136,6 +136,9 @@ class ScheduleConfig:
     """The daemon's cron schedules (5 fields, or 6 with a leading seconds field); "" disables a job."""
 
     base_backup: str = "0 */6 * * *"
+    #: PostgreSQL 17+ (summarize_wal = on): a backup of only the blocks changed since the newest backup,
+    #: between the full ones ``base_backup`` takes; off by default, since 15 and 16 cannot take one.
+    incremental_backup: str = ""
     logical_dump: str = "30 */6 * * *"
     verify: str = "15 3 * * *"
     verify_deep: str = "45 3 * * 0"
@@ -549,6 +552,11 @@ repeat_minutes = 60    # the same failure at most once per this many minutes (0:
 # The daemon (`pgdr --daemon`): cron expressions, 5 fields (or 6 with a leading seconds field),
 # read in `timezone`; "" disables a job.
 base_backup = "0 */6 * * *"      # physical base backup
+# PostgreSQL 17+ with summarize_wal = on: incremental backups (only the blocks changed since the newest
+# backup) between the full ones, e.g. a weekly full and an incremental every 6 hours:
+#   base_backup = "0 1 * * 0"  and  incremental_backup = "0 */6 * * *"
+# (when both are due at once, the full one runs and that incremental is skipped)
+incremental_backup = ""          # "": none
 logical_dump = "30 */6 * * *"    # pg_dump .dump and .sql.gz
 verify = "15 3 * * *"            # checksums and WAL continuity
 verify_deep = "45 3 * * 0"       # a restore rehearsal

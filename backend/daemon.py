@@ -1,7 +1,8 @@
 """``pgdr --daemon``: one long-running process that runs the backup jobs on cron schedules.
 
-Jobs: physical base backups, logical dumps, verification (daily checksums, weekly restore
-rehearsal), retention (on its own schedule and after every scheduled backup) and the RPO check.
+Jobs: physical base backups, incremental ones between them (PostgreSQL 17+), logical dumps,
+verification (daily checksums, weekly restore rehearsal), retention (on its own schedule and after
+every scheduled backup) and the RPO check.
 Each schedule is a cron expression (``[schedule]``, read in ``schedule.timezone``); "" disables
 the job. Five fields as usual, or six with a leading seconds field (``*/5 * * * * *``: every five
 seconds; for tests and demos).
@@ -10,7 +11,10 @@ The loop is deliberately simple: compute the next due time across the jobs, slee
 until then, run the due jobs one after another (so jobs never overlap each other; the repository
 lock keeps a manual ``pgdr backup`` and a scheduled one apart, and a scheduled run that finds the
 lock held is skipped and logged). A run missed while the daemon was down (the status file's last
-run is older than the schedule's previous fire time) runs once at start.
+run is older than the schedule's previous fire time) runs once at start. When the full and the
+incremental base backup fall due together (a weekly full at the hour of a six-hourly incremental),
+the full one runs and that incremental is skipped: taken right after the full it would hold next to
+nothing, and it would only lengthen the chain the next ones build on.
 
 SIGTERM or SIGINT stops it: the running job is cancelled (a cancelled backup removes what it had
 written, so nothing is half listed) and the daemon exits 0. The cancel event is only seen between
@@ -56,8 +60,17 @@ from backend.progress import Cancelled, Progress, ProgressCallback
 log = logging.getLogger("pgdr")
 
 #: Every job the daemon knows, in the order due jobs run when several are due at once.
-JOBS: tuple[str, ...] = ("base_backup", "logical_dump", "expire", "verify", "verify_deep", "rpo_check", "wal_index")
-BACKUP_JOBS = ("base_backup", "logical_dump")
+JOBS: tuple[str, ...] = (
+    "base_backup",
+    "incremental_backup",
+    "logical_dump",
+    "expire",
+    "verify",
+    "verify_deep",
+    "rpo_check",
+    "wal_index",
+)
+BACKUP_JOBS = ("base_backup", "incremental_backup", "logical_dump")
 #: One wal_index run's share of pg_waldump work; what is left waits for the next run.
 WAL_INDEX_BUDGET_S = 600.0
 
@@ -130,7 +143,17 @@ def parse_schedules(cfg: Config) -> dict[str, Schedule]:
                 '"minute hour day month weekday" (or six with a leading seconds field), or "" to disable it'
             )
         schedules[job] = Schedule(job, expr, zone)
+    if "incremental_backup" in schedules and "base_backup" not in schedules:
+        raise ConfigError(
+            f'schedule.incremental_backup in {cfg.where()} is set but schedule.base_backup is "": each incremental '
+            "builds on the one before, so without scheduled full backups the chain never ends (a restore combines "
+            'all of it, retention can expire none of it); schedule full ones too, e.g. base_backup = "0 1 * * 0"'
+        )
     return schedules
+
+
+class Superseded(PgdrError):
+    """A scheduled run another job due at the same time stands in for: recorded as skipped, not failed."""
 
 
 # --- the status file -------------------------------------------------------------------------------
@@ -391,6 +414,8 @@ class _Daemon:
         self.idle = threading.Event()
         self.idle.set()
         self._wake: tuple[int, int] | None = None
+        #: The jobs due in the pass of the loop now running (the full base backup beats an incremental).
+        self._due_together: set[str] = set()
 
     # -- lifecycle --
 
@@ -483,6 +508,7 @@ class _Daemon:
                 sleep = min(when for when in self.next_due.values()) - now
                 self.stop.wait(min(max(sleep.total_seconds(), 0.01), MAX_SLEEP))
                 continue
+            self._due_together = {job for _, _, job in due}
             for _, _, job in due:
                 if self.stop.is_set():
                     break
@@ -634,7 +660,7 @@ class _Daemon:
                 raise Cancelled(f"{job} not started: the daemon is stopping")
             ok, detail, fields, error = self._dispatch(job)
             result = "ok" if ok else "failed"
-        except jobs.LockBusy as exc:
+        except (jobs.LockBusy, Superseded) as exc:
             result, error = "skipped", str(exc)
         except (Cancelled, KeyboardInterrupt) as exc:
             result, error = "cancelled", str(exc) or "interrupted: the daemon is stopping"
@@ -680,8 +706,13 @@ class _Daemon:
     def _dispatch(self, job: str) -> tuple[bool, str, dict[str, Any], str | None]:
         """Run one job: (ok, detail, log fields, error when not ok); raises on errors."""
         cfg = self.cfg
+        if job == "incremental_backup" and "base_backup" in self._due_together:
+            raise Superseded(
+                "the full base backup due at the same time ran instead (an incremental right after it would "
+                "hold next to nothing)"
+            )
         if job in BACKUP_JOBS:
-            return self._backup(logical=job == "logical_dump")
+            return self._backup(job)
         if job in ("verify", "verify_deep"):
             deep = job == "verify_deep"
             report = jobs.verify_job(cfg, deep=deep, on_progress=self._progress(job), cancel=self.stop)
@@ -706,11 +737,14 @@ class _Daemon:
             return True, detail, counts, None
         raise AssertionError(f"unknown job {job}")  # pragma: no cover
 
-    def _backup(self, *, logical: bool) -> tuple[bool, str, dict[str, Any], str | None]:
+    def _backup(self, job: str) -> tuple[bool, str, dict[str, Any], str | None]:
+        """One scheduled backup; ``incremental_backup`` builds on the newest backup (or takes a full one
+        when there is none to build on, which the detail says)."""
+        logical, incremental = job == "logical_dump", job == "incremental_backup"
         clock = time.monotonic()
         try:
             manifest = jobs.take_backup(
-                self.cfg, logical=logical, on_progress=self._progress(jobs.backup_kind(logical)), cancel=self.stop
+                self.cfg, logical=logical, incremental=incremental, on_progress=self._progress(job), cancel=self.stop
             )
         except (jobs.LockBusy, Cancelled):
             raise
@@ -721,17 +755,33 @@ class _Daemon:
         jobs.notify_backup(self.cfg, logical=logical, manifest=manifest)
         import humanize
 
-        self.status.setdefault("backups", {})[manifest.kind] = {
+        # Keyed "incremental" apart from "physical": an incremental's few changed blocks must not pass for
+        # the size of the newest full backup (pgdr_backup_size_bytes{kind=...}).
+        kind = "incremental" if manifest.incremental else manifest.kind
+        self.status.setdefault("backups", {})[kind] = {
             "name": manifest.name,
             "size_bytes": manifest.size_bytes,
             "stored_bytes": manifest.stored_bytes,
             "stop_time": _iso(manifest.stop_time),
+            **({"parent": manifest.parent} if manifest.parent else {}),
         }
         detail = (
             f"{manifest.name}: {humanize.naturalsize(manifest.size_bytes)} "
             f"stored as {humanize.naturalsize(manifest.stored_bytes)}"
         )
-        fields = {"backup": manifest.name, "size_bytes": manifest.size_bytes, "stored_bytes": manifest.stored_bytes}
+        fields: dict[str, Any] = {
+            "backup": manifest.name,
+            "size_bytes": manifest.size_bytes,
+            "stored_bytes": manifest.stored_bytes,
+        }
+        if incremental:
+            fields["parent"] = manifest.parent
+            if manifest.parent:
+                detail += f", incremental on {manifest.parent}"
+            else:
+                why = manifest.extra.get("full_because") or "no backup to build on"
+                detail += f", taken as a full backup: {why}"
+                fields["full_because"] = why
         return True, detail, fields, None
 
     def _progress(self, job: str) -> ProgressCallback:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from backend.config import Config
+    from backend.manifest import BackupManifest
     from backend.progress import Progress
     from backend.restore.plan import RestorePlan
 
@@ -531,13 +532,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     if unfinished:
         print(unfinished)
     print(f"Backups of cluster {cfg.cluster.name}:")
-    rows = [["NAME", "KIND", "STARTED (UTC)", "SIZE", "STORED", "TL", "REPOSITORIES", "LAST VERIFIED (UTC)"]]
+    # The BUILDS ON column only where there are incrementals (PostgreSQL 17+): a 15 or 16 cluster's
+    # listing stays as it was.
+    chained = any(b.manifest.incremental for b in catalog.backups)
+    head = ["NAME", "KIND", *(["BUILDS ON"] if chained else []), "STARTED (UTC)", "SIZE", "STORED", "TL"]
+    rows = [[*head, "REPOSITORIES", "LAST VERIFIED (UTC)"]]
+    by_name = {b.manifest.name: b.manifest for b in catalog.backups}
     for b in catalog.backups:
         m = b.manifest
         rows.append(
             [
                 m.name,
-                m.kind,
+                "incremental" if m.incremental else m.kind,
+                *([_builds_on(m, by_name)] if chained else []),
                 m.start_time.strftime("%Y-%m-%d %H:%M:%S"),
                 humanize.naturalsize(m.size_bytes),
                 humanize.naturalsize(m.stored_bytes),
@@ -563,6 +570,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
     _print_table(rows) if len(rows) > 1 else print("  none yet: set archive_command = 'pgdr wal-push %p'")
     return 0
+
+
+def _builds_on(m: BackupManifest, by_name: dict[str, BackupManifest]) -> str:
+    """The BUILDS ON cell: an incremental's parent, and whether its chain down to the full backup is whole.
+
+    A broken chain (a backup down it expired or deleted) is said here, where the operator looks before
+    counting on that backup: no restore can combine it.
+    """
+    from backend.manifest import BrokenChain, chain
+
+    if m.parent is None:
+        return ""
+    try:
+        members = chain(m, by_name)
+    except BrokenChain as exc:
+        return f"{m.parent} (BROKEN: {exc.missing} is gone)"
+    return f"{m.parent} (chain of {len(members)})"
 
 
 def _verified_cell(last: dict[str, Any] | None) -> str:

@@ -28,6 +28,8 @@ class Glyphs:
     gap: str
     empty: str
     backup: str
+    #: An incremental backup (PostgreSQL 17+): the full backup's mark, hollow (an increment on it).
+    incremental: str
     logical: str
     restore_point: str
     destructive: str
@@ -50,6 +52,7 @@ UNICODE = Glyphs(
     gap="!",
     empty=" ",
     backup="▲",
+    incremental="∆",
     logical="○",
     restore_point="◆",
     destructive="▼",
@@ -70,6 +73,7 @@ ASCII = Glyphs(
     gap="!",
     empty=" ",
     backup="^",
+    incremental="i",
     logical="o",
     restore_point="R",
     destructive="X",

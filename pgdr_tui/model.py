@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from backend.manifest import BrokenChain, chain
 from backend.timeline import RecoveryTimeline, Window, estimate_restore_seconds
 from backend.walnames import SegmentName
 from pgdr_tui.timescale import Viewport, to_datetime
@@ -36,11 +37,18 @@ class Cell(IntEnum):
 
 
 class Mark(IntEnum):
+    """What a column of the backup or event row shows; of several in one column, the highest is drawn.
+
+    A full backup outranks an incremental: a restore of any incremental starts from a full one, so
+    where a column holds both, the full backup is the one worth seeing.
+    """
+
     NONE = 0
     LOGICAL = 1
-    BACKUP = 2
-    RESTORE_POINT = 3
-    DESTRUCTIVE = 4
+    INCREMENTAL = 2
+    BACKUP = 3
+    RESTORE_POINT = 4
+    DESTRUCTIVE = 5
 
 
 @dataclass
@@ -143,6 +151,11 @@ class CursorDetails:
     estimated_seconds: float | None = None
     before: NearEvent | None = None
     after: NearEvent | None = None
+    #: The backups a restore combines (``backend.manifest.chain``), the full one first and ``backup``
+    #: last: just ``backup`` for a full backup, empty without one.
+    chain: tuple[str, ...] = ()
+    #: An incremental ``backup`` whose chain is broken: the backup gone from under it (then ``chain`` is empty).
+    broken_chain: str = ""
 
     @property
     def target_timeline(self) -> str:
@@ -197,7 +210,10 @@ class TimelineModel:
         ordered = sorted(self.catalog.backups, key=lambda b: b.manifest.stop_time)
         self.backup_times = [b.manifest.stop_time.timestamp() for b in ordered]
         self.backup_order = ordered
-        self.backup_kinds = [Mark.BACKUP if b.manifest.kind == "physical" else Mark.LOGICAL for b in ordered]
+        self.backup_kinds = [_backup_mark(b) for b in ordered]
+        #: Whether any backup is incremental: the legend names the incremental mark only then.
+        self.has_incremental = any(b.manifest.incremental for b in ordered)
+        self._physical = {b.manifest.name: b.manifest for b in ordered if b.manifest.kind == "physical"}
         timed = sorted((e for e in view.events if e.time is not None and e.kind != "rewrite"), key=_event_time)
         self.events: list[WalEvent] = timed
         self.event_times = [_event_time(e) for e in timed]
@@ -369,7 +385,13 @@ class TimelineModel:
             last = reach if reach is not None else last
         segments = self.timeline.segments_between(tli, first, max(first, last))
         wal_bytes = len(segments) * size
-        base = backup.manifest.size_bytes if backup is not None else 0
+        members, broken = self.chain_of(backup)
+        # A restore of an incremental unpacks and combines its whole chain: the estimate counts it all,
+        # as the restore plan's does.
+        if members:
+            base = sum(self._physical[name].size_bytes for name in members)
+        else:
+            base = backup.manifest.size_bytes if backup is not None else 0
         reason = "latest: replays all archived WAL" if latest else "inside a recovery window"
         return CursorDetails(
             instant,
@@ -388,7 +410,21 @@ class TimelineModel:
             before=before,
             after=after,
             latest_timeline=self.latest_tli,
+            chain=members,
+            broken_chain=broken,
         )
+
+    def chain_of(self, backup: CatalogBackup | None) -> tuple[tuple[str, ...], str]:
+        """(the chain a restore of ``backup`` combines, full first; the missing backup when it is broken).
+
+        Read from every repository's backups (the catalog), as the restore plan reads it.
+        """
+        if backup is None or backup.manifest.kind != "physical":
+            return (), ""
+        try:
+            return tuple(m.name for m in chain(backup.manifest, self._physical)), ""
+        except BrokenChain as exc:
+            return (), exc.missing
 
     def _why(self, instant: datetime) -> str:
         windows = self.timeline.windows
@@ -426,6 +462,12 @@ class TimelineModel:
         if i < len(self.backup_order) and abs(self.backup_times[i] - t) < 1e-3:
             return self.backup_order[i]
         return None
+
+
+def _backup_mark(backup: CatalogBackup) -> Mark:
+    if backup.manifest.kind != "physical":
+        return Mark.LOGICAL
+    return Mark.INCREMENTAL if backup.manifest.incremental else Mark.BACKUP
 
 
 def _event_time(event: WalEvent) -> float:

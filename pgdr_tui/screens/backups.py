@@ -94,7 +94,7 @@ class BackupsScreen(BaseScreen):
             v = self.pgdr.verified.get(m.name)
             table.add_row(
                 m.name,
-                "base" if m.kind == "physical" else "dump",
+                "dump" if m.kind != "physical" else ("incr" if m.incremental else "base"),
                 fmt.short(m.stop_time, source.zone),
                 Text(fmt.size(m.size_bytes), justify="right"),
                 ",".join(b.repositories),
@@ -179,11 +179,17 @@ def backup_details(b: CatalogBackup, v: Verified | None, screen: BaseScreen) -> 
     text = Text(no_wrap=True, overflow="ellipsis")
 
     def row(label: str, value: str) -> None:
-        text.append(f" {label:<12}", style="bold")
+        text.append(f" {label:<13}", style="bold")
         text.append(value + "\n")
 
     took = (m.stop_time - m.start_time).total_seconds()
-    row("Backup", f"{m.name} ({m.kind}) of {m.cluster}, PostgreSQL {m.pg_version}, pgdr {m.pgdr_version or '?'}")
+    kind = m.kind
+    if m.parent is not None and screen.pgdr.model is not None:
+        members, missing = screen.pgdr.model.chain_of(b)
+        kind = f"incremental on {m.parent}, " + (
+            f"chain BROKEN: {missing} is gone" if missing else f"chain of {len(members)}"
+        )
+    row("Backup", f"{m.name} ({kind}) of {m.cluster}, PostgreSQL {m.pg_version}, pgdr {m.pgdr_version or '?'}")
     row(
         "Taken",
         f"{fmt.when(m.start_time, zone, seconds=True)} .. {fmt.when(m.stop_time, zone, seconds=True, date=False)}"

@@ -172,6 +172,7 @@ class HelpScreen(ModalScreen[None]):
             (g.wal_only, "dim", "WAL archived, but no base backup before it"),
             (g.gap, "black on yellow", "WAL gap: segments missing, not recoverable"),
             (g.backup, "cyan", "physical base backup finished"),
+            (g.incremental, "cyan", "incremental backup (PostgreSQL 17+), restored with the chain it builds on"),
             (g.logical, "cyan", "logical dump"),
             (g.restore_point, "magenta", "named restore point"),
             (g.destructive, "bold red", "DROP / TRUNCATE / DROP DATABASE committed (or relation files removed)"),

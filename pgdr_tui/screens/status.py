@@ -37,7 +37,8 @@ class StatusScreen(BaseScreen):
     def on_mount(self) -> None:
         self.jobs: list[tuple[str, dict[str, Any]]] = []
         table = self.query_one(DataTable)
-        # What an operator asks first (did it work, when next) fits 80 columns; the schedule comes last.
+        # What an operator asks first (did it work, when next, how long) fits 80 columns, with ages in
+        # short words (fmt.short_age); the schedule comes last.
         for label in ("Job", "Result", "Last run", "Next run", "Took", "Schedule"):
             table.add_column(label, key=label.lower())
         super().on_mount()
@@ -86,7 +87,7 @@ class StatusScreen(BaseScreen):
             table.add_row(
                 name,
                 Text(result if mark == result else f"{mark} {result}".strip(), style=style),
-                fmt.short(_time(job.get("last_start")), zone) + f" ({fmt.age(_time(job.get('last_start')), now)})"
+                fmt.short(_time(job.get("last_start")), zone) + f" ({fmt.short_age(_time(job.get('last_start')), now)})"
                 if job.get("last_start")
                 else "-",
                 fmt.short(_time(job.get("next_run")), zone) if data.get("running") and job.get("next_run") else "-",

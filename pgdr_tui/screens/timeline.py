@@ -37,6 +37,7 @@ class TimelineScreen(BaseScreen):
         self.details: CursorDetails | None = None
         self._shown_title: Text | None = None
         self._shown_keys: tuple[bool | None, bool | None] | None = None
+        self._shown_legend: tuple[int, bool] | None = None
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
@@ -50,7 +51,21 @@ class TimelineScreen(BaseScreen):
         super().on_mount()
         view = self.query_one(TimelineView)
         view.focus()
-        self.query_one("#legend", Static).update(view.legend(), layout=False)
+        self._show_legend()
+
+    def on_resize(self) -> None:
+        self._show_legend()
+
+    def _show_legend(self) -> None:
+        """The legend for this width and catalog: shorter words where the long ones do not fit, and the
+        incremental mark only once there is an incremental backup to see."""
+        legend = self.query_one("#legend", Static)
+        width = legend.content_region.width or self.app.size.width - 2
+        model = self.pgdr.model
+        shown = (width, model is not None and model.has_incremental)
+        if shown != self._shown_legend:
+            self._shown_legend = shown
+            legend.update(self.query_one(TimelineView).legend(width, incremental=shown[1]), layout=False)
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -63,6 +78,7 @@ class TimelineScreen(BaseScreen):
             return
         if view.model is not model:
             view.set_model(model, self.pgdr.source.now())
+            self._show_legend()
         else:
             self._show_details()
 

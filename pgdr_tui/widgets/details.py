@@ -42,6 +42,8 @@ def details_text(d: CursorDetails, *, zone: tzinfo, now: datetime, glyphs: Glyph
             f"{m.name}  finished {fmt.short(m.stop_time, zone)} ({fmt.age(m.stop_time, now)}), "
             f"{fmt.size(m.size_bytes)}",
         )
+        if m.parent is not None:
+            row("", _chain(m.parent, d, glyphs))
     else:
         row("Base backup", "-")
     if d.segments:
@@ -55,6 +57,16 @@ def details_text(d: CursorDetails, *, zone: tzinfo, now: datetime, glyphs: Glyph
     row("Event after", _event(d.after, zone))
     text.rstrip()
     return text
+
+
+def _chain(parent: str, d: CursorDetails, glyphs: Glyphs) -> Text:
+    """An incremental's line: what it builds on and how many backups a restore combines, or that it cannot."""
+    if d.broken_chain:
+        return Text.assemble(
+            f"incremental on {parent}, ",
+            (f"{glyphs.bad} chain broken: {d.broken_chain} is gone", "bold red"),
+        )
+    return Text(f"incremental on {parent}, chain of {len(d.chain)}")
 
 
 def _event(event: NearEvent | None, zone: tzinfo) -> Text:

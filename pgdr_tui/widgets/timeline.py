@@ -111,6 +111,7 @@ class TimelineView(Widget, can_focus=True):
         "timeline--wal-only",
         "timeline--gap",
         "timeline--backup",
+        "timeline--incremental",
         "timeline--logical",
         "timeline--restore-point",
         "timeline--destructive",
@@ -261,22 +262,35 @@ class TimelineView(Widget, can_focus=True):
         elif direction > 0 and self.model.latest_recoverable is not None:
             self.move_to(self.model.latest_recoverable.timestamp(), latest=True)
 
-    def legend(self) -> Text:
-        """What each symbol means, drawn with the very styles the rows use."""
+    def legend(self, width: int | None = None, *, incremental: bool = False) -> Text:
+        """What each symbol means, drawn with the very styles the rows use.
+
+        The incremental mark is named only when the catalog holds one (PostgreSQL 17+), and the full
+        backup's mark is then called "full" to tell the two apart. When the words do not fit ``width``
+        (80 columns), shorter ones are used, so no symbol's meaning is cut off.
+        """
         g = self.glyphs
-        parts: list[tuple[str, str, str]] = [
-            (g.full, "timeline--full", "recoverable"),
-            (g.wal_only, "timeline--wal-only", "WAL only"),
-            (g.gap, "timeline--gap", "gap"),
-            (g.backup, "timeline--backup", "backup"),
-            (g.logical, "timeline--logical", "dump"),
-            (g.restore_point, "timeline--restore-point", "restore point"),
-            (g.destructive, "timeline--destructive", "drop/truncate"),
+        parts: list[tuple[str, str, str, str]] = [
+            (g.full, "timeline--full", "recoverable", "recoverable"),
+            (g.wal_only, "timeline--wal-only", "WAL only", "WAL only"),
+            (g.gap, "timeline--gap", "gap", "gap"),
+            (
+                g.backup,
+                "timeline--backup",
+                "full backup" if incremental else "backup",
+                "full" if incremental else "backup",
+            ),
+            *([(g.incremental, "timeline--incremental", "incremental", "incr")] if incremental else []),
+            (g.logical, "timeline--logical", "dump", "dump"),
+            (g.restore_point, "timeline--restore-point", "restore point", "restore pt"),
+            (g.destructive, "timeline--destructive", "drop/truncate", "drop"),
         ]
+        long = sum(len(glyph) + len(label) + 3 for glyph, _, label, _ in parts) - 2
+        short = width is not None and long > width
         text = Text(no_wrap=True, overflow="ellipsis")
-        for glyph, component, label in parts:
+        for i, (glyph, component, label, brief) in enumerate(parts):
             text.append(glyph, style=self.get_component_rich_style(component, partial=True))
-            text.append(f" {label}  ")
+            text.append(f" {brief if short else label}" + ("  " if i < len(parts) - 1 else ""))
         return text
 
     # --- layout and drawing ----------------------------------------------------------------------
@@ -338,7 +352,11 @@ class TimelineView(Widget, can_focus=True):
             cells = [table.get(m, (" ", "")) for m in cols.events]
         elif y == 1:
             gutter = "backup"
-            table = {Mark.BACKUP: (g.backup, "timeline--backup"), Mark.LOGICAL: (g.logical, "timeline--logical")}
+            table = {
+                Mark.BACKUP: (g.backup, "timeline--backup"),
+                Mark.INCREMENTAL: (g.incremental, "timeline--incremental"),
+                Mark.LOGICAL: (g.logical, "timeline--logical"),
+            }
             cells = [table.get(m, (" ", "")) for m in cols.backups]
         elif y < TOP_ROWS + rows:
             row = self.model.rows[y - TOP_ROWS]

@@ -1,8 +1,10 @@
 """A realistic repository written by the backend's own code, for the console's tests and screenshots.
 
-Weeks of base backups (every 6 hours) and daily logical dumps, a WAL segment every 10 minutes with
-commit times in its SegmentIndex, a gap of missing segments, a restore point and a DROP TABLE, and a
-promotion to timeline 2 near the end. Everything is stored through ``LocalRepository``,
+Weeks of base backups (every 6 hours) and daily logical dumps of a PostgreSQL 18 cluster, a WAL
+segment every 10 minutes with commit times in its SegmentIndex, a gap of missing segments, a restore
+point and a DROP TABLE, and a promotion to timeline 2 near the end. On the day before ``NOW`` the
+backups after the first are incremental, each on the one before (a chain of four), so the console
+has incrementals to mark. Everything is stored through ``LocalRepository``,
 ``BackupManifest.to_json``, ``WalObject`` keys and ``SegmentIndex`` JSON, so the catalog and the
 recovery timeline the console shows are computed by the real backend, from a clock frozen at ``NOW``.
 
@@ -37,6 +39,7 @@ NOW = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
 SEGMENT_SIZE = 16 * 1024 * 1024
 SYSTEM_ID = 7_300_000_000_000_000_001
 FIRST_SEGMENT = 0x100
+PG_VERSION = "18.1"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Story:
     whole: str = ""
     #: The key of the damaged object (``backups/<whole>/base.tar.zst``).
     damaged: str = ""
+    #: The incremental backups, oldest first: each builds on the physical backup before it.
+    incrementals: tuple[str, ...] = ()
 
 
 def write_fixture(
@@ -112,7 +117,8 @@ def _write(
     config = root / "pgdr.toml"
     data_dir = root / "data"
     data_dir.mkdir(exist_ok=True)
-    (data_dir / "PG_VERSION").write_text("15\n")  # the running cluster's directory, for the safety copy
+    # The running cluster's directory, for the safety copy.
+    (data_dir / "PG_VERSION").write_text(PG_VERSION.partition(".")[0] + "\n")
     config.write_text(
         f'[cluster]\nname = "main"\n\n[postgres]\nhost = "{root / "no-server"}"\nport = 5432\nuser = "postgres"\n'
         f'data_dir = "{root / "data"}"\n\n[local]\npath = "{repo_path}"\n'
@@ -208,20 +214,39 @@ def _write(
         repo.put(index_key(name.name), json.dumps(index.to_json(), sort_keys=True).encode())
 
     names: list[str] = []
+    incrementals: list[str] = []
     whole = damaged = ""
+    previous = ""  # the newest physical backup so far: what an incremental builds on
+    chained_day = (now - timedelta(days=1)).date()
     for serial, (backup_at, first, logical) in enumerate(schedule):
         if first is not None:
             seg, _ = by_number[first]
             size = 1_200_000_000 + serial * 9_000_000
-            backup = _physical(repo, backup_at, seg, size, whole=first == whole_number)
+            chained = backup_at.date() == chained_day and previous.startswith(f"{chained_day:%Y%m%d}")
+            parent = previous if chained else None
+            backup = _physical(repo, backup_at, seg, size, whole=first == whole_number, parent=parent)
             names.append(backup)
+            previous = backup
+            if parent is not None:
+                incrementals.append(backup)
             if first == whole_number:
                 whole, damaged = backup, _damage(repo_path / "main", backup)
         if logical:
             names.append(_logical(repo, backup_at + timedelta(minutes=30), 310_000_000 + serial * 1_000_000))
     _verified(repo, names, now)
     return Story(
-        config, start, gap_start, gap_end, restore_point, drop, drop_xid, promotion, sorted(names), whole, damaged
+        config,
+        start,
+        gap_start,
+        gap_end,
+        restore_point,
+        drop,
+        drop_xid,
+        promotion,
+        sorted(names),
+        whole,
+        damaged,
+        tuple(incrementals),
     )
 
 
@@ -273,8 +298,20 @@ def _real_object(
     return StoredObject(key, len(blob), digest, raw_size, raw_digest, compression)
 
 
-def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: int, *, whole: bool = False) -> str:
+def _physical(
+    repo: LocalRepository,
+    started: datetime,
+    seg: SegmentName,
+    size: int,
+    *,
+    whole: bool = False,
+    parent: str | None = None,
+) -> str:
+    """A physical backup's manifest; with ``parent``, an incremental on it: only the changed blocks,
+    a few percent of a full backup."""
     name = started.strftime("%Y%m%dT%H%M%SZ")
+    if parent is not None:
+        size //= 16
     stop = started + timedelta(minutes=2, seconds=10)
     start_lsn = seg.start_lsn + 0x28
     stop_lsn = seg.start_lsn + 0x1000
@@ -293,7 +330,7 @@ def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: 
         kind="physical",
         cluster="main",
         system_identifier=SYSTEM_ID,
-        pg_version="15.18",
+        pg_version=PG_VERSION,
         start_time=started,
         stop_time=stop,
         objects=objects,
@@ -305,7 +342,8 @@ def _physical(repo: LocalRepository, started: datetime, seg: SegmentName, size: 
         wal_segment_size=SEGMENT_SIZE,
         file_count=1843,
         pgdr_version="0.1.0",
-        extra={"label": f"pgdr {name}", "data_directory": "/var/lib/postgresql/15/main"},
+        extra={"label": f"pgdr {name}", "data_directory": "/var/lib/postgresql/18/main"},
+        parent=parent,
     )
     repo.put(manifest.key, manifest.to_json())
     return name
@@ -318,7 +356,7 @@ def _logical(repo: LocalRepository, started: datetime, size: int) -> str:
         kind="logical",
         cluster="main",
         system_identifier=SYSTEM_ID,
-        pg_version="15.18",
+        pg_version=PG_VERSION,
         start_time=started,
         stop_time=started + timedelta(minutes=4),
         objects=[_object("app.dump", size, size // 5, "none"), _object("app.sql.gz", size, size // 6, "none")],

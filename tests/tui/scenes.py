@@ -332,6 +332,8 @@ def daemon_running(story: Story) -> Iterator[None]:
 
     jobs = {
         "base_backup": run("base_backup", 131.7, "ok", stored(physical)),
+        # Not scheduled (the day of incrementals in the fixture was taken by hand): as the daemon records it.
+        "incremental_backup": {"schedule": "", "next_run": None},
         "logical_dump": run("logical_dump", 243.2, "ok", stored(logical)),
         "expire": run("expire", 1.9, "ok", f"Expire of cluster main at {NOW:%Y-%m-%d} 05:00:01 UTC"),
         "verify": run("verify", 47.3, "failed", lost.removeprefix("verify found problems: "), lost),
@@ -434,7 +436,7 @@ def backup_replayed(story: Story) -> Iterator[None]:
             kind="physical",
             cluster="main",
             system_identifier=SYSTEM_ID,
-            pg_version="15.18",
+            pg_version="18.1",
             start_time=NOW,
             stop_time=clock.now(),
             objects=[
@@ -449,7 +451,7 @@ def backup_replayed(story: Story) -> Iterator[None]:
             wal_segment_size=SEGMENT_SIZE,
             file_count=1851,
             pgdr_version="0.1.0",
-            extra={"label": f"pgdr {name}", "data_directory": "/var/lib/postgresql/15/main"},
+            extra={"label": f"pgdr {name}", "data_directory": "/var/lib/postgresql/18/main"},
         )
         repo.put(manifest.key, manifest.to_json())
         on_progress(Progress("backup", size, size, f"{name}: done"))
@@ -486,15 +488,22 @@ def _verify_newest(story: Story) -> list[str | datetime]:
     return ["v", "enter", "down", "enter", "r"]
 
 
+def _in_a_chain(story: Story) -> list[str | datetime]:
+    """An hour after the second incremental of the fixture's chain, zoomed in so each backup has its column."""
+    taken = datetime.strptime(story.incrementals[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return [taken + timedelta(hours=1), "plus", "plus"]
+
+
 SCENES = (
     Scene("timeline", lambda s: []),
+    Scene("timeline-incremental", _in_a_chain),
     Scene("timeline-drop", lambda s: [s.drop]),
     Scene("timeline-gap", lambda s: [s.gap_start + timedelta(minutes=40), "plus", "plus"]),
     Scene("plan", lambda s: [s.drop, "d"]),
     Scene("confirm", lambda s: [s.drop, "d", "r"]),
     Scene("restore-progress", lambda s: [], restore_running),
     Scene("restore-report", lambda s: [], restore_finished),
-    Scene("backups", lambda s: ["b", "down", "down"]),
+    Scene("backups", lambda s: ["b", "down", "down", "down", "down"]),  # an incremental, with its chain
     Scene("backup", lambda s: ["n", "p"], backup_replayed),
     Scene("verify", _verify_newest, verify_record_removed),
     Scene("daemon", lambda s: ["s"], daemon_running),
