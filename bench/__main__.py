@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.context import Context, Settings
 from bench.report import Results
 
-OPS = ("wal", "s3", "async", "backup", "random", "replay", "catalog", "tui")
+OPS = ("wal", "s3", "async", "backup", "random", "incr", "replay", "catalog", "tui")
 
 QUICK = Settings()
 FULL = Settings(
@@ -97,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(ws, results, settings)
     ctx.log(f"work dir {ws.root}; {settings.mode} mode; operations: {', '.join(o for o in OPS if o in only)}")
     try:
-        ws.check_tools(need_pgbackrest=bool(only & {"wal", "async", "backup", "random"}), need_barman="s3" in only)
-        needs_cluster = bool(only & {"wal", "s3", "async", "backup", "random", "replay"})
+        ws.check_tools(
+            need_pgbackrest=bool(only & {"wal", "async", "backup", "random", "incr"}), need_barman="s3" in only
+        )
+        needs_cluster = bool(only & {"wal", "s3", "async", "backup", "random", "incr", "replay"})
         if needs_cluster:
             ws.cluster.init()
             ws.cluster.start()
@@ -147,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.ops.backup import op_backup_restore
 
             step("ops 4/5 (backup/restore, random bytes)", op_backup_restore, "random")
+        if "incr" in only:
+            from bench.ops.incremental import op_incremental
+
+            step("op incr (incremental backups on PostgreSQL 18, chain restore)", op_incremental)
         if "replay" in only:
             from bench.ops.replay import op_replay
 

