@@ -750,9 +750,10 @@ class _Daemon:
             raise
         except Exception as exc:
             if not self.stop.is_set():  # a backup we stopped is cancelled, not failed: no alarm
-                jobs.notify_backup(self.cfg, logical=logical, error=exc, took=time.monotonic() - clock)
+                took = time.monotonic() - clock
+                jobs.notify_backup(self.cfg, logical=logical, incremental=incremental, error=exc, took=took)
             raise
-        jobs.notify_backup(self.cfg, logical=logical, manifest=manifest)
+        jobs.notify_backup(self.cfg, logical=logical, incremental=incremental, manifest=manifest)
         import humanize
 
         # Keyed "incremental" apart from "physical": an incremental's few changed blocks must not pass for

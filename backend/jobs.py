@@ -63,9 +63,13 @@ def _accepts(func: Callable[..., Any], **optional: Any) -> dict[str, Any]:
 # --- backups ---------------------------------------------------------------------------------------
 
 
-def backup_kind(logical: bool) -> str:
-    """The job (and notification) name: "base_backup" or "logical_dump"."""
-    return "logical_dump" if logical else "base_backup"
+def backup_kind(logical: bool, incremental: bool = False) -> str:
+    """The job (and notification) name: "base_backup", "incremental_backup" or "logical_dump".
+
+    An incremental's own name keeps its messages out of the full backups' repeat window: a failing
+    6-hourly incremental must not silence the weekly full backup's failure, nor the other way round.
+    """
+    return "logical_dump" if logical else "incremental_backup" if incremental else "base_backup"
 
 
 def take_backup(
@@ -110,9 +114,9 @@ def backup_job(
     except (LockBusy, Cancelled):
         raise
     except Exception as exc:
-        notify_backup(cfg, logical=logical, error=exc, took=time.monotonic() - started)
+        notify_backup(cfg, logical=logical, incremental=incremental, error=exc, took=time.monotonic() - started)
         raise
-    notify_backup(cfg, logical=logical, manifest=manifest)
+    notify_backup(cfg, logical=logical, incremental=incremental, manifest=manifest)
     return manifest
 
 
@@ -120,15 +124,16 @@ def notify_backup(
     cfg: Config,
     *,
     logical: bool,
+    incremental: bool = False,
     manifest: BackupManifest | None = None,
     error: BaseException | None = None,
     took: float | None = None,
 ) -> None:
-    kind = backup_kind(logical)
+    kind = backup_kind(logical, incremental)
     if manifest is not None:
         tg.notify(cfg, kind, tg.backup_succeeded_text(manifest), ok=True)
     else:
-        what = tg.describe_backup("logical" if logical else "physical")
+        what = tg.describe_backup("logical" if logical else "incremental" if incremental else "physical")
         tg.notify(cfg, kind, tg.failed_text(what, cfg.cluster.name, error or "unknown error", took), ok=False)
 
 

@@ -292,14 +292,22 @@ def first_line(error: BaseException | str) -> str:
 
 
 def describe_backup(kind: str) -> str:
-    return "logical dump" if kind == "logical" else "base backup"
+    return {"logical": "logical dump", "incremental": "incremental backup"}.get(kind, "base backup")
 
 
 def backup_succeeded_text(manifest: BackupManifest) -> str:
     took = (manifest.stop_time - manifest.start_time).total_seconds()
+    what = (
+        f"incremental backup {manifest.name} on {manifest.parent}"
+        if manifest.parent
+        else (f"{describe_backup(manifest.kind)} {manifest.name}")
+    )
+    full = manifest.extra.get("full_because")
+    because = f"; a full one, because {full}" if full else ""
     return (
-        f"✅ pgdr: {describe_backup(manifest.kind)} {manifest.name} of cluster {manifest.cluster}: "
+        f"✅ pgdr: {what} of cluster {manifest.cluster}: "
         f"{human_size(manifest.size_bytes)} (stored {human_size(manifest.stored_bytes)}) in {human_duration(took)}"
+        f"{because}"
     )
 
 

@@ -3,6 +3,7 @@ broken notifier never fails a backup nor leaks the bot token."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -85,6 +86,14 @@ def test_message_texts_say_what_which_cluster_how_big_how_long_and_the_error() -
     assert notify.backup_succeeded_text(manifest) == (
         "✅ pgdr: base backup 20261125T143000Z of cluster main: 1.1 GB (stored 50.0 MB) in 4.2 s"
     )
+    incremental = dataclasses.replace(manifest, name="20261125T203000Z", parent="20261125T143000Z")
+    assert notify.backup_succeeded_text(incremental) == (
+        "✅ pgdr: incremental backup 20261125T203000Z on 20261125T143000Z of cluster main: 1.1 GB (stored 50.0 MB) "
+        "in 4.2 s"
+    )
+    fallback = dataclasses.replace(manifest, extra={"full_because": "no base backup to build on"})
+    assert notify.backup_succeeded_text(fallback).endswith("in 4.2 s; a full one, because no base backup to build on")
+    assert notify.describe_backup("incremental") == "incremental backup"
     failed = notify.failed_text("base backup", "main", RuntimeError("pg_basebackup failed (exit 1): no\nmore"), 3.05)
     assert failed == "❌ pgdr: base backup of cluster main failed after 3.0 s: pg_basebackup failed (exit 1): no"
     assert notify.rpo_alarm_text("main", 12 * 60 + 5, 10, "000000010000000000000007") == (
