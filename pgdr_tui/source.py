@@ -180,10 +180,17 @@ class Source:
             self.cfg, target, backup=request.backup, target_dir=request.target_dir or None, port=request.port
         )
 
-    def backup(self, *, logical: bool, on_progress: ProgressCallback, cancel: threading.Event | None) -> BackupManifest:
+    def backup(
+        self,
+        *,
+        logical: bool,
+        on_progress: ProgressCallback,
+        cancel: threading.Event | None,
+        incremental: bool = False,
+    ) -> BackupManifest:
         from backend.jobs import backup_job
 
-        return backup_job(self.cfg, logical=logical, on_progress=on_progress, cancel=cancel)
+        return backup_job(self.cfg, logical=logical, incremental=incremental, on_progress=on_progress, cancel=cancel)
 
     def verify(
         self, name: str | None, *, deep: bool, on_progress: ProgressCallback, cancel: threading.Event | None

@@ -1,4 +1,4 @@
-"""Take a backup now: physical base backup or logical dump, with progress, rate, ETA and a live log.
+"""Take a backup now: a full or incremental base backup, or the logical dumps, with progress, rate, ETA and a log.
 
 The job runs ``backend.jobs.backup_job`` in a thread worker with a ``threading.Event`` to cancel; the
 backend removes every partial object on ``Cancelled`` before it raises, so a cancelled backup leaves
@@ -53,6 +53,13 @@ class RateMeter:
 class BackupScreen(BaseScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "start(False)", "Physical", id="backup.physical", tooltip="Start a physical base backup now"),
+        Binding(
+            "i",
+            "start(False, True)",
+            "Incremental",
+            id="backup.incremental",
+            tooltip="Start an incremental base backup now (PostgreSQL 17+, summarize_wal = on)",
+        ),
         Binding("l", "start(True)", "Logical", id="backup.logical", tooltip="Start a logical dump now"),
         Binding("x", "cancel", "Cancel job", id="backup.cancel", tooltip="Cancel the running backup"),
     ]
@@ -70,7 +77,7 @@ class BackupScreen(BaseScreen):
         yield Static(
             Text.assemble(
                 (" Backup now", "bold"),
-                "  p: physical base backup (for point-in-time restore)  l: logical dump (pg_dump)",
+                "  p: base backup (PITR)  i: incremental (17+)  l: logical dumps",
             ),
             classes="title",
         )
@@ -87,11 +94,11 @@ class BackupScreen(BaseScreen):
             return True if self.running else None
         return True
 
-    def action_start(self, logical: bool) -> None:
+    def action_start(self, logical: bool, incremental: bool = False) -> None:
         if self.running:
             return
         self.running = True
-        self.kind = "logical dump" if logical else "physical base backup"
+        self.kind = "logical dump" if logical else "incremental base backup" if incremental else "physical base backup"
         self.cancel_event = threading.Event()
         self.meter = RateMeter()
         self.started = self.pgdr.source.monotonic()
@@ -99,7 +106,7 @@ class BackupScreen(BaseScreen):
         self.query_one("#backup-state", Static).update(Text(f" Starting a {self.kind}...", style="bold"))
         self._log(f"starting a {self.kind} of cluster {self.pgdr.source.cluster}")
         self.refresh_bindings()
-        self._run(logical, self.cancel_event)
+        self._run(logical, incremental, self.cancel_event)
 
     def action_cancel(self) -> None:
         if self.cancel_event is not None and self.running:
@@ -108,7 +115,7 @@ class BackupScreen(BaseScreen):
             self.query_one("#backup-state", Static).update(Text(" Cancelling...", style="bold yellow"))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="backup", name="take the backup")
-    def _run(self, logical: bool, cancel: threading.Event) -> None:
+    def _run(self, logical: bool, incremental: bool, cancel: threading.Event) -> None:
         last_message = ""
 
         def progress(p: Progress) -> None:
@@ -119,7 +126,9 @@ class BackupScreen(BaseScreen):
                 self.post_message(JobLog(p.message, self.pgdr.source.now()))
 
         try:
-            manifest = self.pgdr.source.backup(logical=logical, on_progress=progress, cancel=cancel)
+            manifest = self.pgdr.source.backup(
+                logical=logical, incremental=incremental, on_progress=progress, cancel=cancel
+            )
         except Cancelled as exc:
             self.post_message(JobFinished(error=str(exc), cancelled=True))
             return
@@ -167,11 +176,14 @@ class BackupScreen(BaseScreen):
             bar = self.query_one(ProgressBar)
             bar.update(total=max(1, m.size_bytes), progress=max(1, m.size_bytes))
             took = (m.stop_time - m.start_time).total_seconds()
+            kind = f"incremental on {m.parent}" if m.parent else m.kind
             text = (
-                f"backup {m.name} ({m.kind}) complete: {fmt.size(m.size_bytes)} stored as "
+                f"backup {m.name} ({kind}) complete: {fmt.size(m.size_bytes)} stored as "
                 f"{fmt.size(m.stored_bytes)} in {fmt.duration(took)}"
             )
             state.update(Text(" " + text, style="bold green"))
+            if m.extra.get("full_because"):
+                self._log(f"taken as a full backup: {m.extra['full_because']}")
             # The live rate ends with the job: say what the whole backup averaged instead.
             average = f"   {fmt.rate(m.size_bytes / took)} on average" if took > 0 else ""
             self.query_one("#backup-numbers", Static).update(

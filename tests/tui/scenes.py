@@ -420,7 +420,9 @@ def backup_replayed(story: Story) -> Iterator[None]:
     name = NOW.strftime("%Y%m%dT%H%M%SZ")
     size, rate = 1_456_203_776, 42_000_000
 
-    def backup(self: Source, *, logical: bool, on_progress: Any, cancel: Any) -> BackupManifest:
+    def backup(
+        self: Source, *, logical: bool, on_progress: Any, cancel: Any, incremental: bool = False
+    ) -> BackupManifest:
         estimate = 1_449_000_000
         on_progress(Progress("backup", 0, estimate, f"starting {name}"))
         done = 0

@@ -23,7 +23,7 @@ from pgdr_tui.screens.restore import RestorePlanScreen, RestoreProgressScreen
 from pgdr_tui.screens.timeline import TimelineScreen
 from pgdr_tui.source import Source
 from tests.conftest import on_every_version
-from tests.harness.cluster import Cluster, as_server_user, give_to_server_user
+from tests.harness.cluster import Cluster, as_server_user, give_to_server_user, pg_bin, running_cluster
 from tests.tui.conftest import run_async
 
 
@@ -152,7 +152,14 @@ class HeldSource(Source):
     the cancel arrives while the backend holds a started backup, which it must then remove.
     """
 
-    def backup(self, *, logical: bool, on_progress: ProgressCallback, cancel: threading.Event | None) -> Any:
+    def backup(
+        self,
+        *,
+        logical: bool,
+        on_progress: ProgressCallback,
+        cancel: threading.Event | None,
+        incremental: bool = False,
+    ) -> Any:
         assert cancel is not None
         held = threading.Event()
 
@@ -162,7 +169,7 @@ class HeldSource(Source):
                 held.set()
                 cancel.wait(60)
 
-        return super().backup(logical=logical, on_progress=report, cancel=cancel)
+        return super().backup(logical=logical, on_progress=report, cancel=cancel, incremental=incremental)
 
 
 @run_async
@@ -194,3 +201,29 @@ async def test_cancelling_a_backup_leaves_nothing_listed(cluster: Cluster) -> No
         assert backups.query_one(DataTable).row_count == 0
     stored = cluster.local_repo / "main" / "backups"
     assert not stored.exists() or not any(stored.iterdir()), list(stored.rglob("*"))
+
+
+@run_async
+async def test_an_incremental_backup_from_the_console_builds_on_the_newest(
+    shared_dir: Path, pgdr_for_server: Path
+) -> None:
+    with running_cluster(shared_dir, pgdr_for_server, pg_bin=pg_bin("18"), settings={"summarize_wal": "on"}) as c:
+        c.write_config(c.base_config())
+        c.start()
+        c.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS id")
+        full = c.pgdr("backup", "--json").stdout
+        c.sql("INSERT INTO t SELECT generate_series(1001, 1100)")
+        messages: list[Message] = []
+        app = PgdrApp(Source(load_config(c.config_path), zone=UTC), ascii_only=False)
+        async with app.run_test(size=(80, 24), message_hook=messages.append) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.press("n")
+            await pilot.pause()
+            assert isinstance(app.screen, BackupScreen)
+            await pilot.press("i")
+            await wait_until(pilot, lambda: any(isinstance(m, JobFinished) for m in messages), 120, "the backup")
+            finished = next(m for m in messages if isinstance(m, JobFinished))
+            assert finished.error is None and finished.result is not None, finished.error
+            assert finished.result.parent is not None and finished.result.parent in full
+            state = str(app.screen.query_one("#backup-state").render())
+            assert f"(incremental on {finished.result.parent}) complete" in state, state
