@@ -500,7 +500,7 @@ port = {port}
 user = {user}
 dbname = {dbname}
 data_dir = {data_dir}  # needed by check and restore
-bin_dir = ""           # PostgreSQL programs; empty: /usr/lib/postgresql/<version>/bin or PATH
+bin_dir = {bin_dir}    # PostgreSQL programs; empty: /usr/lib/postgresql/<data_dir's major>/bin, else PATH
 config_file = ""       # postgresql.conf outside the data directory; empty: found (Debian: /etc/postgresql)
 
 [local]
@@ -593,6 +593,7 @@ def starter_config(
     dbname: str = "postgres",
     data_dir: str = "",
     local_path: str = "",
+    bin_dir: str = "",
 ) -> str:
     """A commented starting config; values are quoted with tomli-w so any path round-trips."""
     import tomli_w
@@ -608,4 +609,43 @@ def starter_config(
         dbname=q(dbname),
         data_dir=q(data_dir),
         local_path=q(local_path),
+        bin_dir=q(bin_dir),
     )
+
+
+def next_steps(path: Path, *, data_dir: str, local_path: str, bin_dir: str, pgdr: str) -> list[str]:
+    """What is left to do after ``pgdr init`` wrote the starting config at ``path`` with these flags.
+
+    ``pgdr`` is the command the server's user runs (archive_command), as the operator typed it. Read
+    from the flags, not the file: a starting config without a repository does not load yet.
+    """
+    import shlex
+
+    from backend.postgres import program
+
+    cfg = Config(
+        postgres=PostgresConfig(data_dir=data_dir, bin_dir=bin_dir), local=LocalConfig(path=local_path), source=path
+    )
+    where = cfg.where()
+    command = f"{pgdr} --config {shlex.quote(str(cfg.source))}" if cfg.source else pgdr
+    steps = []
+    if not cfg.local.path and not cfg.s3.bucket:
+        steps.append(f"set [local] path and/or [s3] bucket in {where}: where backups and WAL go")
+    elif cfg.local.path and not Path(cfg.local.path).is_dir():
+        steps.append(f"create the local repository {cfg.local.path}, writable by the server's user")
+    if cfg.local.path and not cfg.s3.bucket:
+        steps.append(f"for a copy off this host, set [s3] bucket (and its keys) in {where}")
+    if not cfg.postgres.data_dir:
+        steps.append(f"set [postgres] data_dir in {where}: check, restore and the timeline need it")
+    try:
+        program(cfg, "pg_basebackup")
+    except ConfigError as exc:
+        steps.append(str(exc))
+    quoted = f"{command} wal-push %p".replace("'", "''")  # a quote inside a postgresql.conf string is doubled
+    steps.append(
+        f"turn archiving on: archive_mode = on, archive_command = '{quoted}' (postgresql.conf, "
+        "or ALTER SYSTEM SET) and archive_timeout = 60 (a quiet server's commits archived within a minute), "
+        "then restart the server"
+    )
+    steps.append(f"check it, then take the first base backup: `{command} check`, `{command} backup`")
+    return steps

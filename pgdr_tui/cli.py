@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="", help="server host or socket directory")
     p.add_argument("--port", type=_port, default=5432)
     p.add_argument("--user", default="postgres")
+    p.add_argument(
+        "--bin-dir", default="", help="the PostgreSQL programs' folder (default: found from the data directory)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     p = command("wal-push", cmd_wal_push, "archive one WAL file (archive_command = 'pgdr wal-push %%p')")
@@ -399,7 +402,7 @@ def load(args: argparse.Namespace) -> Config:
 def cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backend.config import starter_config, user_config_path
+    from backend.config import next_steps, starter_config, user_config_path
 
     path = Path(args.config or os.environ.get("PGDR_CONFIG") or user_config_path())
     if path.exists() and not args.force:
@@ -411,14 +414,31 @@ def cmd_init(args: argparse.Namespace) -> int:
         user=args.user,
         data_dir=args.data_dir,
         local_path=args.local_path,
+        bin_dir=args.bin_dir,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # recreate, so an old file's looser mode does not survive --force
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-    print(f"wrote {path}: set [local] path and/or [s3] bucket, then run `pgdr check`")
+    print(f"wrote {path}; next:")
+    steps = next_steps(
+        path.absolute(), data_dir=args.data_dir, local_path=args.local_path, bin_dir=args.bin_dir, pgdr=_invoked_as()
+    )
+    for number, step in enumerate(steps, 1):
+        print(f"  {number}. {step}")
     return 0
+
+
+def _invoked_as() -> str:
+    """This pgdr as a path another user (the server's, for archive_command) can run: absolute."""
+    import shutil
+    from pathlib import Path
+
+    argv0 = sys.argv[0]
+    if os.sep in argv0:
+        return str(Path(argv0).absolute()) if Path(argv0).name == "pgdr" else "pgdr"
+    return shutil.which(argv0) or "pgdr"
 
 
 def cmd_wal_push(args: argparse.Namespace) -> int:

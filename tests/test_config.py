@@ -597,6 +597,13 @@ def test_cli_init_writes_private_file_and_refuses_overwrite(tmp_path: Path) -> N
     cfg = load_config(path)
     assert cfg.cluster.name == "prod"
     assert cfg.local.path == str(repo)
+    # The next steps follow from the flags: the repository was given (it does not exist yet), the
+    # data directory was not; archive_command names this config.
+    steps = result.stdout.splitlines()
+    assert steps[0] == f"wrote {path}; next:"
+    assert f"create the local repository {repo}" in steps[1] and "set [local] path" not in result.stdout
+    assert any("set [postgres] data_dir" in line for line in steps)
+    assert any(f"--config ''{path}'' wal-push %p'" in line for line in steps), result.stdout  # quotes doubled
     original = path.read_bytes()
 
     again = pgdr(tmp_path, "--config", str(path), "init", "--cluster", "other")
