@@ -10,7 +10,8 @@
 #                                   linked into /usr/local/bin: the Docker images and systemd hosts
 #
 # Options:
-#   --dev          also the [dev] extras (pytest, moto, ruff, mypy)
+#   --dev          also the [dev] extras (pytest, moto, ruff, mypy, podman-compose) and, as root,
+#                  podman from apt for the Quick Start test (tests/test_quickstart.py)
 #   --bench        --dev plus the benchmark's anchors from apt: pgbackrest, barman-cli-cloud, zstd
 #   --venv DIR     the venv to install into (default: .venv in this checkout, editable install)
 #   --link DIR     symlink DIR/pgdr to the venv's pgdr
@@ -74,6 +75,17 @@ done
 if [ "$bench" -eq 1 ]; then
   for program in pgbackrest barman-cloud-wal-archive zstd; do
     command -v "$program" >/dev/null || packages+=("$( [ "$program" = barman-cloud-wal-archive ] && echo barman-cli-cloud || echo "$program")")
+  done
+fi
+# --dev as root: rootful podman for tests/test_quickstart.py, which builds both Docker images and runs
+# the README's Quick Start with podman-compose (a dev dependency, from PyPI): the engine, runc (crun
+# refuses these machines' hybrid cgroups), netavark and aardvark-dns (the compose network, its service
+# names), catatonit (`init: true`), iptables, and mmdebstrap, which builds the test's stand-in
+# debian:bookworm-slim (no image registry is reachable). Not as another user: that test needs root.
+if [ -n "$extra" ] && [ "$(id -u)" -eq 0 ] && command -v dpkg-query >/dev/null; then
+  for package in podman runc netavark aardvark-dns catatonit iptables mmdebstrap; do
+    [[ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)" == "install ok installed" ]] \
+      || packages+=("$package")
   done
 fi
 if [ ! -x "${venv:-$root/.venv}/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -1,11 +1,12 @@
 """The deployment the seed promises: the Docker images, the compose services, the systemd unit and the
 seed's ``pitr-restore.sh``.
 
-No Docker engine runs on these machines, so the compose files and Dockerfiles are parsed, and every
-command they would run is run for real against a real cluster: the same words, with the program's
-path and ``--config`` (``PGDR_CONFIG`` in the containers) pointed at the test cluster instead of the
-image's /etc/pgdr/pgdr.toml. The images install pgdr with deploy/install.sh, the script CI (.ci/run)
-built this test run's venv with; the test checks the Dockerfiles call it, not that a build succeeds.
+Here the compose files and Dockerfiles are parsed, and every command they would run is run for real
+against a real cluster (``tests/test_quickstart.py`` builds and runs the images themselves under
+podman): the same words, with the program's path and ``--config`` (``PGDR_CONFIG`` in the containers)
+pointed at the test cluster instead of the image's /etc/pgdr/pgdr.toml. The images install pgdr with
+deploy/install.sh, the script CI (.ci/run) built this test run's venv with; the test checks the
+Dockerfiles call it.
 """
 
 from __future__ import annotations
