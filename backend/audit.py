@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.statedir import state_base
+from backend.statedir import state_dir
 
 if TYPE_CHECKING:
     from backend.config import Config
@@ -23,10 +23,6 @@ log = logging.getLogger("pgdr")
 
 #: Where ``[audit] copy_to_repositories`` keeps one object per entry (objects are never appended to).
 AUDIT_PREFIX = "audit/"
-
-
-def state_dir() -> Path:
-    return Path(state_base())
 
 
 def audit_path() -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def cache_path(name: str) -> Path:
-    from backend.audit import state_dir
+    from backend.statedir import state_dir
 
     return state_dir() / "cache" / name
 

@@ -323,7 +323,7 @@ def verified_records(names: list[str], repos: list[Repository]) -> dict[str, dic
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from backend.verify import VERIFY_PREFIX, read_record
+    from backend.verify.records import VERIFY_PREFIX, read_record
 
     wanted = set(names)
     written: dict[str, list[tuple[datetime, Repository]]] = defaultdict(list)

@@ -420,7 +420,7 @@ def _compare_repositories(cfg: Config) -> Iterator[CheckResult]:
     by a changed endpoint: reachable, "holds no archive of this cluster yet", and archiving carries on into it. Only
     the comparison tells (verify's, from listings alone, see ``backend.verify.repository_loss``).
     """
-    from backend.verify import find_losses
+    from backend.verify.losses import find_losses
 
     try:
         losses = find_losses(cfg)

@@ -160,7 +160,7 @@ class Superseded(PgdrError):
 
 
 def status_path(cfg: Config) -> Path:
-    from backend.audit import state_dir
+    from backend.statedir import state_dir
 
     return state_dir() / f"daemon-{cfg.cluster.name}.json"
 
@@ -170,7 +170,7 @@ def _lock_path(cfg: Config) -> Path:
 
 
 def metrics_textfile(cfg: Config) -> Path:
-    from backend.audit import state_dir
+    from backend.statedir import state_dir
 
     return Path(cfg.daemon.metrics_textfile) if cfg.daemon.metrics_textfile else state_dir() / "pgdr.prom"
 
@@ -533,7 +533,7 @@ class _Daemon:
         every entry before it lets go; the daemon only steps in when nobody does.
         """
         from backend.archive import queue
-        from backend.archive.push import INDEX_TARGET
+        from backend.archive.queue import INDEX_TARGET
 
         targets = self._upload_targets()
         retry_in = dict.fromkeys(targets, 0.0)

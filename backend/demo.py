@@ -51,7 +51,7 @@ def sandbox_dir() -> Path:
         return Path(explicit)
     if os.geteuid() == 0:
         return Path(f"/var/tmp/pgdr-demo-{os.geteuid()}")
-    from backend.audit import state_dir
+    from backend.statedir import state_dir
 
     return state_dir() / "demo"
 

@@ -140,14 +140,6 @@ def notify_backup(
 # --- restore ---------------------------------------------------------------------------------------
 
 
-def notify_restore(cfg: Config, report_text: str, ok: bool) -> None:
-    """For the restore path: "🔄 restore of cluster X finished: <report>" (or "❌ ... failed").
-
-    Restores are rare and deliberate: never rate limited. Never raises.
-    """
-    tg.notify(cfg, "restore", tg.restore_text(cfg.cluster.name, report_text, ok), ok=ok, rate_limit=False)
-
-
 # --- verify and retention --------------------------------------------------------------------------
 
 
@@ -164,7 +156,7 @@ def verify_job(
     notifies Telegram itself (so a manual ``pgdr verify`` alerts as the daemon's does); here a lock
     held by another job only becomes ``LockBusy``, so the daemon skips the run instead of failing it.
     """
-    from backend.verify import verify
+    from backend.verify.command import verify
 
     try:
         return verify(cfg, None, deep=deep, **_accepts(verify, on_progress=on_progress, cancel=cancel))
@@ -241,6 +233,26 @@ def _nothing_unarchived(cfg: Config, newest: SegmentName) -> bool:
     return int(row[0]) <= next_start + 64  # at most the next segment's page header
 
 
+def _archiving_just_began(cfg: Config, at: datetime, threshold_minutes: int) -> float | None:
+    """Seconds since the server started, when it has archived nothing and failed nothing since, and
+    started less than the alarm threshold ago: a new deployment whose first segment is not full yet
+    (up to ``archive_timeout``), not a lost archive. None otherwise, or when the server cannot be asked.
+    """
+    from backend.postgres import connect
+
+    try:
+        with connect(cfg) as conn:
+            row = conn.execute(
+                "SELECT archived_count, failed_count, pg_postmaster_start_time() FROM pg_stat_archiver"
+            ).fetchone()
+    except PgdrError:
+        return None
+    if row is None or int(row[0]) or int(row[1]):
+        return None
+    started = (at - row[2]).total_seconds()
+    return started if 0 <= started < threshold_minutes * 60 else None
+
+
 def rpo_check_job(cfg: Config, *, now: datetime | None = None) -> RpoStatus:
     """Alarm when the newest archived WAL (per the catalog) is older than ``schedule.rpo_alarm_minutes``.
 
@@ -259,6 +271,9 @@ def rpo_check_job(cfg: Config, *, now: datetime | None = None) -> RpoStatus:
         raise
     at = now or datetime.now(UTC)
     newest = max(catalog.segments, key=lambda s: (s.archived_at, s.segment.name), default=None)
+    if newest is None and (started := _archiving_just_began(cfg, at, threshold)) is not None:
+        message = f"nothing archived yet: the server started {int(started)} s ago and has not finished a segment"
+        return RpoStatus(True, threshold, None, None, None, message)
     if newest is None:
         text = tg.rpo_alarm_text(cfg.cluster.name, None, threshold, None)
         tg.notify(cfg, "rpo", text, ok=False)

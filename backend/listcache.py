@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from backend.cachefile import cache_path, open_cache
-from backend.repository import ObjectInfo, Repository
+from backend.repository.base import ObjectInfo, Repository
 
 T = TypeVar("T")
 

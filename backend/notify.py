@@ -197,7 +197,7 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 
 def state_path() -> Path:
-    from backend.audit import state_dir
+    from backend.statedir import state_dir
 
     return state_dir() / STATE_FILE
 
@@ -351,3 +351,11 @@ def _age(seconds: float) -> str:
     if minutes < 120:
         return f"{minutes} minute{'s' if minutes != 1 else ''}"
     return f"{minutes // 60} hours {minutes % 60} minutes"
+
+
+def notify_restore(cfg: Config, report_text: str, ok: bool) -> None:
+    """For the restore path: "🔄 restore of cluster X finished: <report>" (or "❌ ... failed").
+
+    Restores are rare and deliberate: never rate limited. Never raises.
+    """
+    notify(cfg, "restore", restore_text(cfg.cluster.name, report_text, ok), ok=ok, rate_limit=False)

@@ -65,19 +65,37 @@ def connect_params(
     return params
 
 
-def connect(cfg: Config, *, dbname: str | None = None) -> psycopg.Connection[Any]:
-    """Connect with autocommit; a failure is one line naming the server and the likely fix."""
+#: How long a backup waits for a server that is still starting before it fails.
+SERVER_START_WAIT_S = 60.0
+#: What a server that is still starting answers (or how its absent socket fails): worth waiting for.
+_STARTING = ("the database system is starting up", "connection refused", "no such file or directory")
+
+
+def connect(cfg: Config, *, dbname: str | None = None, wait_s: float = 0.0) -> psycopg.Connection[Any]:
+    """Connect with autocommit; a failure is one line naming the server and the likely fix.
+
+    With ``wait_s``, a server that is starting (refusing connections, or answering that it starts
+    up) is waited for that long: a backup started with the deployment (``postgres-backup-now``
+    right after ``up``) must not fail while the database still initialises.
+    """
+    import time
+
     import psycopg
 
     params = connect_params(cfg, dbname=dbname)
-    try:
-        return psycopg.connect(**params)
-    except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise PgdrError(
-            f"cannot connect to {describe_server(cfg)}: {reason}; check [postgres] host/port/user in {cfg.where()} "
-            "and that the server runs (pg_isready)"
-        ) from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return psycopg.connect(**params)
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            if time.monotonic() < deadline and any(s in str(exc).lower() for s in _STARTING):
+                time.sleep(1.0)
+                continue
+            raise PgdrError(
+                f"cannot connect to {describe_server(cfg)}: {reason}; check [postgres] host/port/user in "
+                f"{cfg.where()} and that the server runs (pg_isready)"
+            ) from None
 
 
 @dataclass(frozen=True)

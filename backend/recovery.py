@@ -177,8 +177,8 @@ def perform_restore(
     cancel: threading.Event | None = None,
 ) -> RestoreReport:
     from backend import audit
-    from backend.jobs import notify_restore
     from backend.locks import job_lock
+    from backend.notify import notify_restore
     from backend.restore.run import execute
 
     details = {

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False  # not typing's: wal-push's hot path imports this module, and nothing more
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 def user_state_dir() -> str:
     """``platformdirs.user_state_dir("pgdr")``: $XDG_STATE_HOME/pgdr when absolute, else ~/.local/state/pgdr."""
@@ -27,3 +31,10 @@ def user_state_dir() -> str:
 def state_base() -> str:
     """``$PGDR_STATE_DIR``, else the user's state dir."""
     return os.environ.get("PGDR_STATE_DIR") or user_state_dir()
+
+
+def state_dir() -> Path:
+    """The state dir as a path: what everything kept there (caches, spool, audit log, scratch) is under."""
+    from pathlib import Path
+
+    return Path(state_base())

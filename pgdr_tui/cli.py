@@ -164,7 +164,7 @@ def _in_background(args: argparse.Namespace) -> int:
         handler: Handler = args.handler
         handler(args)
     except BaseException as exc:
-        from backend.audit import state_dir
+        from backend.statedir import state_dir
 
         try:
             folder = state_dir()
@@ -402,7 +402,8 @@ def load(args: argparse.Namespace) -> Config:
 def cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backend.config import next_steps, starter_config, user_config_path
+    from backend.config import starter_config, user_config_path
+    from backend.init import next_steps
 
     path = Path(args.config or os.environ.get("PGDR_CONFIG") or user_config_path())
     if path.exists() and not args.force:
@@ -472,7 +473,7 @@ def cmd_wal_fetch(args: argparse.Namespace) -> int:
 def cmd_wal_spool(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backend.archive.spool import push_ahead
+    from backend.archive.push import push_ahead
 
     push_ahead(load(args), Path(args.pg_wal), args.after)
     return 0
@@ -489,7 +490,7 @@ def cmd_wal_prefetch(args: argparse.Namespace) -> int:
 
 def cmd_wal_upload(args: argparse.Namespace) -> int:
     from backend.archive import queue
-    from backend.archive.push import INDEX_TARGET
+    from backend.archive.queue import INDEX_TARGET
 
     cfg = load(args)
     targets = [args.repo] if args.repo else [n for n in cfg.repository_names if n not in cfg.sync_repositories]
@@ -813,7 +814,7 @@ def _confirm(cluster: str, replaced: RestorePlan | str) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     import json
 
-    from backend.verify import verify
+    from backend.verify.command import verify
 
     cfg = load(args)
     report = verify(cfg, args.name, deep=args.deep, full=args.full, only=args.repo, on_progress=_progress_printer())

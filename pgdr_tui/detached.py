@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _notify(cfg: Any, text: str, ok: bool) -> None:
     """Telegram hears of the restore, as it does of the CLI's (when the jobs module offers it)."""
     try:
-        from backend.jobs import notify_restore
+        from backend.notify import notify_restore
     except ImportError:
         return
     try:

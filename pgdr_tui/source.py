@@ -93,7 +93,7 @@ class Source:
         return 0.0 if self._clock is not None else time.monotonic()
 
     def state_dir(self) -> Path:
-        from backend.audit import state_dir
+        from backend.statedir import state_dir
 
         return state_dir()
 
@@ -195,7 +195,7 @@ class Source:
     def verify(
         self, name: str | None, *, deep: bool, on_progress: ProgressCallback, cancel: threading.Event | None
     ) -> Any:
-        from backend.verify import verify
+        from backend.verify.command import verify
 
         # The console's clock: what verify records as "verified at" agrees with the header's "now".
         return verify(self.cfg, name, deep=deep, on_progress=on_progress, cancel=cancel, now=self.now())

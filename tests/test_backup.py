@@ -18,7 +18,15 @@ from backend.config import load_config
 from backend.repository import open_repository
 from backend.walnames import SegmentName
 from tests.conftest import on_every_version
-from tests.harness.cluster import PG_BIN, Cluster, as_server_user, give_to_server_user, pgdr_executable, run_checked
+from tests.harness.cluster import (
+    PG_BIN,
+    Cluster,
+    as_server_user,
+    clean_env,
+    give_to_server_user,
+    pgdr_executable,
+    run_checked,
+)
 
 
 class Workload:
@@ -172,3 +180,25 @@ def test_failed_backup_lists_nothing(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert result.returncode != 0 and "cannot connect" in result.stderr
     assert json.loads(cluster.pgdr("list", "--json").stdout)["backups"] == []
+
+
+def test_a_backup_started_before_the_server_accepts_connections_waits_for_it(cluster: Cluster) -> None:
+    """``postgres-backup-now`` right after ``up``: the database is still starting when the backup begins."""
+    cluster.stop()
+    backup = subprocess.Popen(
+        [str(pgdr_executable()), "--config", str(cluster.config_path), "backup", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        # It is waiting, not failed: the server is down and the backup has not given up.
+        with pytest.raises(subprocess.TimeoutExpired):
+            backup.wait(2)
+        cluster.start()
+        out, err = backup.communicate(timeout=120)
+    finally:
+        backup.kill()
+    assert backup.returncode == 0, err
+    assert json.loads(out)["kind"] == "physical"

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +416,15 @@ def test_the_daemon_indexes_an_archive_kept_only_in_s3(
     events = json.loads(cluster.pgdr("timeline", "--json", "--events", env=env).stdout)
     assert events["unindexed_segments"] == 0
     assert "before_the_release" in json.dumps(events)
+
+
+def test_a_new_deployment_is_not_an_rpo_alarm_until_its_first_segment_is_overdue(cluster: Cluster) -> None:
+    from backend.jobs import rpo_check_job
+
+    cfg = load_config(cluster.config_path)
+    assert cluster.sql("SELECT archived_count FROM pg_stat_archiver")[0] == (0,)
+    fresh = rpo_check_job(cfg)
+    assert fresh.ok and fresh.message.startswith("nothing archived yet: the server started"), fresh
+    (started,) = cluster.sql("SELECT pg_postmaster_start_time()")[0]
+    late = rpo_check_job(cfg, now=started + timedelta(minutes=cfg.schedule.rpo_alarm_minutes, seconds=1))
+    assert not late.ok and late.lag_seconds is None, late

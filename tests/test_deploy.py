@@ -1,5 +1,4 @@
-"""The deployment the seed promises: the Docker images, the compose services, the systemd unit and the
-seed's ``pitr-restore.sh``.
+"""The deployment: the Docker images, the compose services, the systemd unit and ``pitr-restore.sh``.
 
 Here the compose files and Dockerfiles are parsed, and every command they would run is run for real
 against a real cluster (``tests/test_quickstart.py`` builds and runs the images themselves under

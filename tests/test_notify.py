@@ -16,8 +16,8 @@ import pytest
 
 from backend import notify
 from backend.config import MASK, ClusterConfig, Config, TelegramConfig, load_config
-from backend.jobs import notify_restore
 from backend.manifest import BackupManifest, StoredObject
+from backend.notify import notify_restore
 from tests.harness.cluster import Cluster, clean_env
 from tests.harness.telegram import FakeTelegram
 

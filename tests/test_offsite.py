@@ -24,7 +24,8 @@ from backend.archive.walfile import WalObject, find_archived
 from backend.config import Config, load_config
 from backend.manifest import BackupManifest
 from backend.repository import ObjectInfo, open_repository
-from backend.verify import IN_FLIGHT, RepositoryLoss, repository_loss
+from backend.verify.losses import IN_FLIGHT, repository_loss
+from backend.verify.report import RepositoryLoss
 from backend.walnames import SegmentName, WalKind, wal_kind
 from tests.conftest import s3_settings
 from tests.harness.cluster import Cluster, clean_env, wait_for

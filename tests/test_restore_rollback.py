@@ -41,12 +41,12 @@ def test_a_failure_while_laying_down_the_backup_puts_the_old_directory_back(
 ) -> None:
     cfg, plan = plan_in_place(tmp_path)
 
-    def half_written(_manifest: object, _repos: object, target: Path, **_: object) -> str:
+    def half_written(_cfg: object, _chain: object, _repos: object, target: Path, **_: object) -> str:
         (target / "global").mkdir()
         (target / "global" / "pg_control").write_bytes(b"half")  # what a partial unpack leaves
         raise failure
 
-    monkeypatch.setattr(run, "restore_base_backup", half_written)
+    monkeypatch.setattr(run, "restore_chain", half_written)
     with pytest.raises(PgdrError) as raised:
         run.execute(cfg, plan, [])
 

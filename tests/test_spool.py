@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.archive.spool import NOTE, _write_note, confirm, spool_dir
+from backend.archive.spool import NOTE, confirm, spool_dir, write_note
 from backend.archive.walfile import find_archived
 from backend.config import ClusterConfig, Config, LocalConfig, load_config
 from backend.repository import open_repository
@@ -153,10 +153,10 @@ def test_a_note_vouches_only_for_its_own_file_and_destination(tmp_path: Path, mo
     folder = spool_dir(cfg)
     folder.mkdir(parents=True)
 
-    _write_note(cfg, folder, segments[0])
+    write_note(cfg, folder, segments[0])
     assert confirm(cfg, segments[0]) and not (folder / (name + NOTE)).exists()
-    _write_note(cfg, folder, segments[0])
+    write_note(cfg, folder, segments[0])
     assert not confirm(cfg, segments[1]), "the same segment of a copy of the cluster"
-    _write_note(cfg, folder, segments[0])
+    write_note(cfg, folder, segments[0])
     elsewhere = Config(cluster=ClusterConfig(name="main"), local=LocalConfig(path=str(tmp_path / "other-repo")))
     assert not confirm(elsewhere, segments[0]), "the same file, stored for another config's repository"

@@ -19,7 +19,11 @@ from backend.config import Config, load_config
 from backend.manifest import BackupManifest
 from backend.repository import open_repositories, open_repository
 from backend.restore import unpack
-from backend.verify import HOST_FAILURES, VerifyReport, last_verified, verify, wal_continuity
+from backend.verify.command import verify
+from backend.verify.records import last_verified
+from backend.verify.rehearsal import HOST_FAILURES
+from backend.verify.report import VerifyReport
+from backend.verify.wal import wal_continuity
 from backend.walnames import SegmentName
 from tests.conftest import on_every_version
 from tests.harness.cluster import Cluster, wait_for

@@ -16,7 +16,7 @@ import pytest
 from backend.errors import PgdrError
 from backend.repository.local import LocalRepository
 from backend.restore.copies import avoid_damaged_copies
-from backend.verify import record_key
+from backend.verify.records import record_key
 from tests.conftest import pg_bin
 from tests.harness.cluster import Cluster, running_cluster
 

@@ -26,15 +26,15 @@ from backend.repository import ObjectInfo, Repository, open_repositories, open_r
 from backend.repository.local import LocalRepository
 from backend.restore.copies import NAMED_SEGMENTS, avoid_damaged_copies
 from backend.timeline import SegmentInfo
-from backend.verify import (
+from backend.verify.command import verify
+from backend.verify.records import (
     CORRUPT_WAL_KEY,
     MEMORY_KEY,
-    _Memory,
+    Memory,
     corrupt_wal,
     read_memory,
     record_key,
     reread_due,
-    verify,
 )
 from backend.walnames import SegmentName
 from tests.harness.cluster import PG_BIN, Cluster, as_server_user, wait_for
@@ -199,13 +199,13 @@ def test_what_another_host_found_damaged_meanwhile_is_not_remembered_as_intact(t
     repo = LocalRepository(tmp_path, "main")
     now = datetime(2024, 5, 1, tzinfo=UTC)
     infos = {key: ObjectInfo(key, 10, now - DAY) for key in ("wal/a", "wal/b", "wal/c")}
-    seed = _Memory(repo, infos, now=now - DAY, reread_days=30)
+    seed = Memory(repo, infos, now=now - DAY, reread_days=30)
     for info in infos.values():
         seed.found_intact(info)
     seed.save()
     scan: Any = SimpleNamespace(repo=repo, folders={}, wal=[(None, info) for info in infos.values()])
-    host_a = _Memory.load(scan, now=now, reread_days=30)
-    host_b = _Memory.load(scan, now=now, reread_days=30)
+    host_a = Memory.load(scan, now=now, reread_days=30)
+    host_b = Memory.load(scan, now=now, reread_days=30)
     host_b.found_damaged(infos["wal/a"], wal_file="a", detail="sha256 mismatch")
     host_b.found_damaged(infos["wal/c"])  # no corrupt-WAL record: only the merge keeps it out of the memory
     host_b.save()

@@ -8,19 +8,20 @@ get a queue entry, written before the acknowledgement, that ``pgdr wal-upload`` 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.archive.walfile import WalObject, checksum, encode, find_archived, identity_of
+from backend.archive import queue
+from backend.archive.walfile import WalObject, checksum, encode, identity_of, store
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.repository import ClusterIdentity, Repository, ensure_identity, open_repository
+from backend.repository import Repository, open_repository
 from backend.walnames import WalKind, wal_kind
 
 #: The queue target that builds the WAL index; not a repository.
-INDEX_TARGET = "index"
 #: Files up to this size are read into a buffer each thread keeps (see read_wal).
 REUSED_BUFFER_MAX = 64 << 20
 _buffers = threading.local()
@@ -74,10 +75,8 @@ def push(
 
     queued = [name for name in cfg.repository_names if name not in cfg.sync_repositories]
     if cfg.local.path and kind is WalKind.SEGMENT:
-        queued.append(INDEX_TARGET)  # commit times, restore points, drops: built in the background
+        queued.append(queue.INDEX_TARGET)  # commit times, restore points, drops: built in the background
     if queued:
-        from backend.archive import queue
-
         for name in queued:
             queue.enqueue(cfg, name, filename)
         queue.ensure_uploader(cfg, queued)
@@ -157,22 +156,47 @@ def _checksum_and_encode(data: memoryview, filename: str, cfg: Config) -> tuple[
     return WalObject(filename, digest[0], cfg.archive.compression), blob
 
 
-def store(repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str) -> bool:
-    """Store one WAL object; False when the identical file is already there.
+def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
+    """Store waiting segments (past ``after``, which the archiver has in hand) until none is left."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    The same name with other content is refused and nothing is written: after a restore that
-    forgot to start a new timeline, overwriting would destroy the WAL of the history being replaced.
-    """
-    if identity is not None:
-        ensure_identity(repo, identity, cluster)
-    existing = find_archived(repo, obj.filename)
-    if any(e.checksum == obj.checksum for e in existing):
-        return False
-    if existing:
-        raise PgdrError(
-            f"{obj.filename} is already archived in the {repo.name} repository with different content "
-            f"(sha256 {existing[0].checksum[:12]}..., this file {obj.checksum[:12]}...): refusing to overwrite; "
-            "if this cluster was restored or re-created, give it a new [cluster] name or move the old archive aside"
-        )
-    repo.put(obj.key, blob)
-    return True
+    from backend import faults
+    from backend.archive import spool
+
+    folder = spool.spool_dir(cfg)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / spool.PUSHER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    stored: list[str] = []
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return stored
+        spool.forget_stale_notes(folder, pg_wal)
+
+        failed: set[str] = set()
+
+        def one(name: str) -> str | None:
+            path = pg_wal / name
+            try:
+                push(cfg, path, ahead=False)
+            except PgdrError:
+                failed.add(name)  # gone (archived meanwhile) or unwritable: the archiver's own push decides
+                return None
+            faults.point("spool-stored")
+            spool.write_note(cfg, folder, path)  # only now, with the segment durable everywhere it must be
+            return name
+
+        with ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers)) as pool:
+            while True:
+                todo = [
+                    n
+                    for n in spool.ready_segments(pg_wal)
+                    if n > after and n not in failed and not (folder / (n + spool.NOTE)).exists()
+                ]
+                if not todo:
+                    break
+                stored += [n for n in pool.map(one, todo[: cfg.archive.push_ahead]) if n]
+    finally:
+        os.close(fd)
+    return stored

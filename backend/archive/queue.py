@@ -28,14 +28,16 @@ import time
 from collections.abc import Iterator
 
 from backend import faults
-from backend.archive.push import INDEX_TARGET, store
-from backend.archive.walfile import find_archived
+from backend.archive.walfile import find_archived, store
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.repository import Repository, open_repositories, open_repository, read_identity
 from backend.repository.local import TEMP_PREFIX, LocalRepository
 from backend.spawn import spawn_pgdr
 from backend.walnames import DEFAULT_SEGMENT_SIZE
+
+#: The queue target of segments waiting for the WAL index (commit times, restore points, drops), not a repository.
+INDEX_TARGET = "index"
 
 QUEUE_PREFIX = "queue/"
 #: Seconds a background uploader waits for more entries once its queue is empty.

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 _HEADER = struct.Struct("<HHIQI4xQ")
 NOTE = ".ok"
+#: Held by the one background pusher (``backend.archive.push.push_ahead``) while it works.
+PUSHER_LOCK = ".pusher.lock"
 
 
 def spool_dir(cfg: Config) -> Path:
@@ -109,7 +111,7 @@ def kick(cfg: Config, wal_path: Path) -> None:
     if all((folder / (n + NOTE)).exists() for n in waiting[: cfg.archive.push_ahead]):
         return
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / ".pusher.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / PUSHER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -119,61 +121,14 @@ def kick(cfg: Config, wal_path: Path) -> None:
     spawn_pgdr(cfg, "wal-spool", str(pg_wal), "--after", wal_path.name, cwd=pg_wal.parent)
 
 
-def push_ahead(cfg: Config, pg_wal: Path, after: str = "") -> list[str]:
-    """Store waiting segments (past ``after``, which the archiver has in hand) until none is left."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from backend import faults
-    from backend.archive.push import push
-    from backend.errors import PgdrError
-
-    folder = spool_dir(cfg)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / ".pusher.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    stored: list[str] = []
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return stored
-        _forget_stale_notes(folder, pg_wal)
-
-        failed: set[str] = set()
-
-        def one(name: str) -> str | None:
-            path = pg_wal / name
-            try:
-                push(cfg, path, ahead=False)
-            except PgdrError:
-                failed.add(name)  # gone (archived meanwhile) or unwritable: the archiver's own push decides
-                return None
-            faults.point("spool-stored")
-            _write_note(cfg, folder, path)  # only now, with the segment durable everywhere it must be
-            return name
-
-        with ThreadPoolExecutor(max_workers=max(1, cfg.archive.workers)) as pool:
-            while True:
-                todo = [
-                    n
-                    for n in ready_segments(pg_wal)
-                    if n > after and n not in failed and not (folder / (n + NOTE)).exists()
-                ]
-                if not todo:
-                    break
-                stored += [n for n in pool.map(one, todo[: cfg.archive.push_ahead]) if n]
-    finally:
-        os.close(fd)
-    return stored
-
-
-def _write_note(cfg: Config, folder: Path, path: Path) -> None:
+def write_note(cfg: Config, folder: Path, path: Path) -> None:
     note = folder / (path.name + NOTE)
     temp = folder / f".{path.name}.{os.getpid()}"
     temp.write_text(json.dumps(_describe(cfg, path)))
     os.rename(temp, note)
 
 
-def _forget_stale_notes(folder: Path, pg_wal: Path) -> None:
+def forget_stale_notes(folder: Path, pg_wal: Path) -> None:
     """Notes for segments PostgreSQL no longer has (archived by another path, or recycled) go."""
     ready = set(ready_segments(pg_wal))
     for entry in os.listdir(folder):

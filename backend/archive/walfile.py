@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.errors import PgdrError
-from backend.repository import ENCRYPTED_MAGIC, ClusterIdentity, Repository
+from backend.repository import ENCRYPTED_MAGIC, ClusterIdentity, Repository, ensure_identity
 from backend.walnames import SegmentName, WalKind, format_lsn, wal_directory
 
 WAL_PREFIX = "wal/"
@@ -128,3 +128,24 @@ def identity_of(data: Buffer, kind: WalKind, filename: str, data_dir: Path | Non
             return None
         return ClusterIdentity(sysid, 0)
     return None
+
+
+def store(repo: Repository, obj: WalObject, blob: bytes, identity: ClusterIdentity | None, cluster: str) -> bool:
+    """Store one WAL object; False when the identical file is already there.
+
+    The same name with other content is refused and nothing is written: after a restore that
+    forgot to start a new timeline, overwriting would destroy the WAL of the history being replaced.
+    """
+    if identity is not None:
+        ensure_identity(repo, identity, cluster)
+    existing = find_archived(repo, obj.filename)
+    if any(e.checksum == obj.checksum for e in existing):
+        return False
+    if existing:
+        raise PgdrError(
+            f"{obj.filename} is already archived in the {repo.name} repository with different content "
+            f"(sha256 {existing[0].checksum[:12]}..., this file {obj.checksum[:12]}...): refusing to overwrite; "
+            "if this cluster was restored or re-created, give it a new [cluster] name or move the old archive aside"
+        )
+    repo.put(obj.key, blob)
+    return True

@@ -27,7 +27,7 @@ from backend.backup.fanout import fan_out
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BACKUPS_PREFIX, BackupManifest, StoredObject
-from backend.postgres import connect, libpq_env, program, server_info
+from backend.postgres import SERVER_START_WAIT_S, connect, libpq_env, program, server_info
 from backend.progress import Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 
@@ -42,7 +42,7 @@ def take_logical_dump(
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
     dbname = cfg.postgres.dbname
-    with connect(cfg) as conn:
+    with connect(cfg, wait_s=SERVER_START_WAIT_S) as conn:
         info = server_info(conn)
         check_repositories(cfg, repos, info)
         clean_debris(repos)

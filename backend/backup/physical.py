@@ -43,7 +43,7 @@ from backend.backup.tarscan import TarScanner
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BACKUPS_PREFIX, BackupManifest, StoredObject
-from backend.postgres import ServerInfo, connect, libpq_env, server_info
+from backend.postgres import SERVER_START_WAIT_S, ServerInfo, connect, libpq_env, server_info
 from backend.progress import Cancelled, Progress, ProgressCallback, check_cancel, no_progress
 from backend.repository import Repository
 from backend.restore.settings import strip_recovery_settings
@@ -62,7 +62,7 @@ def take_base_backup(
     cancel: threading.Event | None = None,
 ) -> BackupManifest:
     """A full base backup, or with ``incremental`` one on top of the newest backup (``backend.backup.incremental``)."""
-    with connect(cfg) as conn:
+    with connect(cfg, wait_s=SERVER_START_WAIT_S) as conn:
         info = server_info(conn)
         row = conn.execute("SELECT sum(pg_database_size(oid))::bigint FROM pg_database").fetchone()
         estimate = int(row[0]) if row and row[0] else None

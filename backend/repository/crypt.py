@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backend.errors import ConfigError, RepositoryError
-from backend.repository import ENCRYPTED_MAGIC
+from backend.repository.base import ENCRYPTED_MAGIC
 
 SCHEME = "aes-256-gcm"
 MAGIC = ENCRYPTED_MAGIC

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from backend.errors import ConfigError, ObjectNotFound, RepositoryError
-from backend.repository import ObjectInfo, ObjectWriter, Repository
+from backend.repository.base import ObjectInfo, ObjectWriter, Repository
 from backend.repository.crypt import (
     CHUNK_EXPONENT,
     KDF_KEY_FILE,
@@ -202,11 +202,9 @@ def decrypt_object(cfg: Config, name: str, target: BinaryIO, *, key: str | None,
             except OSError as exc:
                 raise RepositoryError(f"cannot read {file}: {exc.strerror}") from None
         else:
-            from backend.repository import open_repository
+            from backend.repository.stores import open_store
 
-            repo = open_repository(cfg, name)
-            assert isinstance(repo, EncryptedRepository)
-            source = stack.enter_context(repo.inner.open(key or ""))
+            source = stack.enter_context(open_store(cfg, name).open(key or ""))
         plain = stack.enter_context(
             io.BufferedReader(Decryptor(Keys(secret), source, file or f"{key} in the {name} repository"))
         )

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 from backend import faults
 from backend.errors import ObjectNotFound, RepositoryError
-from backend.repository import ObjectInfo, Repository
+from backend.repository.base import ObjectInfo, Repository
 
 TEMP_PREFIX = ".tmp."
 #: Folders whose emptied subfolders are removed: nothing writes into an emptied one again (expired

@@ -22,7 +22,7 @@ import botocore.exceptions
 
 from backend import faults
 from backend.errors import ConfigError, ObjectNotFound, RepositoryError
-from backend.repository import ObjectInfo, Repository
+from backend.repository.base import ObjectInfo, Repository
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import PgdrError
 from backend.manifest import BrokenChain, chain
 from backend.repository import Repository
-from backend.verify import corrupt_wal, read_record, record_time
+from backend.verify.records import corrupt_wal, read_record, record_time
 
 if TYPE_CHECKING:
     from backend.recovery import RecoveryView

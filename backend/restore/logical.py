@@ -36,11 +36,11 @@ from backend import audit
 from backend.catalog import read_catalog
 from backend.config import Config
 from backend.errors import PgdrError
-from backend.jobs import notify_restore
 from backend.manifest import BACKUPS_PREFIX
-from backend.notify import first_line
+from backend.notify import first_line, notify_restore
 from backend.postgres import connect, libpq_env, program, server_info
 from backend.repository import ENCRYPTED_MAGIC, Repository, open_repositories
+from backend.statedir import state_dir
 
 if TYPE_CHECKING:
     import psycopg
@@ -266,7 +266,7 @@ def plan_logical(cfg: Config, source: DumpSource, database: str | None = None) -
         check_roles(conn, contents, db, exists=exists)
     if exists:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        safety = audit.state_dir() / "safety" / f"{cfg.cluster.name}-{db}-{stamp}.dump"
+        safety = state_dir() / "safety" / f"{cfg.cluster.name}-{db}-{stamp}.dump"
         return LogicalPlan(source, db, safety, contents.entries, contents)
     options, owner, created_as = _creation(contents, db, user)
     return LogicalPlan(

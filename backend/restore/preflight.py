@@ -21,6 +21,7 @@ from backend import server
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import connect_params, owner_of
+from backend.restore.disk import existing_parent
 from backend.restore.marker import unfinished_restore
 
 if TYPE_CHECKING:
@@ -268,11 +269,3 @@ def connection_problem(cfg: Config, reason: str) -> str:
             f"{cfg.where()} the way pg_hba.conf allows"
         )
     return f"{reason}; check [postgres] host, port and user in {cfg.where()}"
-
-
-def existing_parent(path: Path) -> Path:
-    """``path``, or its nearest ancestor that exists: where a directory to be made would be made."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    return probe

@@ -27,7 +27,7 @@ from typing import Any
 
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
-from backend.restore.preflight import existing_parent
+from backend.restore.disk import existing_parent
 from backend.tablespaces import Tablespace, recorded
 
 #: The suffix of safety copies (the data directory's too), before the restore's UTC time.
