@@ -31,7 +31,7 @@ from backend.walnames import DEFAULT_SEGMENT_SIZE, HISTORY_RE, SEGMENT_RE, Segme
 class CatalogBackup:
     manifest: BackupManifest
     repositories: list[str] = field(default_factory=list)
-    #: The newest stored ``pgdr verify`` result (``backend.verify.last_verified``'s record), filled in
+    #: The newest stored ``pgdr verify`` result (``backend.verify.records.last_verified``'s record), filled in
     #: by ``read_verified`` only: reading the records costs requests most readers of the catalog
     #: (restore planning, the RPO check every minute) do not need.
     verified: dict[str, Any] | None = None

@@ -152,7 +152,7 @@ def verify_job(
 ) -> Any:
     """Verify every backup and the WAL archive (``deep``: a restore rehearsal too); returns the report.
 
-    A report that is not ok is returned, not raised; an error is raised. ``backend.verify.verify``
+    A report that is not ok is returned, not raised; an error is raised. ``backend.verify.command.verify``
     notifies Telegram itself (so a manual ``pgdr verify`` alerts as the daemon's does); here a lock
     held by another job only becomes ``LockBusy``, so the daemon skips the run instead of failing it.
     """
