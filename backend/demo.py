@@ -284,7 +284,14 @@ def _backup(cfg: Config, step: _Steps, n: int) -> None:
     from backend.jobs import backup_job
 
     step(f"base backup {n} of 3")
-    backup_job(cfg, on_progress=lambda p: step.on_progress(Progress("backup", p.done, p.total, f"base backup {n}")))
+
+    def progress(p: Progress) -> None:
+        # One line per backup, its bytes counted up: the streaming's, not each object's copy after it
+        # (their counts would make the same line jump back and forth).
+        if p.step == "backup" and p.total is not None:
+            step.on_progress(Progress("backup", p.done, p.total, f"base backup {n}"))
+
+    backup_job(cfg, on_progress=progress)
 
 
 def _sql(cfg: Config, *statements: str) -> None:
@@ -405,8 +412,46 @@ def clean() -> str:
         else:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+    _stop_helpers(paths)
     shutil.rmtree(paths.root, ignore_errors=True)
     return f"removed the demo sandbox {paths.root} (server and workload stopped)"
+
+
+def _stop_helpers(paths: _Paths) -> None:
+    """Stop the pgdr helpers the server's archiving started for this sandbox (the push server, the
+    background uploads of the WAL index...): one still running would write into the repository again
+    after it is removed (the folder came back). They are found by their command line, which names this
+    sandbox's config and a ``wal-`` command."""
+    config = str(paths.config).encode()
+    helpers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # An archiving helper (wal-push, wal-pushd, wal-upload, the prefetcher...), not a console or a
+        # command someone runs on the sandbox's config.
+        if config in argv and any(arg.startswith(b"wal-") or b"prefetch" in arg for arg in argv):
+            helpers.append(int(entry.name))
+    for helper in helpers:
+        with contextlib.suppress(OSError):
+            os.kill(helper, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while helpers and time.monotonic() < deadline:
+        helpers = [h for h in helpers if Path(f"/proc/{h}").exists() and not _zombie(h)]
+        time.sleep(0.05)
+    for helper in helpers:
+        with contextlib.suppress(OSError):
+            os.kill(helper, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _postmaster(paths: _Paths) -> int | None:

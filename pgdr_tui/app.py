@@ -13,6 +13,7 @@ import gc
 import importlib
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +29,8 @@ from backend.errors import PgdrError
 from backend.progress import Cancelled, Progress
 from pgdr_tui import glyphs as glyph_sets
 from pgdr_tui.commands import PgdrCommands
-from pgdr_tui.messages import LoadProgress, ModelLoaded, ServerChecked, VerifyResults
+from pgdr_tui.live import LIVE_SECONDS, LiveWatch
+from pgdr_tui.messages import LiveChanged, LoadProgress, ModelLoaded, ServerChecked, VerifyResults
 from pgdr_tui.model import TimelineModel
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.restorejob import RestoreJob
@@ -40,9 +42,17 @@ if TYPE_CHECKING:
     from backend.catalog import Catalog
     from backend.repository import Repository
 
-#: Seconds between catalog reloads while the console is open (the demo's workload grows it live).
+#: Seconds between catalog reloads while the console is open, whatever the live looks found (a repository
+#: other hosts write to, S3, changes without this host's server or daemon saying so).
 RELOAD_SECONDS = 60.0
 DEMO_RELOAD_SECONDS = 15.0
+#: A reload the live looks asked for waits until the cursor has rested this long (a reload in the
+#: background must not slow scrubbing down)...
+SCRUB_QUIET_S = 2.0
+#: ... and until this many times the last load's duration has passed since it ended (never sooner than
+#: ``MIN_RELOAD_GAP_S``): a year of history is read in under a second, so at most a tenth of the time.
+RELOAD_COST_FACTOR = 10.0
+MIN_RELOAD_GAP_S = 3.0
 #: Seconds the first load may spend reading the WAL index before the timeline is drawn without it.
 EARLY_TIMELINE_S = 2.0
 EARLY_STATUS = "reading the WAL index: archive times, no events yet"
@@ -83,7 +93,9 @@ class PgdrApp(App[int]):
 
     CSS_PATH = "pgdr.tcss"
     TITLE = "pgdr"
-    COMMANDS: ClassVar = App.COMMANDS | {PgdrCommands}
+    #: pgdr's own commands only, so ctrl+p opens on them: Textual's system commands (theme, quit, keys,
+    #: screenshot) came first. The two of them an operator may want are among pgdr's, at the end.
+    COMMANDS: ClassVar = {PgdrCommands}
     COMMAND_PALETTE_BINDING = "ctrl+p"
     MODES: ClassVar = {
         "timeline": TimelineScreen,
@@ -123,6 +135,16 @@ class PgdrApp(App[int]):
         #: The newest successful dry run: "restore" stays greyed until it matches the request at hand.
         self.planned: tuple[RestoreRequest, Any] | None = None
         self.load_status = "reading the catalog..."
+        self.live = LiveWatch()
+        #: When the cursor last moved (``time.monotonic``): live reloads wait for it to rest.
+        self.last_scrub = 0.0
+        self._reload_wanted = False
+        self._reload_timer: Any = None
+        self._next_reload_at = 0.0
+        self._last_archived: str | None = None
+        #: The backups whose verify records were read last (read again when they change).
+        self._verified_for: frozenset[str] | None = None
+        self._server_timeline: int | None = None
         if source.frozen:
             # Stable screenshots and tests: no blinking cursors, no animations.
             self.animation_level = "none"
@@ -142,10 +164,11 @@ class PgdrApp(App[int]):
 
     def on_mount(self) -> None:
         self.reload()
-        self.check_server()
+        self.look()
         if not self.source.frozen:
-            self.set_interval(DEMO_RELOAD_SECONDS if self.source.demo else RELOAD_SECONDS, self.reload)
-            self.set_interval(30.0, self.check_server)
+            every = DEMO_RELOAD_SECONDS if self.source.demo else RELOAD_SECONDS
+            self.set_interval(every, self.request_reload)
+            self.set_interval(LIVE_SECONDS, self.look)
         # A restore running (or finished unwatched) since this console was last open: show it first.
         state = self.source.state_dir()
         job = RestoreJob.active(state, self.source.cluster) or RestoreJob.unseen(state, self.source.cluster)
@@ -164,10 +187,50 @@ class PgdrApp(App[int]):
         self.reload()
 
     def reload(self) -> None:
+        """Read the catalog again now (the operator asked, or a job of this console changed it), and
+        the verify records with it."""
+        self._reload_wanted = False
+        self._verified_for = None
         self._load_catalog()
+
+    def request_reload(self) -> None:
+        """Read the catalog again when it is cheap to: not while the cursor moves, not more often than the
+        last load's cost allows (see ``SCRUB_QUIET_S``, ``RELOAD_COST_FACTOR``)."""
+        self._reload_wanted = True
+        self._maybe_reload()
+
+    def _live_reload(self) -> None:
+        """A reload ``_maybe_reload`` decided on: the catalog, and the verify records only if the
+        backups changed."""
+        self._reload_wanted = False
+        self._load_catalog()
+
+    def _maybe_reload(self) -> None:
+        self._reload_timer = None
+        if not self._reload_wanted or any(w.group == "load" and not w.is_finished for w in self.workers):
+            return  # a load is running: ``on_model_loaded`` looks again
+        now = time.monotonic()
+        wait = max(self.last_scrub + SCRUB_QUIET_S, self._next_reload_at) - now
+        if wait > 0:
+            if self._reload_timer is None:
+                self._reload_timer = self.set_timer(wait, self._maybe_reload)
+            return
+        self._live_reload()
+
+    def note_scrub(self) -> None:
+        """The cursor moved (the timeline screen says so): a live reload waits until it rests."""
+        self.last_scrub = time.monotonic()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="load", name="read the catalog")
     def _load_catalog(self) -> None:
+        started = time.monotonic()
+        try:
+            self._read_catalog()
+        finally:
+            ended = time.monotonic()
+            self._next_reload_at = ended + max(MIN_RELOAD_GAP_S, RELOAD_COST_FACTOR * (ended - started))
+
+    def _read_catalog(self) -> None:
         def progress(p: Progress) -> None:
             self.post_message(LoadProgress(p.message))
 
@@ -191,7 +254,34 @@ class PgdrApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="server", name="check the server")
     def check_server(self) -> None:
+        self.live.server_asked(time.monotonic())
         self.post_message(ServerChecked(self.source.server_state()))
+
+    def look(self) -> None:
+        """A live look (``pgdr_tui.live``): the server, the daemon, this host's restores; one at a time."""
+        if not any(w.group == "live" and not w.is_finished for w in self.workers):
+            self._look()
+
+    @work(thread=True, exit_on_error=False, group="live", name="look at the server, the daemon and restores")
+    def _look(self) -> None:
+        self.post_message(LiveChanged(self.live.tick(self.source, time.monotonic())))
+
+    def on_live_changed(self, message: LiveChanged) -> None:
+        state = message.state
+        facts = self.facts
+        facts.restore = state.restore
+        if state.daemon_running is not None:
+            facts.daemon_running = state.daemon_running
+        if state.server is not None:
+            self.on_server_checked(ServerChecked(state.server))
+        if state.restore_ended:
+            # The server was stopped, replayed and promoted meanwhile: ask it now, not in a few seconds,
+            # so the header never says "in recovery, TL 1" beside the report's "new timeline: 2".
+            self.check_server()
+            self.reload()
+        elif state.daemon_backup_done:
+            self.request_reload()
+        self._show_header()  # also the ages in it ("RPO 4 s"): redrawn only when its text changed
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.model = message.model
@@ -199,13 +289,21 @@ class PgdrApp(App[int]):
         model = message.model
         physical = [b for b in model.catalog.backups if b.manifest.kind == "physical"]
         self.facts.loading = False
-        self.facts.newest_archive = model.newest_archive
+        newest = model.newest_archive
+        if newest is not None and self.facts.newest_archive is not None:
+            newest = max(newest, self.facts.newest_archive)  # the server may have said a newer one
+        self.facts.newest_archive = newest
         self.facts.last_backup = max((b.manifest.stop_time for b in physical), default=None)
         self.changed.publish(None)
-        if message.final:
+        if message.final and self._reload_wanted:
+            self.call_later(self._maybe_reload)  # asked for while this load ran
+        names = [b.manifest.name for b in model.catalog.backups]
+        if message.final and frozenset(names) != self._verified_for:
             # After the timeline is drawn: on S3 this is a request per backup, and only the header's
-            # "last verify" and the backups screen show the results.
-            self.call_after_refresh(self._read_verified, [b.manifest.name for b in model.catalog.backups])
+            # "last verify" and the backups screen show the results. A live reload reads them again
+            # only when the backups changed (a verify run from this console asks with ``reload``).
+            self._verified_for = frozenset(names)
+            self.call_after_refresh(self._read_verified, names)
 
     def on_verify_results(self, message: VerifyResults) -> None:
         if message.verified == self.verified:
@@ -221,9 +319,29 @@ class PgdrApp(App[int]):
         self.changed.publish(None)
 
     def on_server_checked(self, message: ServerChecked) -> None:
-        self.facts.server = message.state.text
-        self.facts.server_ok = message.state.reachable
-        self.changed.publish(None)
+        state = message.state
+        facts = self.facts
+        facts.server, facts.server_short, facts.server_ok = state.text, state.short, state.reachable
+        facts.archive_failing = state.archive_failing
+        if state.archived_at is not None and (facts.newest_archive is None or state.archived_at > facts.newest_archive):
+            facts.newest_archive = state.archived_at  # the RPO follows the server, not only the catalog
+        # Something new to show: a segment archived since the last look, or the server on another timeline.
+        news = (state.last_archived, state.timeline) != (self._last_archived, self._server_timeline)
+        if state.reachable and news and self._server_timeline is not None:
+            self.request_reload()
+        if state.reachable:
+            self._last_archived, self._server_timeline = state.last_archived, state.timeline
+        self._show_header()
+
+    def _show_header(self) -> None:
+        """Redraw the header of the screen shown (the facts only: nothing else is recomputed)."""
+        from pgdr_tui.screens.base import BaseScreen
+
+        if not self.screen_stack:
+            return  # leaving: a look that ended after the last screen went
+        screen = self.screen
+        if isinstance(screen, BaseScreen) and screen.is_mounted:
+            screen.show_header()
 
     # --- failures --------------------------------------------------------------------------------
 
@@ -281,7 +399,11 @@ class PgdrApp(App[int]):
     def attach_restore(self, job: RestoreJob, reattached: bool) -> None:
         from pgdr_tui.screens.restore import RestoreProgressScreen
 
+        if job.result() is None and not reattached:
+            # The header says so from now on, not from the next live look: the server is about to stop.
+            self.facts.restore = "starting"
         self.push_screen(RestoreProgressScreen(job, reattached=reattached))
+        self.look()
 
     def show_last_restore(self) -> None:
         """The newest restore job's progress and report (the palette's way back to a restore's outcome)."""

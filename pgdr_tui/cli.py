@@ -870,7 +870,45 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from pgdr_tui.app import run_app
 
+    reattach = _restore_config(args)
+    if reattach is not None:
+        return run_app(load(reattach), demo=_is_demo(reattach.config))
     return run_app(load(args))
+
+
+def _restore_config(args: argparse.Namespace) -> argparse.Namespace | None:
+    """``pgdr`` with no config file anywhere, while a restore started from a console with ``--config`` (or
+    from ``pgdr demo``) runs, or finished unwatched: its arguments, to open the console on it."""
+    from backend.config import find_config
+
+    if args.config or os.environ.get("PGDR_CONFIG") or find_config() is not None:
+        return None
+    from backend.statedir import state_dir
+    from pgdr_tui.restorejob import RestoreJob
+
+    job = RestoreJob.to_reattach(state_dir())
+    if job is None:
+        return None
+    if job.config is None or not os.path.isfile(job.config):
+        running = "is running" if job.result() is None else "finished"
+        raise PgdrError(
+            f"no config file found, and the restore of cluster {job.cluster} started from a console {running} "
+            f"(pid {job.pid}, log {job.log}): open the console with the configuration it was started with"
+        )
+    print(f"pgdr: no config file found; opening the console on the restore of cluster {job.cluster}: {job.config}")
+    import copy
+
+    again = copy.copy(args)
+    again.config = job.config
+    return again
+
+
+def _is_demo(config: str | None) -> bool:
+    from pathlib import Path
+
+    from backend import demo
+
+    return config is not None and (Path(config).parent / demo.MARKER).is_file()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -966,20 +1004,34 @@ BYTE_STEPS = frozenset({"backup", "dump", "base backup"})
 
 
 def _progress_printer() -> Callable[[Progress], None]:
-    """A progress line on a terminal; nothing when output goes to a file or a log."""
+    """A progress line on a terminal, rewritten in place; nothing when output goes to a file or a log.
+
+    A step's line ends (a newline) when its count reaches the total, or at once when it has none. A
+    count that goes on past it (the total was an estimate: pg_basebackup's, the files a tar holds)
+    rewrites that same line above, not a new line per update, and drops the "of ~total" it passed.
+    """
     if not sys.stderr.isatty():
         return lambda _: None
     import humanize
 
+    finished: list[tuple[str, str]] = []  # the step whose line was ended last
+
     def show(p: Progress) -> None:
         if p.step in BYTE_STEPS:
-            total = f" of ~{humanize.naturalsize(p.total)}" if p.total else ""
-            sys.stderr.write(f"\r{p.message}: {humanize.naturalsize(p.done)}{total}\x1b[K")
+            total = f" of ~{humanize.naturalsize(p.total)}" if p.total and p.done < p.total else ""
+            line = f"{p.message}: {humanize.naturalsize(p.done)}{total}"
         else:
             count = f" ({p.done}/{p.total})" if p.total else ""
-            sys.stderr.write(f"\r{p.message}{count}\x1b[K")
-        if p.total is not None and p.done >= p.total:
-            sys.stderr.write("\n")
+            line = f"{p.message}{count}"
+        key = (p.step, p.message)
+        if finished and finished[-1] == key:
+            sys.stderr.write(f"\x1b[F\r{line}\x1b[K\n")  # the line above, once more
+        else:
+            sys.stderr.write(f"\r{line}\x1b[K")
+            # A step without a count ("starting the server") says what is done now: a line of its own.
+            if p.total is None or p.done >= p.total:
+                sys.stderr.write("\n")
+                finished[:] = [key]
         sys.stderr.flush()
 
     return show

@@ -82,6 +82,12 @@ class PgdrCommands(Provider):
             ("Help: keys and symbols", app.action_help, "?"),
             ("Quit", app.exit, "q"),
             *self._screen_actions(),
+            ("Theme: change the console's colours", app.action_change_theme, "Textual's theme picker"),
+            (
+                "Screenshot: save this screen as an SVG file",
+                lambda: app.set_timer(0.1, app.deliver_screenshot),
+                "in the current directory, to attach to a ticket",
+            ),
         ]
 
     def _screen_actions(self) -> list[Command]:

@@ -54,6 +54,8 @@ def short_age(moment: datetime | None, now: datetime) -> str:
     if moment > now:
         return "in the future"
     seconds = int((now - moment).total_seconds())
+    if seconds < 5:
+        return "now"
     if seconds < 60:
         return f"{seconds} s ago"
     if seconds < 3600:
@@ -87,6 +89,20 @@ def lag(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return humanize.naturaldelta(timedelta(seconds=max(0.0, seconds)))
+
+
+def short_lag(seconds: float | None) -> str:
+    """A lag in few characters, for the header at 80 columns: "45 s", "10 min", "5 h", "3 days"."""
+    if seconds is None:
+        return "-"
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min"
+    if whole < 2 * 86400:
+        return f"{whole // 3600} h"
+    return f"{whole // 86400} days"
 
 
 def size(n: int | float | None) -> str:
@@ -128,3 +144,10 @@ def parse_when(text: str, zone: tzinfo, now: datetime) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
     return parsed.astimezone(UTC)
+
+
+def is_time_of_day(text: str) -> bool:
+    """Whether ``text`` is a time without a date ("23:59", "14:05:30 UTC"): "go to" reads it as today."""
+    import re
+
+    return bool(re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?\s*(UTC|Z|[+-]\d{2}(:?\d{2})?)?", text.strip(), re.IGNORECASE))

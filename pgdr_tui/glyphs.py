@@ -43,6 +43,8 @@ class Glyphs:
     ellipsis: str
     #: Plain ASCII everywhere: also borders, progress bars, checkboxes and list arrows (``pgdr_tui.widgets.plain``).
     plain: bool = False
+    #: Between two parts of the header.
+    sep: str = "│"
 
 
 UNICODE = Glyphs(
@@ -86,6 +88,7 @@ ASCII = Glyphs(
     dot="-",
     ellipsis="...",
     plain=True,
+    sep="|",
 )
 
 

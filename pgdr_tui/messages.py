@@ -13,6 +13,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from backend.progress import Progress
+    from pgdr_tui.live import LiveState
     from pgdr_tui.model import TimelineModel
     from pgdr_tui.source import ServerState, Verified
 
@@ -45,6 +46,14 @@ class LoadProgress(Message):
 
 class ServerChecked(Message):
     def __init__(self, state: ServerState) -> None:
+        super().__init__()
+        self.state = state
+
+
+class LiveChanged(Message):
+    """What a look at the server, the daemon and this host's restores found (``pgdr_tui.live``)."""
+
+    def __init__(self, state: LiveState) -> None:
         super().__init__()
         self.state = state
 

@@ -18,12 +18,17 @@ from typing import TYPE_CHECKING
 from backend.manifest import BrokenChain, chain
 from backend.timeline import RecoveryTimeline, Window, estimate_restore_seconds
 from backend.walnames import SegmentName
+from pgdr_tui import fmt
 from pgdr_tui.timescale import Viewport, to_datetime
 
 if TYPE_CHECKING:
     from backend.catalog import Catalog, CatalogBackup
     from backend.recovery import RecoveryView
     from backend.walindex import WalEvent
+
+
+#: Of the events sharing the cursor's column, how many the panel can list (a week per column holds thousands).
+HERE_LISTED = 20
 
 
 class Cell(IntEnum):
@@ -123,6 +128,8 @@ class Columns:
     rows: list[list[Cell]]
     backups: list[Mark]
     events: list[Mark]
+    #: How many events each column holds: two or more are drawn as their count, not one mark over the others.
+    event_counts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,31 @@ class NearEvent:
     time: datetime
     kind: str
     text: str
+    #: The transaction of a destructive event: a restore to it stops just before that transaction.
+    xid: int | None = None
+
+    @property
+    def destructive(self) -> bool:
+        return self.kind != "restore_point"
+
+
+@dataclass(frozen=True)
+class _Near:
+    before: NearEvent | None
+    after: NearEvent | None
+    at: NearEvent | None
+    here: tuple[NearEvent, ...]
+    here_count: int
+
+
+@dataclass(frozen=True)
+class NearItem:
+    """A backup or an event around the cursor, or the cursor itself (``cursor``), for the panel's list."""
+
+    time: datetime
+    kind: str
+    text: str
+    cursor: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,8 +181,16 @@ class CursorDetails:
     wal_bytes: int = 0
     wal_stored_bytes: int = 0
     estimated_seconds: float | None = None
+    #: The nearest event before the instant (a restore to the instant replays it) and after it (it does not).
     before: NearEvent | None = None
     after: NearEvent | None = None
+    #: The event exactly at the instant (the cursor landed on it with ``[``/``]``): what a restore does
+    #: with it is said beside it (stops just before a drop, at a restore point).
+    at: NearEvent | None = None
+    #: The events in the cursor's column when it holds more than one (the timeline draws their count): the
+    #: first ``HERE_LISTED`` of them, and how many there are.
+    here: tuple[NearEvent, ...] = ()
+    here_count: int = 0
     #: The backups a restore combines (``backend.manifest.chain``), the full one first and ``backup``
     #: last: just ``backup`` for a full backup, empty without one.
     chain: tuple[str, ...] = ()
@@ -214,7 +254,7 @@ class TimelineModel:
         #: Whether any backup is incremental: the legend names the incremental mark only then.
         self.has_incremental = any(b.manifest.incremental for b in ordered)
         self._physical = {b.manifest.name: b.manifest for b in ordered if b.manifest.kind == "physical"}
-        timed = sorted((e for e in view.events if e.time is not None and e.kind != "rewrite"), key=_event_time)
+        timed = sorted(_distinct(view.events), key=_event_time)
         self.events: list[WalEvent] = timed
         self.event_times = [_event_time(e) for e in timed]
         self.event_kinds = [Mark.RESTORE_POINT if e.kind == "restore_point" else Mark.DESTRUCTIVE for e in timed]
@@ -246,17 +286,18 @@ class TimelineModel:
         return info.latest_time.timestamp() if info is not None else None
 
     def _row(self, tli: int) -> Row:
-        # A timeline born of a promotion inherits its parent's past; its row starts where its own WAL does,
-        # so the parent's history is drawn once, on the parent's row.
-        own = [r for r in self.catalog.wal if r.timeline == tli]
-        born = min(
-            (self._segment_start(tli, r.first.number) or r.first_archived_at.timestamp() for r in own), default=None
-        )
-        inherited = tli in self.catalog.histories and born is not None
-        spans = []
-        for w in self.timeline.windows_on(tli):
-            start = max(w.start.timestamp(), born) if inherited and born is not None else w.start.timestamp()
-            spans.append((start, w.end.timestamp()))
+        """One timeline's row, drawn by the rule ``details`` answers with: recoverable exactly where one of
+        the timeline's windows holds the instant (and at the end of the archive, which a "latest"
+        restore reaches), so a column never says "WAL only" where the panel says RECOVERABLE.
+
+        A timeline born of a promotion holds copies of its parent's last segment (the parent's records
+        up to the switch); its own WAL is drawn from its birth (when its ``.history`` was archived), so
+        the parent's history is drawn once, on the parent's row, and not as WAL without a backup.
+        """
+        spans = [(w.start.timestamp(), w.end.timestamp()) for w in self.timeline.windows_on(tli)]
+        if tli == self.latest_tli and self._latest_window is not None:
+            end = self._latest_window.end.timestamp()
+            spans.append((end, end + 1e-3))  # the latest instant: "RECOVERABLE: latest"
         gaps = []
         for g in self.timeline.gaps:
             if g.timeline != tli:
@@ -266,13 +307,17 @@ class TimelineModel:
             if a is not None and b is not None:
                 gaps.append((a, max(a, b)))
         runs: dict[int, int] = {}
-        for r in own:
-            runs[r.first.number] = max(runs.get(r.first.number, r.last.number), r.last.number)
+        for r in self.catalog.wal:
+            if r.timeline == tli:
+                runs[r.first.number] = max(runs.get(r.first.number, r.last.number), r.last.number)
+        born = self.catalog.history_times.get(tli) if tli in self.catalog.histories else None
         wal = []
         for first, last in runs.items():
             a = self._segment_start(tli, first)
             b = self._segment_end(tli, last)
             if a is not None and b is not None:
+                if born is not None:
+                    a = max(a, born.timestamp())
                 wal.append((a, max(a, b)))
         return Row(tli, Intervals.union(spans), Intervals.union(gaps), Intervals.union(wal))
 
@@ -302,12 +347,26 @@ class TimelineModel:
         spc = viewport.spc
         starts = [viewport.column_start(c) for c in range(viewport.width + 1)]
         rows = [[row.cell(starts[c], starts[c + 1]) for c in range(viewport.width)] for row in self.rows]
+        counts = self._counts(self.event_times, viewport.left, spc, viewport.width)
         return Columns(
             viewport,
             rows,
             self._marks(self.backup_times, self.backup_kinds, viewport.left, spc, viewport.width),
             self._marks(self.event_times, self.event_kinds, viewport.left, spc, viewport.width),
+            counts,
         )
+
+    @staticmethod
+    def _counts(times: list[float], left: float, spc: float, width: int) -> list[int]:
+        out = [0] * width
+        i = bisect.bisect_left(times, left)
+        right = left + width * spc
+        while i < len(times) and times[i] < right:
+            column = int((times[i] - left) // spc)
+            if 0 <= column < width:
+                out[column] += 1
+            i += 1
+        return out
 
     @staticmethod
     def _marks(times: list[float], kinds: list[Mark], left: float, spc: float, width: int) -> list[Mark]:
@@ -323,7 +382,9 @@ class TimelineModel:
 
     # --- the details panel -----------------------------------------------------------------------
 
-    def details(self, instant: datetime, *, latest: bool = False) -> CursorDetails:
+    def details(
+        self, instant: datetime, *, latest: bool = False, column: tuple[float, float] | None = None
+    ) -> CursorDetails:
         """Whether ``instant`` is recoverable, on which timeline, from which backup, with which WAL.
 
         The newest timeline whose windows hold the instant wins (what ``recovery_target_timeline =
@@ -331,26 +392,33 @@ class TimelineModel:
         abandoned branch) is reported with that timeline, which the restore then names explicitly.
         ``latest`` means the operator asked for the end of the archive: a "latest" target, which
         replays everything (a time target must lie before the last commit to be reached).
+        ``column`` is the span of the cursor's column: the events sharing it are listed.
         """
-        before, after = self._near(instant.timestamp())
+        t = instant.timestamp()
+        before, at, after = self._near(t)
+        here, count = self._here(column) if column is not None else ((), 0)
+        near = _Near(before, after, at, here, count)
         if latest and self._latest_window is not None:
             window = self._latest_window
-            return self._recoverable(instant, self.latest_tli, window, None, before=before, after=after, latest=True)
+            return self._recoverable(instant, self.latest_tli, window, None, near, latest=True)
         for tli in sorted(self._ranked, reverse=True):
             ranked = self._ranked[tli]
             # Of the windows starting by the instant, the highest ranked one still open at it.
             for i in range(bisect.bisect_right(self._ranked_starts[tli], instant) - 1, -1, -1):
                 if ranked[i].contains(instant):
-                    return self._recoverable(instant, tli, ranked[i], instant, before=before, after=after)
+                    return self._recoverable(instant, tli, ranked[i], instant, near)
         return CursorDetails(
             instant,
             self.latest_tli,
             False,
             False,
             self._why(instant),
-            before=before,
-            after=after,
             latest_timeline=self.latest_tli,
+            before=near.before,
+            after=near.after,
+            at=near.at,
+            here=near.here,
+            here_count=near.here_count,
         )
 
     def _window_rank(self, window: Window) -> tuple[datetime, datetime]:
@@ -369,9 +437,8 @@ class TimelineModel:
         tli: int,
         window: Window,
         target: datetime | None,
+        near: _Near,
         *,
-        before: NearEvent | None,
-        after: NearEvent | None,
         latest: bool = False,
     ) -> CursorDetails:
         backup = self.backups.get(window.base_backup)
@@ -407,11 +474,14 @@ class TimelineModel:
             wal_bytes=wal_bytes,
             wal_stored_bytes=sum(s.stored_bytes for s in segments),
             estimated_seconds=estimate_restore_seconds(base, wal_bytes),
-            before=before,
-            after=after,
             latest_timeline=self.latest_tli,
             chain=members,
             broken_chain=broken,
+            before=near.before,
+            after=near.after,
+            at=near.at,
+            here=near.here,
+            here_count=near.here_count,
         )
 
     def chain_of(self, backup: CatalogBackup | None) -> tuple[tuple[str, ...], str]:
@@ -439,16 +509,64 @@ class TimelineModel:
             return "after the last archived commit"
         return "not reached: no backup's contiguous WAL covers it (a gap or a timeline switch)"
 
-    def _near(self, t: float) -> tuple[NearEvent | None, NearEvent | None]:
-        i = bisect.bisect_right(self.event_times, t)
-        before = self._near_event(self.events[i - 1]) if i > 0 else None
-        after = self._near_event(self.events[i]) if i < len(self.events) else None
-        return before, after
+    def _near(self, t: float) -> tuple[NearEvent | None, NearEvent | None, NearEvent | None]:
+        """(the last event before ``t``, the event at ``t``, the first event after ``t``).
+
+        An event the cursor stands on is neither before nor after it: a restore to a drop stops just
+        before it (the panel must not list it as replayed), one to a restore point stops at it.
+        """
+        lo = bisect.bisect_left(self.event_times, t - 1e-3)
+        hi = bisect.bisect_right(self.event_times, t + 1e-3)
+        at = self._near_event(self.events[lo]) if hi > lo else None
+        before = self._near_event(self.events[lo - 1]) if lo > 0 else None
+        after = self._near_event(self.events[hi]) if hi < len(self.events) else None
+        return before, at, after
+
+    def _here(self, column: tuple[float, float]) -> tuple[tuple[NearEvent, ...], int]:
+        lo = bisect.bisect_left(self.event_times, column[0])
+        hi = bisect.bisect_left(self.event_times, column[1])
+        if hi - lo < 2:
+            return (), 0
+        return tuple(self._near_event(e) for e in self.events[lo : min(hi, lo + HERE_LISTED)]), hi - lo
 
     @staticmethod
     def _near_event(event: WalEvent) -> NearEvent:
         assert event.time is not None
-        return NearEvent(event.time, event.kind, describe_event(event))
+        return NearEvent(
+            event.time, event.kind, describe_event(event), event.xid if event.kind != "restore_point" else None
+        )
+
+    def nearby(self, instant: datetime, lines: int) -> list[NearItem]:
+        """``lines`` items in time order: the backups and events around ``instant`` and the cursor itself,
+        as many on each side as there are (the rest of the room to the other side): what the panel lists
+        when it has room."""
+        t = instant.timestamp()
+        room = max(0, lines - 1)
+        earlier: list[NearItem] = []
+        later: list[NearItem] = []
+        for times, make in ((self.backup_times, self._backup_item), (self.event_times, self._event_item)):
+            i = bisect.bisect_left(times, t - 1e-3)
+            earlier += [make(k) for k in range(max(0, i - room), i)]
+            later += [make(k) for k in range(i, min(len(times), i + room))]
+        earlier.sort(key=lambda item: item.time)
+        later.sort(key=lambda item: item.time)
+        before = min(len(earlier), max(room // 2, room - len(later)))
+        after = min(len(later), room - before)
+        cursor = NearItem(instant, "cursor", "", cursor=True)
+        return [*earlier[len(earlier) - before :], cursor, *later[:after]]
+
+    def _backup_item(self, k: int) -> NearItem:
+        m = self.backup_order[k].manifest
+        if m.kind != "physical":
+            return NearItem(m.stop_time, "logical", f"dump {m.name}, {fmt.size(m.size_bytes)}")
+        if m.incremental:
+            return NearItem(m.stop_time, "incremental", f"incremental {m.name} on {m.parent}, {fmt.size(m.size_bytes)}")
+        return NearItem(m.stop_time, "backup", f"backup {m.name}, {fmt.size(m.size_bytes)}")
+
+    def _event_item(self, k: int) -> NearItem:
+        event = self.events[k]
+        assert event.time is not None
+        return NearItem(event.time, event.kind, describe_event(event))
 
     def event_at(self, t: float) -> WalEvent | None:
         """The event exactly at ``t`` (the cursor lands on events with ``[``/``]``)."""
@@ -470,9 +588,28 @@ def _backup_mark(backup: CatalogBackup) -> Mark:
     return Mark.INCREMENTAL if backup.manifest.incremental else Mark.BACKUP
 
 
+def _distinct(events: Sequence[WalEvent]) -> list[WalEvent]:
+    """The timed events the timeline shows, each once.
+
+    A timeline born of a promotion begins with a copy of its parent's last segment, and the WAL index
+    reads both copies: the records before the switch (a restore point, a drop) are found twice, at
+    the same LSN. One record is one event.
+    """
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for e in events:
+        if e.time is None or e.kind == "rewrite":
+            continue
+        key = (e.kind, e.lsn, e.xid, e.name, e.time)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
 def _event_time(event: WalEvent) -> float:
     assert event.time is not None
     return event.time.timestamp()
 
 
-__all__ = ["Cell", "Columns", "CursorDetails", "Mark", "TimelineModel", "to_datetime"]
+__all__ = ["Cell", "Columns", "CursorDetails", "Mark", "NearEvent", "NearItem", "TimelineModel", "to_datetime"]

@@ -30,8 +30,14 @@ class RestoreRequest:
 
     @classmethod
     def at(cls, instant: datetime, *, timeline: str = "latest", backup: str | None = None) -> RestoreRequest:
-        """A time target, written in UTC with an offset so the configured zone cannot shift it."""
-        stamp = instant.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%d %H:%M:%S+00:00")
+        """A time target, written in UTC with an offset so the configured zone cannot shift it.
+
+        The fraction of a second is kept when there is one: the cursor on a backup's mark stands at the
+        instant it finished (``12:00:48.215``), which the panel calls recoverable; the whole second
+        before it (``12:00:48``) is not, and the plan would refuse what the panel offered.
+        """
+        utc = instant.astimezone(UTC)
+        stamp = utc.strftime("%Y-%m-%d %H:%M:%S.%f" if utc.microsecond else "%Y-%m-%d %H:%M:%S") + "+00:00"
         return cls("time", stamp, timeline=timeline, backup=backup)
 
     @property

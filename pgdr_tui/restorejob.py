@@ -60,6 +60,8 @@ class RestoreJob:
     started: datetime
     cluster: str
     request: RestoreRequest
+    #: The config file the console that started it read (None: the environment only).
+    config: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _offset: int = field(default=0, repr=False)
 
@@ -102,7 +104,8 @@ class RestoreJob:
                 close_fds=True,
                 cwd="/",
             )
-        job = cls(folder, proc.pid, argv, started, cfg.cluster.name, request, proc)
+        config = str(cfg.source) if cfg.source else None
+        job = cls(folder, proc.pid, argv, started, cfg.cluster.name, request, config, proc)
         _write_json(
             folder / "job.json",
             {
@@ -130,22 +133,38 @@ class RestoreJob:
                 datetime.fromisoformat(data["started"]),
                 str(data["cluster"]),
                 RestoreRequest.from_json(data["request"]),
+                str(data["config"]) if data.get("config") else None,
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     @classmethod
-    def all(cls, state_dir: Path, cluster: str) -> list[RestoreJob]:
-        """The restore jobs of ``cluster`` on this host, newest first (folder names are UTC stamps)."""
+    def all(cls, state_dir: Path, cluster: str | None) -> list[RestoreJob]:
+        """The restore jobs of ``cluster`` (None: of every cluster) on this host, newest first (folder
+        names are UTC stamps)."""
         base = jobs_dir(state_dir)
         if not base.is_dir():
             return []
         jobs = []
         for folder in sorted(base.iterdir(), reverse=True):
             job = cls.load(folder)
-            if job is not None and job.cluster == cluster:
+            if job is not None and cluster in (None, job.cluster):
                 jobs.append(job)
         return jobs
+
+    @classmethod
+    def to_reattach(cls, state_dir: Path) -> RestoreJob | None:
+        """For ``pgdr`` with no config file to read: the newest restore of any cluster still running, else
+        the newest one that finished while no console watched it (the SSH session of a ``pgdr demo``
+        or ``pgdr --config ...`` console dropped), so the console opens on it instead of failing."""
+        jobs = cls.all(state_dir, None)
+        running = next((job for job in jobs if job.result() is None and job.alive()), None)
+        if running is not None:
+            return running
+        newest = jobs[0] if jobs else None
+        if newest is not None and not newest.seen_file.exists() and newest.result() is not None:
+            return newest
+        return None
 
     @classmethod
     def active(cls, state_dir: Path, cluster: str) -> RestoreJob | None:

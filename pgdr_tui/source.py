@@ -33,11 +33,42 @@ if TYPE_CHECKING:
 #: Seconds the header waits for the server: the console must open even when the server is down.
 CONNECT_TIMEOUT = 2
 
+#: What the header shows of the server, in one round trip. A primary's timeline is the one its WAL is
+#: written on now (a promotion's new timeline at once; the last checkpoint's lags until the next
+#: checkpoint, and the header would contradict a restore report's "new timeline"); in recovery, the
+#: replayed checkpoint's. ``pg_stat_archiver`` says which segment was archived last and when (a new
+#: one means the timeline has something new to show, and the RPO is that much younger) and whether
+#: archive_command fails since.
+SERVER_QUERY = """
+SELECT current_setting('server_version'),
+       pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
+       a.last_archived_wal,
+       coalesce(a.last_failed_time > coalesce(a.last_archived_time, '-infinity'), false),
+       a.last_archived_time
+  FROM pg_stat_archiver a
+"""
+
 
 @dataclass(frozen=True)
 class ServerState:
     reachable: bool
     text: str
+    #: ``text`` in fewer words, for a header at 80 columns.
+    short: str = ""
+    #: The timeline the server writes (a primary) or replays (in recovery); None when unknown.
+    timeline: int | None = None
+    in_recovery: bool | None = None
+    #: ``pg_stat_archiver``: the newest segment archived, and whether archiving fails since then.
+    last_archived: str | None = None
+    archive_failing: bool = False
+    #: When it was archived: the header's RPO follows it between two reads of the catalog.
+    archived_at: datetime | None = None
+
+    @property
+    def brief(self) -> str:
+        return self.short or self.text
 
 
 @dataclass(frozen=True)
@@ -120,7 +151,9 @@ class Source:
         from backend.restore.marker import cluster_unfinished_restore
 
         if cluster_unfinished_restore(self.cfg.postgres.data_dir):
-            return ServerState(False, "UNFINISHED RESTORE (pgdr restore --dry-run: how to roll back)")
+            return ServerState(
+                False, "UNFINISHED RESTORE (pgdr restore --dry-run: how to roll back)", "UNFINISHED RESTORE"
+            )
         if not self.probe_server:
             return ServerState(False, "not probed")
         try:
@@ -130,16 +163,23 @@ class Source:
         params = connect_params(self.cfg, timeout=CONNECT_TIMEOUT, application="pgdr-console")
         try:
             with psycopg.connect(**params) as conn:
-                row = conn.execute(
-                    "SELECT current_setting('server_version'), pg_is_in_recovery(),"
-                    " (SELECT timeline_id FROM pg_control_checkpoint())"
-                ).fetchone()
+                row = conn.execute(SERVER_QUERY).fetchone()
         except psycopg.Error:
             return ServerState(False, "unreachable")
         if row is None:
             return ServerState(False, "unreachable")
-        role = "in recovery" if row[1] else "primary"
-        return ServerState(True, f"up, PG {str(row[0]).split()[0]}, {role}, TL {row[2]}")
+        version, recovering, timeline, archived, failing, archived_at = row
+        role = "in recovery" if recovering else "primary"
+        return ServerState(
+            True,
+            f"up, PG {str(version).split()[0]}, {role}, TL {timeline}",
+            f"{role}, TL {timeline}",
+            timeline=int(timeline) if timeline is not None else None,
+            in_recovery=bool(recovering),
+            last_archived=str(archived) if archived else None,
+            archive_failing=bool(failing),
+            archived_at=archived_at if isinstance(archived_at, datetime) else None,
+        )
 
     def last_verified(self, names: list[str]) -> dict[str, Verified]:
         """The newest verify record of each backup that has one (a listing, then a read per record)."""
@@ -161,6 +201,14 @@ class Source:
         except ImportError:
             return None
         return read_status(self.cfg)
+
+    def daemon_status_path(self) -> Path | None:
+        """Where the daemon keeps its status (``stat`` it to learn whether anything changed)."""
+        try:
+            from backend.daemon import status_path
+        except ImportError:
+            return None
+        return status_path(self.cfg)
 
     def _repositories(self) -> list[Any]:
         if self._repos is None:

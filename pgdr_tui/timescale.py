@@ -30,20 +30,42 @@ class ZoomLevel:
         return max(1, round(self.tick_seconds / self.seconds_per_column))
 
 
-#: From minutes to months. Tick spacing keeps labels apart at every level (>= 6 columns per tick).
+#: From a second to two weeks per column, each step at most 2.5 times the one before (closer where
+#: weeks of history are usual), so the opening zoom (the finest that holds the history) leaves little
+#: of the width empty. Tick spacing keeps
+#: labels apart at every level (at least two columns more than a label's length).
 ZOOM_LEVELS: tuple[ZoomLevel, ...] = (
-    ZoomLevel("10 s", 10, 5 * MINUTE, "%H:%M"),
+    ZoomLevel("1 s", 1, 15, "%H:%M:%S"),
+    ZoomLevel("2 s", 2, 30, "%H:%M:%S"),
+    ZoomLevel("5 s", 5, MINUTE, "%H:%M"),
+    ZoomLevel("10 s", 10, 2 * MINUTE, "%H:%M"),
+    ZoomLevel("20 s", 20, 4 * MINUTE, "%H:%M"),
+    ZoomLevel("30 s", 30, 5 * MINUTE, "%H:%M"),
     ZoomLevel("1 min", MINUTE, 15 * MINUTE, "%H:%M"),
+    ZoomLevel("2 min", 2 * MINUTE, 30 * MINUTE, "%H:%M"),
     ZoomLevel("5 min", 5 * MINUTE, HOUR, "%H:%M"),
+    ZoomLevel("10 min", 10 * MINUTE, 2 * HOUR, "%H:%M"),
     ZoomLevel("15 min", 15 * MINUTE, 3 * HOUR, "%d %H:%M"),
+    ZoomLevel("30 min", 30 * MINUTE, 6 * HOUR, "%d %H:%M"),
     ZoomLevel("1 h", HOUR, 12 * HOUR, "%m-%d %H"),
+    ZoomLevel("2 h", 2 * HOUR, DAY, "%m-%d"),
     ZoomLevel("3 h", 3 * HOUR, DAY, "%m-%d"),
+    ZoomLevel("4 h", 4 * HOUR, 2 * DAY, "%m-%d"),
     ZoomLevel("6 h", 6 * HOUR, 2 * DAY, "%m-%d"),
+    ZoomLevel("8 h", 8 * HOUR, 4 * DAY, "%m-%d"),
     ZoomLevel("12 h", 12 * HOUR, 4 * DAY, "%m-%d"),
     ZoomLevel("1 day", DAY, 7 * DAY, "%m-%d"),
+    ZoomLevel("2 days", 2 * DAY, 14 * DAY, "%m-%d"),
     ZoomLevel("3 days", 3 * DAY, 21 * DAY, "%m-%d"),
     ZoomLevel("1 week", 7 * DAY, 56 * DAY, "%y-%m-%d"),
+    ZoomLevel("2 weeks", 14 * DAY, 112 * DAY, "%y-%m-%d"),
 )
+
+
+def level_named(name: str) -> int:
+    """The index of the zoom level called ``name`` ("1 h")."""
+    return next(i for i, level in enumerate(ZOOM_LEVELS) if level.name == name)
+
 
 #: Columns moved by shift+arrow: one "big step".
 BIG_STEP_COLUMNS = 10
@@ -99,6 +121,12 @@ class Viewport:
         if column > self.width - 1 - margin:
             return replace(self, left=self._aligned(cursor - (self.width - 1 - margin) * self.spc))
         return self
+
+    def ending_at(self, end: float) -> Viewport:
+        """Scroll (never zoom) so ``end`` is ``MARGIN`` columns inside the right edge: the opening view,
+        with the history across the width and the newest instant near the right, not empty future."""
+        margin = min(MARGIN, max(0, (self.width - 1) // 2))
+        return replace(self, left=self._aligned(end - (self.width - 1 - margin) * self.spc))
 
     def centered(self, cursor: float) -> Viewport:
         return replace(self, left=self._aligned(cursor - (self.width // 2) * self.spc))

@@ -22,7 +22,9 @@ from backend.progress import Cancelled, Progress
 from pgdr_tui import fmt
 from pgdr_tui.messages import JobFinished, JobLog, JobProgress
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.para import Para
 from pgdr_tui.widgets.plain import progress_bar
+from pgdr_tui.widgets.wrap import hanging
 
 
 class RateMeter:
@@ -74,17 +76,17 @@ class BackupScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(
+        yield Para(
             Text.assemble(
                 (" Backup now", "bold"),
                 "  p: base backup (PITR)  i: incremental (17+)  l: logical dumps",
             ),
             classes="title",
         )
-        yield Static(Text(" No backup running.", style="dim"), id="backup-state")
-        yield progress_bar(self.pgdr.glyphs.plain, id="backup-bar")
-        yield Static(id="backup-numbers")
-        yield RichLog(id="backup-log", wrap=False, max_lines=1000)
+        yield Para(Text(" No backup running.", style="dim"), id="backup-state")
+        yield progress_bar(self.pgdr.glyphs.plain, id="backup-bar", hidden=True)
+        yield Para(id="backup-numbers")
+        yield RichLog(id="backup-log", wrap=True, max_lines=1000)
         yield from self.compose_footer()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -102,7 +104,9 @@ class BackupScreen(BaseScreen):
         self.cancel_event = threading.Event()
         self.meter = RateMeter()
         self.started = self.pgdr.source.monotonic()
-        self.query_one(ProgressBar).update(total=None, progress=0)
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True  # hidden until a job runs: no bar moving beside "not running"
         self.query_one("#backup-state", Static).update(Text(f" Starting a {self.kind}...", style="bold"))
         self._log(f"starting a {self.kind} of cluster {self.pgdr.source.cluster}")
         self.refresh_bindings()
@@ -147,7 +151,8 @@ class BackupScreen(BaseScreen):
             bar.update(total=None)
         rate = self.meter.rate()
         eta = self.meter.eta(p.done, p.total)
-        parts = [f"{fmt.size(p.done)}" + (f" of ~{fmt.size(p.total)}" if p.total else "")]
+        # The total is pg_basebackup's estimate: once passed, the count stands alone ("25.3 MB of ~24.8 MB").
+        parts = [f"{fmt.size(p.done)}" + (f" of ~{fmt.size(p.total)}" if p.total and p.done < p.total else "")]
         if rate:
             parts.append(fmt.rate(rate))
         if eta is not None:
@@ -195,4 +200,7 @@ class BackupScreen(BaseScreen):
 
     def _log(self, line: str, when: datetime | None = None) -> None:
         now = (when or self.pgdr.source.now()).astimezone(self.pgdr.source.zone)
-        self.query_one(RichLog).write(Text.assemble((f"{now:%H:%M:%S} ", "dim"), line))
+        log = self.query_one(RichLog)
+        width = log.scrollable_content_region.width or self.app.size.width
+        for part in hanging(Text.assemble((f"{now:%H:%M:%S} ", "dim"), line), width):
+            log.write(part, width=width)

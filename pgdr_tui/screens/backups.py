@@ -15,6 +15,8 @@ from textual.widgets import DataTable, Static
 from pgdr_tui import fmt
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.para import Para
+from pgdr_tui.widgets.wrap import labelled
 
 if TYPE_CHECKING:
     from backend.catalog import CatalogBackup
@@ -49,7 +51,7 @@ class BackupsScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(id="backups-title", classes="title")
+        yield Para(id="backups-title", classes="title")
         table: DataTable[Text | str] = DataTable(id="backups-table", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="backup-details")
@@ -80,8 +82,6 @@ class BackupsScreen(BaseScreen):
                 (" Backups", "bold"),
                 f"  {physical} physical, {len(backups) - physical} logical, "
                 f"{fmt.size(total)} stored; times in {source.now().astimezone(source.zone).tzname()}",
-                no_wrap=True,
-                overflow="ellipsis",
             )
         )
         table = self.query_one(DataTable)
@@ -123,7 +123,11 @@ class BackupsScreen(BaseScreen):
         if b is None:
             panel.update(Text(" No backups yet: press n to take one.", style="dim"))
             return
-        panel.update(backup_details(b, self.pgdr.verified.get(b.manifest.name), self))
+        width = panel.content_region.width or self.app.size.width
+        panel.update(backup_details(b, self.pgdr.verified.get(b.manifest.name), self, width))
+
+    def on_resize(self) -> None:
+        self._show_selected()
 
     def action_show_on_timeline(self) -> None:
         from pgdr_tui.screens.timeline import TimelineScreen
@@ -172,15 +176,15 @@ def _verified(v: Verified | None, now: object, ok: str, bad: str) -> Text:
     )
 
 
-def backup_details(b: CatalogBackup, v: Verified | None, screen: BaseScreen) -> Text:
+def backup_details(b: CatalogBackup, v: Verified | None, screen: BaseScreen, width: int = 1000) -> Text:
+    """The selected backup in full, each value wrapped beside its label (``width`` columns)."""
     source = screen.pgdr.source
     zone, now = source.zone, source.now()
     m = b.manifest
-    text = Text(no_wrap=True, overflow="ellipsis")
+    lines: list[Text] = []
 
     def row(label: str, value: str) -> None:
-        text.append(f" {label:<13}", style="bold")
-        text.append(value + "\n")
+        lines.extend(labelled(f" {label}", Text(value), label_width=LABEL, width=width))
 
     took = (m.stop_time - m.start_time).total_seconds()
     kind = m.kind
@@ -211,5 +215,8 @@ def backup_details(b: CatalogBackup, v: Verified | None, screen: BaseScreen) -> 
         row("Verified", "never: press V to verify it")
     else:
         row("Verified", f"{'ok' if v.ok else 'PROBLEMS'} ({v.level}) {fmt.when(v.time, zone)}, {fmt.age(v.time, now)}")
-    text.rstrip()
-    return text
+    return Text("\n").join(lines)
+
+
+#: The label column of the details: the longest label ("Repositories") and two spaces.
+LABEL = 15

@@ -35,8 +35,12 @@ class BaseScreen(Screen[None]):
         calm(self)
 
     def _changed(self, _: None) -> None:
-        self.query_one(StatusBar).show(self.pgdr.facts, self.pgdr.source.now())
+        self.show_header()
         self.refresh_data()
+
+    def show_header(self) -> None:
+        """The header from the app's facts now (also on the app's live ticks, without ``refresh_data``)."""
+        self.query_one(StatusBar).show(self.pgdr.facts, self.pgdr.source.now(), self.pgdr.glyphs.sep)
 
     def refresh_data(self) -> None:
         """Redraw from ``self.pgdr.model``; screens override."""

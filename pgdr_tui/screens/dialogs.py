@@ -6,9 +6,11 @@ does nothing until the cluster name is typed exactly, and Escape (the default) c
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -64,7 +66,9 @@ class GotoModal(ModalScreen[datetime | None]):
                 f"In your zone ({self.now.astimezone(self.zone).tzname()}): 'YYYY-MM-DD HH:MM[:SS]' or 'HH:MM';\n"
                 "add 'UTC' or '+02:00' for another zone; or relative: -90m, -2h, -3d."
             )
-            yield Input(placeholder="2026-11-24 14:05", id="goto-input")
+            # An example in the operator's zone: an hour ago, the kind of time one types at 3 a.m.
+            example = (self.now - timedelta(hours=1)).astimezone(self.zone).strftime("%Y-%m-%d %H:%M")
+            yield Input(placeholder=f"e.g. {example}", id="goto-input")
             yield Static("", id="goto-error", classes="error-text")
             yield Static(Text("enter: go   escape: cancel", style="dim"))
 
@@ -73,11 +77,22 @@ class GotoModal(ModalScreen[datetime | None]):
         self.query_one(Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        error = self.query_one("#goto-error", Static)
         try:
             when = fmt.parse_when(event.value, self.zone, self.now)
         except ValueError as exc:
-            self.query_one("#goto-error", Static).update(Text(str(exc), style="red"))
+            error.update(Text(str(exc), style="red"))
             return
+        if when > self.now:
+            shown = fmt.when(when, self.zone)
+            if not fmt.is_time_of_day(event.value):
+                now = fmt.when(self.now, self.zone)
+                error.update(Text(f"{shown} is in the future (now: {now}): type a time that has passed", style="red"))
+                return
+            # "23:59" typed at 03:00 means last night: a time of day later than now is yesterday's, said so.
+            when -= timedelta(days=1)
+            typed, yesterday = event.value.strip(), fmt.when(when, self.zone)
+            self.app.notify(f"{typed} today is still to come: the cursor goes to yesterday, {yesterday}", title="Go to")
         self.dismiss(when)
 
     def action_cancel(self) -> None:
@@ -150,8 +165,9 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         app = cast("PgdrApp", self.app)
         g = app.glyphs
-        text = Text()
-        text.append("Keys\n", style="bold")
+        keys = Table.grid(padding=(0, 2))  # a key's words wrap beside it, under each other
+        keys.add_column(style="bold cyan", no_wrap=True)
+        keys.add_column()
         seen: set[str] = set()
         below = app.screen_stack[-2] if len(app.screen_stack) > 1 else app.screen
         nodes: list[Any] = [*below.focus_chain[:1], below, app]
@@ -160,12 +176,12 @@ class HelpScreen(ModalScreen[None]):
                 if not isinstance(binding, Binding) or binding.key in seen:
                     continue
                 seen.add(binding.key)
-                keys = ", ".join(app.get_key_display(Binding(k.strip(), "")) for k in binding.key.split(","))
-                text.append(f"  {keys:<13}", style="bold cyan")
-                text.append(f"{binding.tooltip or binding.description}\n")
-        text.append(f"  {'ctrl+p':<13}", style="bold cyan")
-        text.append("command palette: every action, backups and events by name\n")
-        text.append("\nTimeline symbols\n", style="bold")
+                shown = ", ".join(app.get_key_display(Binding(k.strip(), "")) for k in binding.key.split(","))
+                keys.add_row(f"  {shown}", binding.tooltip or binding.description)
+        keys.add_row("  ctrl+p", "command palette: every action, backups and events by name")
+        symbols = Table.grid(padding=(0, 2))
+        symbols.add_column(no_wrap=True)
+        symbols.add_column()
         for glyph, style, meaning in (
             (g.full, "green", "recoverable: a restore can reach any instant here"),
             (g.partial, "green", "part of the column is recoverable"),
@@ -176,12 +192,18 @@ class HelpScreen(ModalScreen[None]):
             (g.logical, "cyan", "logical dump"),
             (g.restore_point, "magenta", "named restore point"),
             (g.destructive, "bold red", "DROP / TRUNCATE / DROP DATABASE committed (or relation files removed)"),
+            ("2-9", "bold red", "that many events in one column (+: ten or more): zoom in, or put the cursor there"),
         ):
-            text.append(f"  {glyph:<3}", style=style)
-            text.append(f"{meaning}\n")
-        text.append(
-            "\nTimes are shown in your zone with UTC beside them. Restores run detached: they go on if this\n"
-            "terminal closes, and reopening pgdr shows them. Set PGDR_ASCII=1 for plain ASCII symbols.\n"
+            symbols.add_row(Text.assemble("  ", (glyph, style)), meaning)
+        text = Group(
+            Text("Keys", style="bold"),
+            keys,
+            Text("\nTimeline symbols", style="bold"),
+            symbols,
+            Text(
+                "\nTimes are shown in your zone with UTC beside them. Restores run detached: they go on if this "
+                "terminal closes, and reopening pgdr shows them. Set PGDR_ASCII=1 for plain ASCII symbols."
+            ),
         )
         with Vertical(id="dialog", classes="help"):
             yield Static(Text("pgdr help", style="bold"), classes="dialog-title")

@@ -22,11 +22,15 @@ from textual.worker import Worker
 
 from backend.errors import PgdrError
 from pgdr_tui import fmt
+from pgdr_tui.live import restore_step
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.restorejob import RestoreJob, command_line
 from pgdr_tui.screens.base import BaseScreen
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal
+from pgdr_tui.widgets.hanging import Hanging
+from pgdr_tui.widgets.para import Para
 from pgdr_tui.widgets.plain import progress_bar
+from pgdr_tui.widgets.wrap import hanging
 
 if TYPE_CHECKING:
     from backend.restore.plan import RestorePlan
@@ -58,14 +62,14 @@ class RestorePlanScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(id="plan-title", classes="title")
+        yield Para(id="plan-title", classes="title")
         with Horizontal(id="beside-row"):
             yield Label("directory ")
             yield Input(id="beside-dir")
             yield Label(" port ")
             yield Input(id="beside-port", type="integer")
         with VerticalScroll(id="plan-scroll"):
-            yield Static(id="plan-text")
+            yield Hanging(id="plan-text")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
@@ -104,8 +108,6 @@ class RestorePlanScreen(BaseScreen):
             self.request.describe().split(", ")[0],
             "   mode: ",
             mode,
-            no_wrap=True,
-            overflow="ellipsis",
         )
         self.query_one("#plan-title", Static).update(title)
         self.refresh_bindings()
@@ -137,7 +139,7 @@ class RestorePlanScreen(BaseScreen):
 
     def action_dry_run(self) -> None:
         self.running = True
-        self.query_one("#plan-text", Static).update(Text(f"Planning {self.request.describe()} ...", style="dim"))
+        self.query_one("#plan-text", Hanging).update(Text(f"Planning {self.request.describe()} ...", style="dim"))
         self.refresh_bindings()
         self._plan(self.request)
 
@@ -165,7 +167,7 @@ class RestorePlanScreen(BaseScreen):
         else:
             text.append("Cannot restore to this target:\n", style="bold red")
             text.append(message.error or "unknown error")
-        self.query_one("#plan-text", Static).update(text)
+        self.query_one("#plan-text", Hanging).update(text)
         self.refresh_bindings()
 
     # --- restore ---------------------------------------------------------------------------------
@@ -222,11 +224,11 @@ class RestoreProgressScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(id="restore-title", classes="title")
-        yield Static(id="restore-step")
+        yield Para(id="restore-title", classes="title")
+        yield Para(id="restore-step")
         yield progress_bar(self.pgdr.glyphs.plain, id="restore-bar")
-        yield RichLog(id="restore-log", wrap=False, max_lines=2000)
-        yield Static(id="restore-result")
+        yield RichLog(id="restore-log", wrap=True, max_lines=2000)
+        yield Hanging(id="restore-result")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
@@ -244,7 +246,7 @@ class RestoreProgressScreen(BaseScreen):
             )
         )
         self.set_interval(0.5, self._poll)
-        self._poll()
+        self.call_after_refresh(self._poll)  # once laid out: the log's lines are made for its width
 
     def _poll(self) -> None:
         # One read at a time: a slow disk must not pile reads up, and cancelling a read half-way
@@ -272,16 +274,24 @@ class RestoreProgressScreen(BaseScreen):
 
     def on_job_update(self, message: JobUpdate) -> None:
         log = self.query_one(RichLog)
+        width = log.scrollable_content_region.width or self.app.size.width
         for line in message.log:
-            log.write(Text(line))
+            for part in hanging(Text(line), width):  # a plan line goes on under its value, not at the edge
+                log.write(part, width=width)
         if message.progress:
             last = message.progress[-1]
+            if message.result is None and message.alive:
+                # The header says what this screen says, not what the last live look read a second ago.
+                self.pgdr.facts.restore = restore_step(last)
+                self.show_header()
             bar = self.query_one(ProgressBar)
             total = last.get("total")
             done = last.get("done") or 0
             if last.get("step") == "base backup" and total:
-                bar.update(total=total, progress=done)
-                what = f"{fmt.size(done)} of {fmt.size(total)}"
+                # The total is what the backup's files add up to; the tar around them is a little more,
+                # so the count can pass it: then no "of" that the count contradicts.
+                bar.update(total=max(total, done), progress=done)
+                what = f"{fmt.size(done)} of ~{fmt.size(total)}" if done <= total else f"{fmt.size(done)}, nearly done"
             elif total:
                 bar.update(total=total, progress=done)
                 what = f"{done} of {total}"
@@ -302,7 +312,7 @@ class RestoreProgressScreen(BaseScreen):
             self._show_result(message.result)
         elif not message.alive and message.result is None and not self.finished:
             self.finished = True
-            self.query_one("#restore-result", Static).update(
+            self.query_one("#restore-result", Hanging).update(
                 Text(
                     f"The restore process {self.job.pid} is gone without a result: see {self.job.log}", style="bold red"
                 )
@@ -317,7 +327,10 @@ class RestoreProgressScreen(BaseScreen):
         else:
             text = Text(str(result.get("text") or result.get("error") or "Restore failed"), style="bold red")
             self.notify("Restore did not reach its target", title="Restore", severity="error")
-        self.query_one("#restore-result", Static).update(text)
+        self.query_one("#restore-result", Hanging).update(text)
+        # The server was stopped, replayed and promoted: the header asks it now (not in a few seconds), so
+        # it never says "in recovery, TL 1" beside this report's "new timeline".
+        self.pgdr.check_server()
         self.pgdr.reload()
 
     def action_back(self) -> None:

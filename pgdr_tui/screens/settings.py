@@ -7,6 +7,9 @@ so a masked secret or an environment value is never written into the file.
 
 from __future__ import annotations
 
+import os
+import tomllib
+from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -20,6 +23,19 @@ from backend.config import ENVIRONMENT, MASK
 from backend.errors import PgdrError
 from pgdr_tui import configfile
 from pgdr_tui.screens.base import BaseScreen, calm
+from pgdr_tui.widgets.para import Para
+
+
+def _file_keys(path: Path | None) -> set[tuple[str, str]]:
+    """The (section, key) pairs the config file sets itself (the rest are defaults or the environment)."""
+    if path is None:
+        return set()
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()
+    return {(section, key) for section, values in raw.items() if isinstance(values, dict) for key in values}
 
 
 class EditValueModal(ModalScreen[str | None]):
@@ -66,10 +82,10 @@ class SettingsScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(id="settings-title", classes="title")
+        yield Para(id="settings-title", classes="title")
         table: DataTable[Text | str] = DataTable(id="settings-table", cursor_type="row", zebra_stripes=True)
         yield table
-        yield Static(id="settings-note")
+        yield Para(id="settings-note")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
@@ -83,7 +99,8 @@ class SettingsScreen(BaseScreen):
 
     def _fill(self) -> None:
         cfg = self.pgdr.source.cfg
-        env_keys = {v: k for k, v in ENVIRONMENT.items() if __import__("os").environ.get(k)}
+        env_keys = {v: k for k, v in ENVIRONMENT.items() if os.environ.get(k)}
+        in_file = _file_keys(cfg.source)
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear()
@@ -94,7 +111,12 @@ class SettingsScreen(BaseScreen):
                 shown = self.edits[(section, key)] if edited else value
                 if configfile.is_secret(section, key) and shown not in ("", MASK):
                     shown = MASK
-                origin = "edited" if edited else (f"${env_keys[(section, key)]}" if (section, key) in env_keys else "")
+                if edited:
+                    origin = "edited"
+                elif (section, key) in env_keys:
+                    origin = f"${env_keys[(section, key)]}"
+                else:
+                    origin = "file" if (section, key) in in_file else "default"
                 style = "bold yellow" if edited else ("dim" if shown in ("", [], 0) else "")
                 table.add_row(f"{section}.{key}", Text(configfile.render(shown), style=style), origin)
                 self.keys.append((section, key))
@@ -105,8 +127,6 @@ class SettingsScreen(BaseScreen):
             Text.assemble(
                 (" Configuration", "bold"),
                 f"  effective values from {where} and the environment; secrets masked",
-                no_wrap=True,
-                overflow="ellipsis",
             )
         )
         note = (

@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Static
 from pgdr_tui import fmt
 from pgdr_tui.messages import JobFinished
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.para import Para
 
 
 class StatusScreen(BaseScreen):
@@ -27,11 +28,11 @@ class StatusScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(Text(" Daemon", style="bold"), id="daemon-title", classes="title")
+        yield Para(Text(" Daemon", style="bold"), id="daemon-title", classes="title")
         table: DataTable[Text | str] = DataTable(id="daemon-table", cursor_type="row", zebra_stripes=True)
         yield table
-        yield Static(id="daemon-detail")
-        yield Static(id="daemon-problems")
+        yield Para(id="daemon-detail")
+        yield Para(id="daemon-problems")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
@@ -95,7 +96,7 @@ class StatusScreen(BaseScreen):
                 str(job.get("schedule") or "disabled"),
             )
         self._show_job()
-        lines = [f"{g.bad} {p}" for p in data.get("problems", [])]
+        lines = [f"{g.bad} {p}" for p in _problems(data)]
         problems.update(Text("\n".join(lines) or f"{g.ok} healthy", style="red" if lines else "green"))
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
@@ -121,6 +122,22 @@ class StatusScreen(BaseScreen):
         if said:
             text.append(f"\n {said}", style="red" if job.get("result") == "failed" else "")
         panel.update(text)
+
+
+def _problems(data: dict[str, Any]) -> list[str]:
+    """The status's problems, jobs that failed with the same error said once ("verify, verify_deep: the
+    last run failed: ..."): at 80 columns the nightly verify and its deep twin would fill the screen."""
+    jobs = data.get("jobs") or {}
+    out: list[str] = []
+    failed: dict[str, list[str]] = {}
+    for problem in data.get("problems", []):
+        name, _, said = str(problem).partition(": ")
+        if name in jobs and said:
+            failed.setdefault(said, []).append(name)
+        else:
+            out.append(str(problem))
+    out += [f"{', '.join(names)}: {said}" for said, names in failed.items()]
+    return out
 
 
 def _result(job: dict[str, Any]) -> str:

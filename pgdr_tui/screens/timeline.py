@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
+from pgdr_tui import fmt
 from pgdr_tui.model import CursorDetails
 from pgdr_tui.request import RestoreRequest
 from pgdr_tui.screens.base import BaseScreen
@@ -83,6 +84,7 @@ class TimelineScreen(BaseScreen):
             self._show_details()
 
     def on_timeline_view_cursor_moved(self, _: TimelineView.CursorMoved) -> None:
+        self.pgdr.note_scrub()
         self._show_details()
 
     def _show_details(self) -> None:
@@ -90,21 +92,34 @@ class TimelineScreen(BaseScreen):
         view = self.query_one(TimelineView)
         if model is None:
             return
-        self.details = model.details(view.cursor_time, latest=view.at_latest)
+        self.details = model.details(view.cursor_time, latest=view.at_latest, column=view.cursor_column)
         source = self.pgdr.source
         self.query_one(DetailsPanel).show(
-            self.details, zone=source.zone, now=source.now(), glyphs=self.pgdr.glyphs, zoom=view.zoom_name
+            self.details,
+            zone=source.zone,
+            now=source.now(),
+            glyphs=self.pgdr.glyphs,
+            zoom=view.zoom_name,
+            nearby=model.nearby,
         )
         status = f"  ({self.pgdr.load_status})" if self.pgdr.load_status else ""
         if model.view.unindexed and not status:
             status = f"  ({model.view.unindexed} older segments not indexed yet: archive times)"
+        backups, segments, events = len(model.catalog.backups), len(model.catalog.segments), len(model.events)
         title = Text.assemble(
             (" Recovery timeline", "bold"),
-            f"  {view.zoom_name}/column; {len(model.catalog.backups)} backups, "
-            f"{len(model.catalog.segments)} WAL segments, {len(model.events)} events{status}",
+            f"  {view.zoom_name}/column; {backups} backups, {segments} WAL segments, {events} events{status}",
             no_wrap=True,
             overflow="ellipsis",
         )
+        width = self.size.width or self.app.size.width
+        if len(title.plain) > width:  # 80 columns: fewer words, the same facts
+            title = Text.assemble(
+                (" Timeline", "bold"),
+                f"  {view.zoom_name}/col; {backups} backups, {segments} segments, {events} events{status}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
         # Only touch what changed: refreshing the bindings rebuilds the footer, far dearer than the
         # scrub step itself. The title is one line whatever it says (pgdr.tcss): a repaint, no layout.
         if title != self._shown_title:
@@ -155,8 +170,18 @@ class TimelineScreen(BaseScreen):
         from pgdr_tui.screens.dialogs import GotoModal
 
         def done(when: datetime | None) -> None:
-            if when is not None:
-                self.query_one(TimelineView).move_to(when.timestamp())
+            if when is None:
+                return
+            view = self.query_one(TimelineView)
+            view.move_to(when.timestamp())
+            if abs(view.cursor - when.timestamp()) > 1e-3:  # outside what the timeline holds: say where it went
+                zone = self.pgdr.source.zone
+                edge = "before the oldest archived data" if view.cursor > when.timestamp() else "after now"
+                self.notify(
+                    f"{fmt.when(when, zone)} is {edge}: the cursor is at {fmt.when(view.cursor_time, zone)}",
+                    title="Go to",
+                    severity="warning",
+                )
 
         self.app.push_screen(GotoModal(self.pgdr.source.zone, self.pgdr.source.now()), done)
 

@@ -22,6 +22,7 @@ from backend.progress import Cancelled, Progress
 from pgdr_tui import fmt
 from pgdr_tui.messages import JobFinished, JobProgress
 from pgdr_tui.screens.base import BaseScreen
+from pgdr_tui.widgets.para import Para
 from pgdr_tui.widgets.plain import progress_bar
 
 ALL = "__all__"
@@ -45,7 +46,7 @@ class VerifyScreen(BaseScreen):
 
     def compose(self) -> ComposeResult:
         yield from self.compose_header()
-        yield Static(
+        yield Para(
             Text.assemble(
                 (" Verify", "bold"), "  checksums of every stored object and WAL continuity; deep: a restore rehearsal"
             ),
@@ -57,11 +58,11 @@ class VerifyScreen(BaseScreen):
                 [("all backups and the WAL archive", ALL)], value=ALL, allow_blank=False, id="verify-what"
             )
             yield Checkbox("deep: off", id="verify-deep")
-        yield Static(Text(" Not run yet in this session: press r.", style="dim"), id="verify-state")
-        yield progress_bar(self.pgdr.glyphs.plain, id="verify-bar")
+        yield Para(Text(" Not run yet in this session: press r.", style="dim"), id="verify-state")
+        yield progress_bar(self.pgdr.glyphs.plain, id="verify-bar", hidden=True)
         table: DataTable[Text | str] = DataTable(id="verify-table", cursor_type="row", zebra_stripes=True)
         yield table
-        yield Static(id="verify-details")
+        yield Para(id="verify-details")
         yield from self.compose_footer()
 
     def on_mount(self) -> None:
@@ -115,7 +116,9 @@ class VerifyScreen(BaseScreen):
         self.running = True
         self.cancel_event = threading.Event()
         self.started = self.pgdr.source.monotonic()
-        self.query_one(ProgressBar).update(total=None, progress=0)
+        bar = self.query_one(ProgressBar)
+        bar.update(total=None, progress=0)
+        bar.display = True  # hidden until a job runs: no bar moving beside "not running"
         what = name or "every backup and the WAL archive"
         self.query_one("#verify-state", Static).update(
             Text(f" Verifying {what} ({'deep' if deep else 'checksums'})...", style="bold")

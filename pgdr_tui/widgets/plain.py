@@ -35,9 +35,11 @@ class AsciiBar(BarRenderable):
         )
 
 
-def progress_bar(plain_ascii: bool, **kwargs: Any) -> ProgressBar:
-    """A progress bar without a percentage's ETA, drawn in ASCII when asked."""
+def progress_bar(plain_ascii: bool, *, hidden: bool = False, **kwargs: Any) -> ProgressBar:
+    """A progress bar without a percentage's ETA, drawn in ASCII when asked; ``hidden`` until a job
+    shows it (an empty bar animates, which beside "No backup running." says the opposite)."""
     bar = ProgressBar(show_eta=False, **kwargs)
+    bar.display = not hidden
     if plain_ascii:
         bar.BAR_RENDERABLE = AsciiBar  # read when the bar composes its parts, after this
     return bar

@@ -172,10 +172,7 @@ class TimelineView(Widget, can_focus=True):
             latest = model.latest_recoverable
             self.cursor = latest.timestamp() if latest else (extent[1] if extent else self._now)
             self.at_latest = latest is not None
-            span = (extent[1] - extent[0]) if extent else 86400.0
-            level = level_for_span(span, width)
-            self.viewport = Viewport(level, 0.0, width).centered(self.cursor).follow(self.cursor)
-            self.viewport = self._fit_right(self.viewport)
+            self.viewport = self._opening(width)
         elif self.at_latest and model.latest_recoverable is not None:
             self.cursor = model.latest_recoverable.timestamp()
             self.viewport = self.viewport.follow(self.cursor)
@@ -183,24 +180,25 @@ class TimelineView(Widget, can_focus=True):
         self.refresh(layout=self._height() != height)  # a row per timeline: a layout only when that changes
         self._announce()
 
-    def _fit_right(self, viewport: Viewport) -> Viewport:
-        """Open on the data: all of it when it fits (from its start), else its newest part at the right edge."""
-        if self.model is None:
-            return viewport
-        extent = self.model.extent()
+    def _opening(self, width: int) -> Viewport:
+        """The first view: the finest zoom that holds the whole history, its newest instant near the
+        right edge (the history across the width, not empty future); the cursor in view."""
+        extent = self.model.extent() if self.model is not None else None
         if extent is None:
-            return viewport
-        spc = viewport.spc
+            return Viewport(level_for_span(86400.0, width), 0.0, width).ending_at(self.cursor)
         end = max(extent[1], self.cursor)
-        if end - extent[0] <= (viewport.width - 4) * spc:
-            left = extent[0] - 2 * spc
-        else:
-            left = end + 3 * spc - viewport.width * spc
-        return Viewport(viewport.level, (left // spc) * spc, viewport.width).follow(self.cursor)
+        level = level_for_span(end - extent[0], width)
+        return Viewport(level, 0.0, width).ending_at(end).follow(self.cursor)
 
     @property
     def cursor_time(self) -> datetime:
         return to_datetime(self.cursor)
+
+    @property
+    def cursor_column(self) -> tuple[float, float]:
+        """The span of time the cursor's column covers (the events sharing it are listed in the panel)."""
+        start = self.viewport.column_start(self.viewport.column_of(self.cursor))
+        return start, start + self.viewport.spc
 
     def move_to(self, t: float, *, latest: bool = False) -> None:
         """Put the cursor at ``t`` (scrolling as needed); the one place the cursor changes."""
@@ -350,6 +348,9 @@ class TimelineView(Widget, can_focus=True):
                 Mark.DESTRUCTIVE: (g.destructive, "timeline--destructive"),
             }
             cells = [table.get(m, (" ", "")) for m in cols.events]
+            for column, count in enumerate(cols.event_counts):
+                if count > 1:  # events sharing a column: their count (zoom in, or put the cursor there)
+                    cells[column] = (str(count) if count < 10 else "+", cells[column][1])
         elif y == 1:
             gutter = "backup"
             table = {

@@ -94,3 +94,24 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., Non
         asyncio.run(fn(*args, **kwargs))
 
     return wrapper
+
+
+def screen_lines(app: PgdrApp) -> list[str]:
+    """What the terminal shows now, line by line (the text of the app's SVG screenshot, by position)."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    rows: dict[float, list[tuple[float, str]]] = {}
+    for match in re.finditer(r"<text([^>]*)>(.*?)</text>", svg, re.S):
+        x, y = re.search(r'\bx="([\d.]+)"', match[1]), re.search(r'\by="([\d.]+)"', match[1])
+        if x and y and "clip-path" in match[1]:
+            rows.setdefault(float(y[1]), []).append((float(x[1]), html.unescape(match[2]).replace("\xa0", " ")))
+    lines = []
+    for y in sorted(rows):
+        line = ""
+        for x, text in sorted(rows[y]):
+            column = round(x / 12.2)  # the width of a cell in Textual's SVG
+            line = line.ljust(column)[:column] + text
+        lines.append(line.rstrip())
+    return lines

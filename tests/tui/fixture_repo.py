@@ -71,8 +71,12 @@ def write_fixture(
     segment_minutes: int = 10,
     backup_hours: int = 6,
     events_per_day: int = 0,
+    history_delay: timedelta = timedelta(0),
 ) -> Story:
     """Write the repository and a config file under ``root``; returns the story's landmarks.
+
+    ``history_delay``: timeline 2's ``.history`` is archived that long after the promotion (as after a
+    restore: its first segment holds the parent's records up to the switch, archived before it).
 
     fsync is skipped while writing (a test fixture needs no durability, and thousands of fsyncs
     would dominate the suite's time); everything else is the backend's own write path.
@@ -85,11 +89,19 @@ def write_fixture(
             segment_minutes=segment_minutes,
             backup_hours=backup_hours,
             events_per_day=events_per_day,
+            history_delay=history_delay,
         )
 
 
 def _write(
-    root: Path, *, now: datetime, days: int, segment_minutes: int, backup_hours: int, events_per_day: int
+    root: Path,
+    *,
+    now: datetime,
+    days: int,
+    segment_minutes: int,
+    backup_hours: int,
+    events_per_day: int,
+    history_delay: timedelta,
 ) -> Story:
     root.mkdir(parents=True, exist_ok=True)
     repo_path = root / "repo"
@@ -140,7 +152,8 @@ def _write(
     history = f"1\t{format_lsn(switch_number * SEGMENT_SIZE)}\tno recovery target specified\n".encode()
     history_key = WalObject("00000002.history", hashlib.sha256(history).hexdigest(), "none").key
     repo.put(history_key, history)
-    os.utime(repo_path / "main" / history_key, (promotion.timestamp(), promotion.timestamp()))  # archived then
+    history_archived = (promotion + history_delay).timestamp()
+    os.utime(repo_path / "main" / history_key, (history_archived, history_archived))  # archived then
 
     def events_for(t: datetime, number: int) -> list[WalEvent]:
         found = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import threading
 import time
@@ -130,6 +131,14 @@ async def test_backup_then_restore_beside_through_the_console(cluster: Cluster) 
                 check=False,
             )
             assert rows.stdout.strip() == "2000", rows
+            # The console's header asks the promoted server which timeline it writes: the report's new
+            # one at once, not the last checkpoint's (which lags until the next checkpoint).
+            cfg = app.source.cfg
+            moved = dataclasses.replace(cfg, postgres=dataclasses.replace(cfg.postgres, port=cluster.port + 1))
+            state = Source(moved).server_state()
+            assert state.reachable and state.in_recovery is False, state
+            assert state.timeline == result["report"]["new_timeline"], (state, result["report"])
+            assert f"TL {state.timeline}" in state.text and state.short == f"primary, TL {state.timeline}"
         finally:
             stop(cluster, beside)
     assert cluster.sql("SELECT count(*) FROM t")[0][0] == 2000  # the running cluster was left alone

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from backend import demo
+from backend.progress import Progress
 from backend.recovery import load_view
 from backend.walnames import SegmentName
 from tests.harness.cluster import make_shared_dir
@@ -19,10 +20,16 @@ def test_demo_builds_a_live_sandbox_and_cleans_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PGDR_DEMO_DIR", str(root))
     started = time.monotonic()
     try:
-        steps: list[str] = []
-        cfg = demo.build(on_progress=lambda p: steps.append(p.message))
+        said: list[Progress] = []
+        cfg = demo.build(on_progress=said.append)
+        steps = [p.message for p in said]
         assert cfg.source == root / "pgdr.toml" and cfg.cluster.name == "demo"
         assert any("initdb" in s for s in steps)
+        # Each backup's bytes count up on one line: not another object's count after it (a line that
+        # jumps back), so a terminal shows one line per backup.
+        for n in (1, 2, 3):
+            counts = [p.done for p in said if p.message == f"base backup {n}"]
+            assert counts and counts == sorted(counts), (n, counts)
         view = load_view(cfg)
         physical = [b for b in view.catalog.backups if b.manifest.kind == "physical"]
         assert len(physical) == 3

@@ -24,7 +24,7 @@ from pgdr_tui.model import Mark, TimelineModel
 from pgdr_tui.screens.backups import BackupsScreen
 from pgdr_tui.screens.restore import RestorePlanScreen
 from pgdr_tui.screens.timeline import TimelineScreen
-from pgdr_tui.timescale import Viewport
+from pgdr_tui.timescale import Viewport, level_named
 from pgdr_tui.widgets.details import details_text
 from pgdr_tui.widgets.timeline import TimelineView
 from tests.tui.conftest import ZONE, run_async
@@ -51,11 +51,11 @@ def test_incrementals_have_their_own_mark_and_a_full_backup_wins_a_shared_column
     assert [kinds[name] for name in story.incrementals] == [Mark.INCREMENTAL] * 3
     assert kinds[full] is Mark.BACKUP
 
-    hourly = model.columns(Viewport(level=4, left=taken(full).timestamp(), width=24))  # 1 h per column
+    hourly = model.columns(Viewport(level=level_named("1 h"), left=taken(full).timestamp(), width=24))
     marked = {i: m for i, m in enumerate(hourly.backups) if m is not Mark.NONE}
     assert list(marked.values()) == [Mark.BACKUP, Mark.INCREMENTAL, Mark.INCREMENTAL, Mark.INCREMENTAL]
     # Half a day per column: the full backup and the first incremental share one, which shows the full one.
-    coarse = model.columns(Viewport(level=7, left=taken(full).timestamp() - 3600, width=2))
+    coarse = model.columns(Viewport(level=level_named("12 h"), left=taken(full).timestamp() - 3600, width=2))
     assert coarse.backups == [Mark.BACKUP, Mark.INCREMENTAL]
 
 
@@ -132,7 +132,7 @@ async def test_backups_table_and_a_dry_run_of_an_incremental(
         table.move_cursor(row=[b.manifest.name for b in screen.shown].index(second))
         await settle(pilot)
         details = str(screen.query_one("#backup-details", Static).render())
-        assert f" Backup       {second} (incremental on {first}, chain of 3) of main" in details
+        assert f" Backup        {second} (incremental on {first}, chain of 3) of main" in details
 
         # The timeline at an instant the incremental restores: the dry run plans its chain.
         await pilot.press("t")

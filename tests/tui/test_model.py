@@ -10,7 +10,7 @@ from backend.config import load_config
 from backend.recovery import load_view
 from backend.walnames import SegmentName
 from pgdr_tui.model import Cell, Intervals, TimelineModel
-from pgdr_tui.timescale import Viewport
+from pgdr_tui.timescale import Viewport, level_named
 from tests.tui.fixture_repo import SEGMENT_SIZE, Story
 
 
@@ -81,7 +81,7 @@ def test_marks_and_columns(model: TimelineModel, story: Story) -> None:
     assert model.event_at(t) is not None
     assert model.next_mark(t - 3600) is not None
     assert model.previous_mark(model.backup_times[0]) is None
-    v = Viewport(level=4, left=story.start.timestamp(), width=120)
+    v = Viewport(level=level_named("1 h"), left=story.start.timestamp(), width=120)
     cols = model.columns(v)
     assert len(cols.rows) == 2 and all(len(r) == 120 for r in cols.rows)
     assert sum(1 for m in cols.backups if m) > 10

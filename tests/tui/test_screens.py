@@ -190,7 +190,7 @@ async def test_a_restore_that_finished_unwatched_is_shown_once(make_app: MakeApp
             screen = app.screen
             assert isinstance(screen, RestoreProgressScreen) and screen.finished
             assert "recovery stopped: before commit of transaction 48123" in str(
-                screen.query_one("#restore-result", Static).render()
+                screen.query_one("#restore-result").render()
             )
         again = make_app()
         async with again.run_test(size=(80, 24)) as pilot:
