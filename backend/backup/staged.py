@@ -80,6 +80,8 @@ SPILL_POLL = 0.005
 CHUNK = 1 << 20
 #: server-side zstd came with PostgreSQL 15.
 SERVER_ZSTD = 150000
+#: How long pg_basebackup's descriptors may stay unreadable (seconds) before the backup gives up.
+UNREADABLE_FOR = 5.0
 #: How far pg_basebackup may write ahead of the upload into a scratch folder before it is paused.
 AHEAD_LIMIT = 256 << 20
 #: How much uploaded data a scratch archive holds before it is given back to the file system.
@@ -282,6 +284,7 @@ class _Archives:
         self._folder, self._repos, self._prefix, self._spill = folder, repos, prefix, spill
         self._followers: dict[str, _Follower] = {}
         self._paused: int | None = None  # the pid of a pg_basebackup paused to let the upload catch up
+        self._unreadable = 0.0  # since when pg_basebackup's descriptors could not be read (0: they could)
 
     def _discover(self) -> list[_Follower]:
         for archive in sorted(os.listdir(self._folder)):
@@ -298,6 +301,16 @@ class _Archives:
             if follower.error is not None:
                 raise follower.error
         held = _held_open(pid)  # read after the listing: an archive listed and not held is closed for good
+        if held is None:  # for a moment: pg_basebackup is being started (setpriv execs it)
+            self._unreadable = self._unreadable or time.monotonic()
+            if time.monotonic() - self._unreadable > UNREADABLE_FOR:
+                raise PgdrError(
+                    f"cannot see which files pg_basebackup has open (/proc/{pid}/fd: permission denied): "
+                    "run pgdr as the user pg_basebackup runs as"
+                )
+            held = {f.identity for f in followers}  # nothing is released on a look that saw nothing
+        else:
+            self._unreadable = 0.0
         for follower in followers:
             follower.released = follower.released + 1 if follower.identity not in held else 0
             if follower.released >= 2:
@@ -342,12 +355,18 @@ class _Archives:
             follower.abort()
 
 
-def _held_open(pid: int) -> set[tuple[int, int]]:
-    """The files (device, inode) process ``pid`` has open."""
+def _held_open(pid: int) -> set[tuple[int, int]] | None:
+    """The files (device, inode) process ``pid`` has open; None when they cannot be read just now.
+
+    While a process execs, the kernel refuses its descriptors even to their owner (it may be
+    gaining privileges): the look after a process was started can meet that.
+    """
     held = set()
     fds = f"/proc/{pid}/fd"
     try:
         names = os.listdir(fds)
+    except PermissionError:
+        return None
     except OSError as exc:
         raise PgdrError(f"cannot see which files pg_basebackup has open ({fds}: {exc.strerror})") from None
     for fd in names:
