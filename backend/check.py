@@ -142,11 +142,18 @@ def _run(cfg: Config, conn: psycopg.Connection[Any], timeout: float) -> Iterator
         return
     blocking: list[CheckResult] = []
 
-    for check in (_wal_level(settings), _archive_mode(settings), *_archive_command(cfg, settings)):
+    for check in (
+        _wal_level(settings),
+        _archive_mode(settings, standby=info.in_recovery),
+        *_archive_command(cfg, settings),
+    ):
         yield check
         if not check.ok:
             blocking.append(check)
     yield _archive_timeout(settings)
+    recovery = _restore_command(cfg, conn, info)
+    if recovery is not None:
+        yield recovery
     incremental = _incremental(cfg, info, settings)
     if incremental is not None:
         yield incremental
@@ -250,13 +257,16 @@ def _wal_level(settings: dict[str, _Setting]) -> CheckResult:
     )
 
 
-def _archive_mode(settings: dict[str, _Setting]) -> CheckResult:
+def _archive_mode(settings: dict[str, _Setting], *, standby: bool) -> CheckResult:
+    """A standby archives nothing while it replays (the primary does), but once promoted it is the primary:
+    without archive_mode its new timeline, the one everything is written on from then on, has no PITR."""
     mode = settings["archive_mode"]
     if mode.value in ("on", "always"):
         return CheckResult(True, f"archive_mode = {mode.value}")
+    what = "once promoted, this standby archives no WAL" if standby else "PostgreSQL archives no WAL at all"
     return CheckResult(
         False,
-        f"archive_mode = {mode.value}{_restart_note(mode)}: PostgreSQL archives no WAL at all; "
+        f"archive_mode = {mode.value}{_restart_note(mode)}: {what}; "
         "run ALTER SYSTEM SET archive_mode = on; then restart PostgreSQL",
     )
 
@@ -301,6 +311,65 @@ def _pgdr_path() -> str:
     if beside.is_file():
         return str(beside)
     return shutil.which("pgdr") or "pgdr"
+
+
+#: What makes PostgreSQL recover at start: a standby (standby.signal), a targeted recovery (recovery.signal).
+RECOVERY_SIGNALS = ("standby.signal", "recovery.signal")
+
+
+def _restore_command(cfg: Config, conn: psycopg.Connection[Any], info: ServerInfo) -> CheckResult | None:
+    """On a standby, or a server replaying a restore (in recovery, or a signal file in its data directory):
+    the restore_command that fetches the WAL it replays. None on a primary."""
+    signals = [name for name in RECOVERY_SIGNALS if _signal_present(cfg, name)]
+    if not info.in_recovery and not signals:
+        return None
+    what = f"in recovery ({', '.join(signals)})" if signals else "in recovery"
+    if "standby.signal" in signals:
+        what = "a standby (standby.signal)"
+    row = conn.execute("SELECT setting FROM pg_settings WHERE name = 'restore_command'").fetchone()
+    if row is None:
+        role = str(_one(conn, "SELECT current_user"))
+        return CheckResult(
+            False,
+            f"this server is {what}; {role} may not read restore_command: run GRANT pg_read_all_settings TO {role};",
+        )
+    command = str(row[0] or "")
+    if all(part in command for part in ("pgdr", "wal-fetch", "%f", "%p")):
+        return CheckResult(
+            True,
+            f"this server is {what}: restore_command = {_sql_literal(command)} (verified WAL from the "
+            "repositories, prefetched ahead of recovery)",
+        )
+    fix = (
+        f"run ALTER SYSTEM SET restore_command = {_sql_literal(recommended_restore_command(cfg))}; "
+        "SELECT pg_reload_conf();"
+    )
+    if not command:
+        return CheckResult(
+            False,
+            f"this server is {what} and restore_command is empty: it replays only what streaming replication "
+            f"sends, and cannot catch up from the archive once the primary has recycled WAL it still needs: {fix}",
+        )
+    return CheckResult(
+        False,
+        f"this server is {what}: restore_command = {_sql_literal(command)} does not fetch from pgdr's "
+        f"repositories: {fix}",
+    )
+
+
+def _signal_present(cfg: Config, name: str) -> bool:
+    """Whether the configured data directory holds ``name`` (False when it cannot be looked into)."""
+    if not cfg.postgres.data_dir:
+        return False
+    try:
+        return (Path(cfg.postgres.data_dir) / name).is_file()
+    except OSError:
+        return False
+
+
+def recommended_restore_command(cfg: Config) -> str:
+    """``<pgdr> --config <file> wal-fetch %f %p``, absolute paths, as ``recommended_archive_command``."""
+    return recommended_archive_command(cfg).removesuffix(" wal-push %p") + " wal-fetch %f %p"
 
 
 def _archive_timeout(settings: dict[str, _Setting]) -> CheckResult:
@@ -418,7 +487,7 @@ def _compare_repositories(cfg: Config) -> Iterator[CheckResult]:
 
     Each repository can look fine alone while one of them was emptied, or swapped for another bucket
     by a changed endpoint: reachable, "holds no archive of this cluster yet", and archiving carries on into it. Only
-    the comparison tells (verify's, from listings alone, see ``backend.verify.repository_loss``).
+    the comparison tells (verify's, from listings alone, see ``backend.verify.losses.repository_loss``).
     """
     from backend.verify.losses import find_losses
 

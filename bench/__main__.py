@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.context import Context, Settings
 from bench.report import Results
 
-OPS = ("wal", "s3", "async", "backup", "random", "incr", "replay", "catalog", "tui")
+OPS = ("wal", "s3", "async", "backup", "random", "incr", "replay", "fetch", "catalog", "tui")
 
 QUICK = Settings()
 FULL = Settings(
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx.log(f"work dir {ws.root}; {settings.mode} mode; operations: {', '.join(o for o in OPS if o in only)}")
     try:
         ws.check_tools(
-            need_pgbackrest=bool(only & {"wal", "async", "backup", "random", "incr"}), need_barman="s3" in only
+            need_pgbackrest=bool(only & {"wal", "async", "backup", "random", "incr", "fetch"}), need_barman="s3" in only
         )
         needs_cluster = bool(only & {"wal", "s3", "async", "backup", "random", "incr", "replay"})
         if needs_cluster:
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.ops.replay import op_replay
 
             step("op 7 (PITR replay, WAL from S3 vs local)", op_replay)
+        if "fetch" in only:
+            from bench.ops.fetch import op_fetch
+
+            step("op 10 (replay through a plain restore_command)", op_fetch)
         if "catalog" in only:
             from bench.ops.catalog import op_catalog
 

@@ -34,7 +34,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     hot = _hot_path(words)
     if hot is not None:
-        return _run(hot)  # a few files open at a time: the open-files limit stays as it is
+        code = _run(hot)  # a few files open at a time: the open-files limit stays as it is
+        if argv is None and getattr(hot, "answered", False):
+            # wal-fetch answered by its prefetcher, once per segment PostgreSQL replays: the interpreter's
+            # teardown (freeing every module and object) costs about as much as the answer itself.
+            # Nothing is pending: no threads, no files open, and what was printed is flushed here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     from backend.limits import raise_open_files_limit
 
     raise_open_files_limit()
@@ -302,19 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--name", help="a restore point made with pg_create_restore_point()")
     target.add_argument("--latest", action="store_true", help="replay all archived WAL")
     target.add_argument("--immediate", action="store_true", help="stop as soon as the base backup is consistent")
-    seed = p.add_argument_group("logical restore (the forms of the postgres-restore service)")
-    seed.add_argument(
+    logical = p.add_argument_group("logical restore (the forms of the postgres-restore service)")
+    logical.add_argument(
         "dump",
         nargs="?",
         help="a dump to restore: .dump (pg_dump custom format), or .sql/.sql.gz (plain SQL, only into a database "
         "that does not exist)",
     )
-    seed.add_argument("--logical", action="store_true", help="restore a logical dump (with --latest: the newest)")
-    seed.add_argument("--from-dump", metavar="NAME_OR_PATH", help="a logical backup name or a .dump/.sql.gz file")
-    seed.add_argument("--from-s3", metavar="URL", help="a .dump or .sql.gz at s3://bucket/key")
-    seed.add_argument("--dbname", help="database to restore a dump into (default: [postgres] dbname)")
-    seed.add_argument("--list", action="store_true", help="list the local repository's backups (= pgdr list)")
-    seed.add_argument("--list-s3", action="store_true", help="list the S3 repository's backups")
+    logical.add_argument("--logical", action="store_true", help="restore a logical dump (with --latest: the newest)")
+    logical.add_argument("--from-dump", metavar="NAME_OR_PATH", help="a logical backup name or a .dump/.sql.gz file")
+    logical.add_argument("--from-s3", metavar="URL", help="a .dump or .sql.gz at s3://bucket/key")
+    logical.add_argument("--dbname", help="database to restore a dump into (default: [postgres] dbname)")
+    logical.add_argument("--list", action="store_true", help="list the local repository's backups (= pgdr list)")
+    logical.add_argument("--list-s3", action="store_true", help="list the S3 repository's backups")
     p.add_argument("--backup", metavar="NAME", help="the base backup to start from (default: newest before the target)")
     p.add_argument("--exclusive", action="store_true", help="stop just before the target")
     # No default value: an explicit latest is followed as typed, the default may follow an older timeline.
@@ -464,9 +472,19 @@ def cmd_wal_pushd(args: argparse.Namespace) -> int:
 
 
 def cmd_wal_fetch(args: argparse.Namespace) -> int:
+    """The running prefetcher first, before the config is even read; without one, fetch in-process
+    (and start one for the segments after this)."""
+    from backend.archive import prefetch
+
+    answer = prefetch.ask(args.config, args.filename, args.destination)
+    args.answered = answer in (prefetch.TAKEN, prefetch.ABSENT)
+    if answer == prefetch.TAKEN:
+        return 0
+    if answer == prefetch.ABSENT:
+        raise PgdrError(f"{args.filename} is not in any repository", exit_code=1)
     from backend.archive.fetch import fetch
 
-    fetch(load(args), args.filename, args.destination)
+    fetch(load(args), args.filename, args.destination, config=args.config, asked=answer == prefetch.DAMAGED)
     return 0
 
 
@@ -484,7 +502,7 @@ def cmd_wal_prefetch(args: argparse.Namespace) -> int:
 
     from backend.archive.prefetch import run_prefetch
 
-    run_prefetch(load(args), Path(args.folder), args.after)
+    run_prefetch(load(args), Path(args.folder), args.after, config=args.config)
     return 0
 
 

@@ -55,9 +55,7 @@ def test_prefetch_stops_at_a_corrupt_segment_and_fetch_refuses_it(cluster: Clust
     running = subprocess.Popen([*command, "--after", names[0]], env=clean_env())
     try:
         wait_until((folder / names[1]).exists, "a prefetched segment")
-        wait_until(lambda: names[3] in os.listdir(folder) or running.poll() is not None, "the window")
-        prefetched = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
-        assert names[1] in prefetched and names[2] not in prefetched, "only verified segments are placed"
+        assert not (folder / names[2]).exists(), "one segment deep until recovery takes it"
 
         # restore_command takes the prefetched segment by rename, and refuses the corrupt one.
         assert pgdr(cluster, "wal-fetch", names[1], str(tmp_path / "RECOVERYXLOG")).returncode == 0
@@ -65,8 +63,10 @@ def test_prefetch_stops_at_a_corrupt_segment_and_fetch_refuses_it(cluster: Clust
         refused = pgdr(cluster, "wal-fetch", names[2], str(tmp_path / "RECOVERYXLOG2"))
         assert refused.returncode == 2 and not (tmp_path / "RECOVERYXLOG2").exists()
         assert "no intact copy" in refused.stderr
+        assert names[2] not in os.listdir(folder), "only verified segments are placed"
     finally:
         assert running.wait(timeout=60) == 0  # it leaves after LINGER
+    assert not folder.exists(), "and takes its folder, with what it still held, along"
 
 
 def test_restore_uses_prefetch_and_cleans_it_up(cluster: Cluster) -> None:
@@ -109,26 +109,33 @@ def intact(cluster: Cluster, name: str, path: Path) -> bool:
 def test_one_prefetcher_follows_recovery_and_a_waiting_fetch_gets_its_segment(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    names = make_segments(cluster, 6)
+    names = make_segments(cluster, 7)
     monkeypatch.setattr(prefetch, "LINGER", 1.0)
     pg_wal = tmp_path / "pg_wal"
     folder = pg_wal / prefetch.FOLDER
     folder.mkdir(parents=True)
     thread, placed = prefetcher(cluster, folder, names[0])
-    wait_until((folder / names[2]).exists, "the first window")
-    assert not (folder / names[3]).exists(), "no further ahead than restore.prefetch"
+    wait_until((folder / names[1]).exists, "the segment after the first")
+    assert not (folder / names[2]).exists(), "one segment deep until recovery takes it"
 
-    # Recovery skips ahead: the request moves the window, the waiting fetch gets the segment.
     destination = pg_wal / "RECOVERYXLOG"
     config = prefetch.identity(load_config(cluster.config_path))
-    assert prefetch.obtain(names[3], destination, config) == prefetch.TAKEN, "the running prefetcher answers"
-    assert intact(cluster, names[3], destination)
-    wait_until((folder / names[4]).exists, "the window to follow the request")
-    assert not (folder / names[1]).exists() and not (folder / names[2]).exists(), "passed segments are dropped"
+    assert prefetch.obtain(names[1], destination, config) == prefetch.TAKEN
+    assert intact(cluster, names[1], destination)
+    wait_until((folder / names[3]).exists, "the window to deepen as recovery goes on")
+    assert (folder / names[2]).exists() and not (folder / names[4]).exists(), "no further ahead than restore.prefetch"
 
-    thread.join(timeout=30)  # nothing more is asked for: it leaves after LINGER
+    # Recovery skips ahead: the request moves the window, the waiting fetch gets the segment.
+    assert prefetch.obtain(names[5], destination, config) == prefetch.TAKEN, "the running prefetcher answers"
+    assert intact(cluster, names[5], destination)
+    wait_until((folder / names[6]).exists, "the window to follow the request")
+    assert not (folder / names[2]).exists() and not (folder / names[3]).exists(), "passed segments are dropped"
+
+    thread.join(timeout=30)  # nothing more is asked for: it leaves after LINGER, and takes its folder along
     assert not thread.is_alive()
-    assert {names[1], names[2], names[3], names[4]} <= set(placed)
+    assert not folder.exists()
+    assert {names[1], names[2], names[3], names[5], names[6]} <= set(placed)
+    assert names[4] not in placed
 
 
 def answering(folder: Path, verdict: str, *, nonce: str | None = None) -> threading.Thread:
@@ -156,19 +163,20 @@ def test_a_fetch_takes_only_a_fresh_answer_to_its_own_request(tmp_path: Path, mo
     fd = os.open(folder / prefetch.LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a prefetcher is running
-        os.write(fd, b"pgdr.toml")
+        os.write(fd, b"plain.0123456789abcdef\npgdr.toml")  # named by its fingerprint and its config file
         (folder / name).write_bytes(b"placed by a prefetcher of another config")
         assert prefetch.obtain(name, destination, "other.toml") == "", "another config's prefetcher is no help"
         (folder / name).unlink()
-        for verdict, expected in ((prefetch.ABSENT, prefetch.ABSENT), (prefetch.DAMAGED, "")):
+        for verdict in (prefetch.ABSENT, prefetch.DAMAGED):  # on DAMAGED the asker fetches by itself
             (folder / prefetch.WANTED).unlink(missing_ok=True)
             answer = answering(folder, verdict)
-            assert prefetch.obtain(name, destination, "pgdr.toml") == expected, f"{verdict}: by itself when damaged"
+            assert prefetch.obtain(name, destination, "pgdr.toml") == verdict
             answer.join()
         (folder / prefetch.WANTED).unlink()
         answer = answering(folder, prefetch.ABSENT, nonce="1.2")
         started = time.monotonic()
-        assert prefetch.obtain(name, destination, "pgdr.toml") == "", "an answer to another request is no answer"
+        # an answer to another request is no answer: after WAIT_LIMIT, fetch it yourself (and ask no more)
+        assert prefetch.obtain(name, destination, "pgdr.toml") == prefetch.DAMAGED
         assert time.monotonic() - started >= 0.5, "WAIT_LIMIT bounds the wait"
         answer.join()
     finally:

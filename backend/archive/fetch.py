@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from backend.archive.walfile import WalObject, checksum, decode, find_archived
+from backend.archive.retrieve import fetch_from
 from backend.config import Config
-from backend.errors import ObjectNotFound, PgdrError, RepositoryError
-from backend.repository import Repository, open_repositories
+from backend.errors import ObjectNotFound, PgdrError
+from backend.repository import open_repositories
 from backend.walnames import wal_kind
 
 
-def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, prefetch: bool = True) -> str:
+def fetch(
+    cfg: Config,
+    filename: str,
+    destination: str | os.PathLike[str],
+    *,
+    prefetch: bool = True,
+    config: str | None = None,
+    asked: bool = False,
+) -> str:
     """Write ``filename`` to ``destination``; returns where it came from (a repository, or "prefetch").
 
-    With ``prefetch`` (restore_command), a running prefetcher is asked first: a file it fetched and
-    verified is taken from it, and its fresh "absent" is the answer; when none runs, one is started,
-    so the next segments are downloaded while PostgreSQL replays this one.
+    With ``prefetch`` (restore_command), a running prefetcher of this config (``pgdr restore``'s) is
+    asked first, unless ``asked`` (the plain ``wal-fetch`` asked one already, which could not help):
+    a file it fetched and verified is taken from it, and its fresh "absent" is the answer. When none
+    runs, a detached one is started once the file is here (named by ``config``, the command's
+    ``--config``), so the next segments are downloaded while PostgreSQL replays this one.
     """
     try:
         wal_kind(filename)
@@ -34,61 +43,15 @@ def fetch(cfg: Config, filename: str, destination: str | os.PathLike[str], *, pr
     if prefetch and cfg.restore.prefetch > 0:
         from backend.archive import prefetch as ahead
 
-        answer = ahead.obtain(filename, target, ahead.identity(cfg))
+        answer = "" if asked else ahead.obtain(filename, target, ahead.identity(cfg))
         if answer == ahead.TAKEN:
             return "prefetch"
         if answer == ahead.ABSENT:
             raise ObjectNotFound(f"{filename} is not in any repository")
+    source = fetch_from(open_repositories(cfg), filename, target)
+    if prefetch and cfg.restore.prefetch > 0:
+        # Only once a segment was found: a file asked for that is not there (the end of the archive, a
+        # standby waiting for the next one) starts nothing; recovery that goes on finds one running.
         with contextlib.suppress(OSError):  # never let the optimisation fail the fetch
-            ahead.start(cfg, filename, target)
-    return fetch_from(open_repositories(cfg), filename, target)
-
-
-def fetch_from(
-    repos: list[Repository],
-    filename: str,
-    destination: Path,
-    find: Callable[[Repository, str], list[WalObject]] = find_archived,
-    *,
-    owner: tuple[int, int] | None = None,
-    sync: bool = True,
-) -> str:
-    """Write the first intact copy in ``repos`` to ``destination``; returns the repository's name.
-
-    ``find`` lists a file's stored versions (the prefetcher passes one that lists a folder once);
-    ``owner`` gets the file (pgdr as root writing for the server, which must own its WAL); without
-    ``sync`` it is not fsynced (the prefetcher's answer to a request, taken at once).
-    """
-    problems: list[str] = []
-    for repo in repos:
-        try:
-            for obj in find(repo, filename):
-                data = decode(repo.get(obj.key), obj.compression)
-                if checksum(data) != obj.checksum:
-                    problems.append(f"{repo.name} copy fails its sha256 check")
-                    continue
-                _write_atomically(destination, data, owner, sync=sync)
-                return repo.name
-        except ValueError as exc:
-            problems.append(f"{repo.name} copy is corrupt ({exc})")
-        except RepositoryError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise PgdrError(f"{filename}: no intact copy could be fetched: {'; '.join(problems)}", exit_code=2)
-    raise ObjectNotFound(f"{filename} is not in any repository")
-
-
-def _write_atomically(path: Path, data: bytes, owner: tuple[int, int] | None = None, *, sync: bool = True) -> None:
-    temp = path.with_name(f".{path.name}.pgdr-fetch.{os.getpid()}")
-    try:
-        with temp.open("wb") as fh:
-            if owner is not None:
-                os.fchown(fh.fileno(), *owner)
-            fh.write(data)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.rename(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise PgdrError(f"cannot write {path}: {exc.strerror}") from None
+            ahead.start(cfg, filename, target, config=config)
+    return source
