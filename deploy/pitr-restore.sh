@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The seed's point-in-time recovery helper, as a thin layer over pgdr:
+# The original backup scripts' point-in-time recovery helper, as a thin layer over pgdr:
 #
 #   pitr-restore.sh list
 #   pitr-restore.sh restore --timestamp "2024-01-15 14:30:00" [--dry-run] [--backup NAME]
 #
-# `list` prints the seed's sections, "Base Backups:" and "WAL Archive Range:", from `pgdr list --json`,
-# then the windows a --timestamp can reach, from `pgdr timeline --json`. `restore` is `pgdr restore`
-# with the same words; any other `pgdr restore` option passes through (--yes, --tz, --target-dir,
-# --latest, --xid, --json, ...). A timestamp without an offset is read in pgdr's [restore] timezone
-# (UTC unless set), not the shell's: `date -u` writes one.
+# `list` prints the original helper's sections, "Base Backups:" and "WAL Archive Range:", from
+# `pgdr list --json`, then the windows a --timestamp can reach, from `pgdr timeline --json`. `restore`
+# is `pgdr restore` with the same words; any other `pgdr restore` option passes through (--yes, --tz,
+# --target-dir, --latest, --xid, --json, ...). A timestamp without an offset is read in pgdr's
+# [restore] timezone (UTC unless set), not the shell's: `date -u` writes one.
 #
 # Options (before the command): --config PATH   pgdr's config file (else $PGDR_CONFIG, pgdr's defaults)
 # Environment:

@@ -43,8 +43,8 @@ DOCKER = DEPLOY / "docker"
 SYSTEMD = DEPLOY / "systemd"
 SCRIPTS = (DEPLOY / "pitr-restore.sh", REPO_ROOT / "infrastructure" / "backup" / "pitr-restore.sh")
 
-#: What the seed's README names: its .env variables, services, volume and mount point.
-SEED_ENV = (
+#: What the Memecoin deployment's README names: its .env variables, services, volume and mount point.
+MEMECOIN_ENV = (
     "DB_PASSWORD",
     "BACKUP_S3_BUCKET",
     "AWS_ACCESS_KEY_ID",
@@ -53,9 +53,9 @@ SEED_ENV = (
     "TELEGRAM_BOT_TOKEN",
     "TELEGRAM_CHAT_ID",
 )
-SEED_SERVICES = ("postgres-backup", "postgres-backup-now", "postgres-restore")
-SEED_VOLUME = "postgres_backups"
-SEED_MOUNT = "/backups"
+MEMECOIN_SERVICES = ("postgres-backup", "postgres-backup-now", "postgres-restore")
+MEMECOIN_VOLUME = "postgres_backups"
+MEMECOIN_MOUNT = "/backups"
 IMAGE_CONFIG = "/etc/pgdr/pgdr.toml"
 
 
@@ -145,28 +145,28 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 # --- the compose files -----------------------------------------------------------------------------
 
 
-def test_compose_files_have_the_seeds_services_volume_and_env() -> None:
+def test_compose_files_have_the_memecoin_services_volume_and_env() -> None:
     base, overlay = compose("docker-compose.yml"), compose("docker-compose.backup.yml")
     services = overlay["services"]
-    assert set(SEED_SERVICES) | {"postgres"} <= set(services)
-    assert SEED_VOLUME in overlay["volumes"] and SEED_VOLUME in base["volumes"]
-    for name in (*SEED_SERVICES, "postgres"):
-        assert f"{SEED_VOLUME}:{SEED_MOUNT}" in services[name]["volumes"], name
-    assert f"{SEED_VOLUME}:{SEED_MOUNT}" in base["services"]["postgres"]["volumes"]
+    assert set(MEMECOIN_SERVICES) | {"postgres"} <= set(services)
+    assert MEMECOIN_VOLUME in overlay["volumes"] and MEMECOIN_VOLUME in base["volumes"]
+    for name in (*MEMECOIN_SERVICES, "postgres"):
+        assert f"{MEMECOIN_VOLUME}:{MEMECOIN_MOUNT}" in services[name]["volumes"], name
+    assert f"{MEMECOIN_VOLUME}:{MEMECOIN_MOUNT}" in base["services"]["postgres"]["volumes"]
 
-    # The seed's .env reaches every pgdr container (and the database's archive_command, which uploads
+    # The Memecoin .env reaches every pgdr container (and the database's archive_command, which uploads
     # WAL to S3), each by its own name, and pgdr reads every one of them.
-    for name in (*SEED_SERVICES, "postgres"):
+    for name in (*MEMECOIN_SERVICES, "postgres"):
         env = services[name]["environment"]
-        for var in SEED_ENV:
+        for var in MEMECOIN_ENV:
             assert refers_to(env.get(var), var), f"{name}: {var} = {env.get(var)!r}"
             assert var in ENVIRONMENT, f"pgdr does not read {var}"
-        assert env["PGDR_CONFIG"] == IMAGE_CONFIG and env["PGDR_STATE_DIR"].startswith(SEED_MOUNT + "/")
+        assert env["PGDR_CONFIG"] == IMAGE_CONFIG and env["PGDR_STATE_DIR"].startswith(MEMECOIN_MOUNT + "/")
     example = (DOCKER / ".env.example").read_text()
-    assert all(re.search(rf"^(# )?{var}=", example, re.MULTILINE) for var in SEED_ENV)
+    assert all(re.search(rf"^(# )?{var}=", example, re.MULTILINE) for var in MEMECOIN_ENV)
 
     # The images: the pgdr image for the three services, the database image with pgdr inside.
-    for name in SEED_SERVICES:
+    for name in MEMECOIN_SERVICES:
         assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile", name
     assert services["postgres"]["build"]["dockerfile"] == "deploy/docker/Dockerfile.postgres"
     assert base["services"]["postgres"]["build"]["dockerfile"] == "deploy/docker/Dockerfile.postgres"
@@ -176,7 +176,7 @@ def test_compose_files_have_the_seeds_services_volume_and_env() -> None:
     # wal-push's background uploads outlive it: with the postmaster as PID 1 they would become its
     # children, and it takes an unknown child's exit status 2 for a crashed backend (a restart).
     assert services["postgres"]["init"] is True and base["services"]["postgres"]["init"] is True
-    assert all(services[name]["init"] is True for name in SEED_SERVICES)
+    assert all(services[name]["init"] is True for name in MEMECOIN_SERVICES)
 
     # The database archives through pgdr, at least every 5 minutes.
     settings = dict(
@@ -187,10 +187,10 @@ def test_compose_files_have_the_seeds_services_volume_and_env() -> None:
     assert shlex.split(settings["archive_command"])[1:] == ["--config", IMAGE_CONFIG, "wal-push", "%p"]
 
 
-def test_container_config_takes_the_seeds_env() -> None:
+def test_container_config_takes_the_memecoin_env() -> None:
     values = {
         "DB_PASSWORD": "pw-from-env",
-        "BACKUP_S3_BUCKET": "seed-bucket",
+        "BACKUP_S3_BUCKET": "memecoin-bucket",
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "secret-from-env",
         "AWS_REGION": "us-east-1",
@@ -202,10 +202,10 @@ def test_container_config_takes_the_seeds_env() -> None:
     env = clean_env(**values, **fixed)
     result = run([str(pgdr_executable()), "--config", str(DOCKER / "pgdr.toml"), "config", "--json"], env)
     cfg = json.loads(ok(result))
-    assert cfg["s3"]["bucket"] == "seed-bucket" and cfg["s3"]["region"] == "us-east-1"
+    assert cfg["s3"]["bucket"] == "memecoin-bucket" and cfg["s3"]["region"] == "us-east-1"
     assert cfg["postgres"]["password"] == cfg["s3"]["secret_access_key"] == "********"
     assert cfg["telegram"]["chat_id"] == "42" and cfg["postgres"]["host"] == "postgres"
-    assert cfg["local"]["path"] == SEED_MOUNT
+    assert cfg["local"]["path"] == MEMECOIN_MOUNT
     assert "pw-from-env" not in result.stdout and "secret-from-env" not in result.stdout
 
 
@@ -314,7 +314,7 @@ def test_every_service_command_runs_against_a_real_cluster(cluster_s3: Cluster) 
     assert set(kinds) == {"physical", "logical"}, listing["backups"]
     dump_name = kinds["logical"]
 
-    # postgres-restore with the seed's arguments.
+    # postgres-restore with the original runbook's arguments.
     restore = services["postgres-restore"]["entrypoint"]
     cfg = json.loads(cluster_s3.pgdr("config", "--json").stdout)
     dump = cluster_s3.local_repo / "main" / "backups" / dump_name / "postgres.dump"  # /backups/main/... in Docker
@@ -394,7 +394,7 @@ def test_daemon_of_the_image_and_the_systemd_unit_start_and_stop(cluster: Cluste
 
 
 def backup_line(name: str) -> str:
-    """The seed's line: ``  2024-01-15 12:00:00 - backup-20240115-120000.sql.gz (250MB)``."""
+    """The original helper's line: ``  2024-01-15 12:00:00 - backup-20240115-120000.sql.gz (250MB)``."""
     return r"  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d - " + re.escape(name) + r" \(\d+(\.\d)?[KMGT]?B\)"
 
 
@@ -405,10 +405,10 @@ def test_pitr_restore_script_lists_plans_and_restores(cluster: Cluster) -> None:
     target = cluster.sql("SELECT clock_timestamp()")[0][0]
     cluster.sql("INSERT INTO ledger VALUES (-1)")  # the bad write after the target
     cluster.wait_archived(cluster.switch_wal())
-    when = target.strftime("%Y-%m-%d %H:%M:%S.%f")  # the seed's form, read in UTC
+    when = target.strftime("%Y-%m-%d %H:%M:%S.%f")  # the original helper's form, read in UTC
     env = clean_env(PGDR=str(pgdr_executable()), PGDR_CONFIG=str(cluster.config_path))
 
-    # deploy/ with PGDR_CONFIG, and the seed's infrastructure/backup/ path with --config
+    # deploy/ with PGDR_CONFIG, and the original infrastructure/backup/ path with --config
     by_option = ["--config", str(cluster.config_path)]
     for script, options in ((SCRIPTS[0], []), (SCRIPTS[1], by_option)):
         out = ok(run([str(script), *options, "list"], clean_env(PGDR=str(pgdr_executable())) if options else env))

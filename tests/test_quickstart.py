@@ -1,9 +1,9 @@
-"""The README's Quick Start, for real: both Docker images built, the seed's services run with podman.
+"""The README's Quick Start, for real: both Docker images built, the backup services run with podman.
 
 deploy/docker's two images are built from this checkout by podman-compose (their compose ``build:``
 sections), on stand-in base images (tests/harness/containers.py: no image registry is reachable), and
 the README's commands run against them as an operator types them, in a copy of the compose files
-with the seed's ``.env`` beside them (``PGDR_SRC`` pointing here): the backup service, a backup now,
+with the Memecoin deployment's ``.env`` beside them (``PGDR_SRC`` pointing here): the backup service, a backup now,
 the logical restores (list, dry run, a real one), ``pgdr check``, ``pitr-restore.sh list`` and a
 point-in-time restore in a one-off postgres container with exact row counts, the image's health
 check, the console on a terminal inside the image, and ``down -v``.
@@ -73,7 +73,7 @@ def engine(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 def project(tmp_path: Path, engine: dict[str, str]) -> Iterator[Compose]:
-    """The seed's layout: the two compose files and ``cp .env.example .env`` with DB_PASSWORD set, in a
+    """The Memecoin deployment's layout: the two compose files and ``cp .env.example .env`` with DB_PASSWORD set, in a
     folder of their own; ``PGDR_SRC`` is this checkout (the README: "set PGDR_SRC in .env")."""
     folder = tmp_path / "app"
     folder.mkdir()

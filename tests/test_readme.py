@@ -17,7 +17,7 @@ from pgdr_tui.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PGDR = re.compile(r"(?:^|\s)(?:[\w./-]*/bin/)?pgdr\s+(.*)$")
-#: The seed's ``postgres-restore`` service has ``pgdr restore`` as its entrypoint.
+#: The ``postgres-restore`` service (docker-compose.backup.yml) has ``pgdr restore`` as its entrypoint.
 RESTORE_SERVICE = re.compile(r"run --rm postgres-restore\s*(.*)$")
 
 

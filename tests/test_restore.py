@@ -1,4 +1,4 @@
-"""Point-in-time restore end to end: the seed's "bad migration" story on a real cluster and real S3."""
+"""Point-in-time restore end to end: the original runbook's "bad migration" story on a real cluster and real S3."""
 
 from __future__ import annotations
 

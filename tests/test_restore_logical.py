@@ -1,4 +1,4 @@
-"""Logical restore, the seed's postgres-restore forms: --list, --list-s3, --latest, a path, --from-s3."""
+"""Logical restore, the postgres-restore service's forms: --list, --list-s3, --latest, a path, --from-s3."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_logical_restore_brings_the_table_back_after_a_safety_dump(cluster_s3: C
     safety = Path(out.rsplit("safety dump: ", 1)[1].strip())
     assert safety.is_file() and safety.stat().st_size > 0
 
-    # The same dump by path and from its s3:// URL, as the seed's postgres-restore takes them.
+    # The same dump by path and from its s3:// URL, as the postgres-restore service takes them.
     cluster_s3.sql("DELETE FROM loans")
     repo = open_repository(load_config(cluster_s3.config_path), "local")
     dump = tmp_path / "loans.dump"
@@ -55,7 +55,7 @@ def test_from_dump_takes_an_s3_url_or_a_logical_backup_name(cluster_s3: Cluster)
     url = f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}/main/backups/{name}/postgres.dump"
 
     cluster_s3.sql("DELETE FROM loans")
-    plan = cluster_s3.pgdr("restore", url, "--dry-run").stdout  # positional, as the seed's postgres-restore
+    plan = cluster_s3.pgdr("restore", url, "--dry-run").stdout  # positional, as postgres-restore takes it
     assert f"dump:            {url} (" in plan and "Dry run" in plan
     assert cluster_s3.sql("SELECT count(*) FROM loans")[0][0] == 0
     out = cluster_s3.pgdr("restore", "--from-dump", url, "--yes").stdout

@@ -209,7 +209,7 @@ def config(prefix: str = "pg", bucket: str = "backups", retention_days: int = 30
     )
 
 
-def test_lifecycle_is_the_seed_rule_for_this_clusters_prefix() -> None:
+def test_lifecycle_is_the_memecoin_rule_for_this_clusters_prefix() -> None:
     policy = lifecycle_policy(config("/memecoin-lending//postgres/"))
     json.dumps(policy)
     (rule,) = policy["Rules"]

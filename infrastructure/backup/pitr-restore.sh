@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's path for its PITR helper, kept so its runbook works word for word:
+# The original backup scripts' path for the PITR helper, kept so their runbook works word for word:
 #   ./infrastructure/backup/pitr-restore.sh list
 #   ./infrastructure/backup/pitr-restore.sh restore --timestamp "2024-01-15 14:30:00" [--dry-run] [--backup NAME]
 # The script itself is deploy/pitr-restore.sh (pgdr underneath); see its --help.
