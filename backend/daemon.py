@@ -53,6 +53,7 @@ from typing import Any
 
 from backend import jobs, pids
 from backend.config import MASK, Config
+from backend.durable import replace_file
 from backend.errors import ConfigError, PgdrError
 from backend.metrics import Metrics, MetricsServer
 from backend.progress import Cancelled, Progress, ProgressCallback
@@ -177,12 +178,7 @@ def metrics_textfile(cfg: Config) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temp.open("w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temp, path)
+    replace_file(path, json.dumps(data, indent=2, default=str))
 
 
 def _iso(when: datetime | None) -> str | None:

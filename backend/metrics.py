@@ -7,7 +7,6 @@ and rename in the same directory, so the collector never reads half of it), the 
 
 from __future__ import annotations
 
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,10 +60,10 @@ class Metrics:
 
     def write_textfile(self, path: Path) -> None:
         """Replace ``path`` atomically."""
+        from backend.durable import replace_file
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(self.render())
-        os.replace(temp, path)
+        replace_file(path, self.render())  # readable by the collector (node_exporter runs as its own user)
 
 
 def _number(value: float) -> str:

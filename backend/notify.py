@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.config import MASK, Config, TelegramConfig
+from backend.durable import replace_file
 
 if TYPE_CHECKING:
     from backend.manifest import BackupManifest
@@ -219,9 +220,7 @@ def _state() -> Iterator[dict[str, Any]]:
         before = json.dumps(state, sort_keys=True)
         yield state
         if json.dumps(state, sort_keys=True) != before:
-            temp = path.with_name(f".{path.name}.{os.getpid()}")
-            temp.write_text(json.dumps(state, indent=1, sort_keys=True))
-            os.replace(temp, path)
+            replace_file(path, json.dumps(state, indent=1, sort_keys=True))
     finally:
         os.close(fd)
 

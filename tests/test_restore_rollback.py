@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ from backend.config import ClusterConfig, Config, PostgresConfig
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest
 from backend.restore import run
-from backend.restore.marker import marker_path, unfinished_restore
+from backend.restore.marker import marker_path, unfinished_restore, write_marker
+from tests.harness.cluster import give_to_server_user, make_shared_dir, server_user
 from tests.harness.plans import immediate_plan
 
 
@@ -84,3 +87,37 @@ def test_the_console_header_says_a_restore_did_not_finish(tmp_path: Path) -> Non
     marker_path(plan.data_dir).write_text(json.dumps({"backup": "b", "started": "s", "safety_copy": str(tmp_path)}))
     state = source.server_state()
     assert state.text.startswith("UNFINISHED RESTORE") and not state.reachable
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs two users: root's restore and the owner's")
+def test_the_owners_forced_restore_replaces_the_note_a_root_restore_left() -> None:
+    """A restore run as root died half-way; the cluster's owner forces the next one. The note is root's,
+    in a folder the owner may write: it is replaced (renamed over), still naming the first safety copy,
+    the real data."""
+    folder = make_shared_dir("pgdr-marker-")
+    try:
+        give_to_server_user(folder)
+        data = folder / "data"
+        data.mkdir()
+        give_to_server_user(data)
+        first_copy = folder / "data.pgdr-safety-20261207T010000Z"
+        first_copy.mkdir()
+        note = {"started": "2026-12-07T01:00:00+00:00", "backup": "b", "safety_copy": str(first_copy)}
+        marker_path(data).write_text(json.dumps(note))  # root's, 0644
+        pid = os.fork()
+        if pid == 0:  # the owner's restore, in a child that drops to the owner's uid
+            code = 1
+            try:
+                os.setgid(server_user().pw_gid)
+                os.setuid(server_user().pw_uid)
+                real = write_marker(data, "c", folder / "data.pgdr-safety-20261207T020000Z")
+                code = 0 if real == first_copy else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the owner could not replace root's note"
+        assert marker_path(data).stat().st_uid == server_user().pw_uid
+        unfinished = unfinished_restore(data)
+        assert unfinished is not None and unfinished.backup == "c" and unfinished.safety_copy == first_copy
+    finally:
+        shutil.rmtree(folder)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backend import faults
+from backend.durable import fsync_dir
 from backend.errors import ObjectNotFound, RepositoryError
 from backend.repository.base import ObjectInfo, Repository
 
@@ -264,11 +265,3 @@ def _refused(path: Path, action: str, exc: OSError) -> RepositoryError:
 def _unlink(name: str, folder: int) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=folder)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backend.durable import replace_file
+
 
 def marker_path(data_dir: Path) -> Path:
     return data_dir.with_name(f".{data_dir.name}.pgdr-restore.json")
@@ -95,7 +97,7 @@ def write_marker(
     }
     if earlier is not None and safety_copy is not None:
         note["half_restored_copy"] = str(safety_copy)
-    marker_path(data_dir).write_text(json.dumps(note))
+    replace_file(marker_path(data_dir), json.dumps(note))  # whole or not at all: a torn note would hide the warning
     return real
 
 

@@ -12,10 +12,10 @@ promoted, and before a base backup copies the file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from backend.durable import replace_file
 
 AUTO_CONF = "postgresql.auto.conf"
 #: The comment that opens each block pgdr appends; the block's settings follow it.
@@ -56,7 +56,7 @@ def strip_recovery_settings(data_dir: Path) -> list[str]:
     kept = [line for i, line in enumerate(kept) if not (line.startswith(MARK) and not _block_has_settings(kept, i))]
     while kept and not kept[-1].strip():
         kept.pop()
-    _replace(path, "".join(kept))
+    replace_file(path, "".join(kept), mode=0o600, keep_owner=True)
     return removed
 
 
@@ -80,27 +80,6 @@ def write_recovery_settings(data_dir: Path, settings: dict[str, str], heading: s
         text += "\n"
     text += f"\n{MARK} {heading}\n"
     text += "".join(f"{key} = '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in settings.items())
-    _replace(path, text)
+    replace_file(path, text, mode=0o600, keep_owner=True)
     (data_dir / "recovery.signal").touch()
     (data_dir / "standby.signal").unlink(missing_ok=True)
-
-
-def _replace(path: Path, text: str) -> None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            # By the descriptor: the server's user can write in the data directory and swap the path.
-            os.fchmod(fh.fileno(), st.st_mode & 0o7777 if st is not None else 0o600)
-            if st is not None and os.geteuid() == 0:
-                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
