@@ -23,7 +23,7 @@ from backend.progress import ProgressCallback, no_progress
 from backend.repository import Repository, open_repositories
 from backend.server import cluster_timeline
 from backend.timeline import RecoveryTimeline
-from backend.walindex import WalEvent
+from backend.walindex import WalEvent, lineage
 
 if TYPE_CHECKING:
     from backend.restore.plan import RestorePlan
@@ -38,6 +38,7 @@ class RecoveryView:
     catalog: Catalog
     timeline: RecoveryTimeline
     repositories: list[Repository]
+    #: The WAL index's events in LSN order, each record once, each on the timeline whose WAL holds it.
     events: list[WalEvent]
     #: Archived segments not indexed yet (the budget ran out): their times are archive times.
     unindexed: int = 0
@@ -82,7 +83,7 @@ def load_view(
     )
     with collector_paused():
         timeline = recovery_timeline(catalog, indexes.commit_columns, indexes.damaged_names)
-        events = indexes.events()
+        events = indexes.events(lineage(catalog.histories))
     timeline.events = events
     timeline.current = _running_timeline(cfg, catalog, timeline)
     return RecoveryView(catalog, timeline, repos, events, unindexed=indexes.pending, unreadable=indexes.unreadable)

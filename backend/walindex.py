@@ -109,10 +109,10 @@ unless a TRUNCATE is seen. The time of drop/truncate/rewrite events is the commi
 recover to ``recovery_target_xid = xid`` with ``recovery_target_inclusive = false`` (or to a time
 before it).
 
-A record belongs to the segment it starts in. A record that starts near the end of a segment and ends
-in the next one can only be decoded with the next segment at hand: :func:`index_segment` uses it when it
-lies beside the segment (or is given), and says in ``tail_complete`` whether every record starting in
-the segment was decoded.
+A record belongs to the segment it starts in, and its event to that segment's timeline. A record that
+starts near the end of a segment and ends in the next one can only be decoded with the next segment at
+hand: :func:`index_segment` uses it when it lies beside the segment (or is given), and says in
+``tail_complete`` whether every record starting in the segment was decoded.
 """
 
 from __future__ import annotations
@@ -125,13 +125,14 @@ import struct
 import subprocess
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from backend.errors import PgdrError
+from backend.timeline import History
 from backend.walnames import PARTIAL_RE, SEGMENT_RE, SegmentName, format_lsn, parse_lsn
 
 EventKind = Literal[
@@ -191,6 +192,11 @@ class WalEvent:
     (the commit record's timestamp), "record" (the restore point's own rp_time, read from the segment
     file), "preceding_commit" (a restore point whose record could not be read: the time of the last
     commit before it, a lower bound) or None (no time known).
+
+    ``timeline`` is the timeline of the segment whose WAL holds the record (its name says which): after
+    a branch each timeline has records of its own at the same LSNs, and a restore meets a record only on
+    a timeline whose history passes through it (:meth:`replayed_on`). 0 only for a parser fed lines
+    without a segment name.
     """
 
     kind: EventKind
@@ -201,14 +207,21 @@ class WalEvent:
     relations: list[str] = field(default_factory=list)
     oids: list[int] = field(default_factory=list)
     time_source: TimeSource | None = None
+    timeline: int = 0
 
     @property
     def destructive(self) -> bool:
         return self.kind in DESTRUCTIVE_KINDS
 
+    def replayed_on(self, timeline: int, lineage: Lineage) -> bool:
+        """Whether recovery following ``timeline`` replays this record: it is in that timeline's own
+        WAL, or in an ancestor's before the LSN where the timeline's history left the ancestor."""
+        return self.timeline == timeline or self.lsn < lineage.get(timeline, {}).get(self.timeline, -1)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "timeline": self.timeline,
             "lsn": format_lsn(self.lsn),
             "time": _time_json(self.time),
             "time_source": self.time_source,
@@ -219,7 +232,9 @@ class WalEvent:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> WalEvent:
+    def from_json(cls, data: dict[str, Any], timeline: int) -> WalEvent:
+        """``timeline`` is the segment's: its name says which timeline holds the record (entries written
+        before events named theirs have none, and a segment's name cannot be wrong about it)."""
         kind = data["kind"]
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown WAL event kind {kind!r}")
@@ -235,7 +250,42 @@ class WalEvent:
             relations=list(data.get("relations", [])),
             oids=[int(o) for o in data.get("oids", [])],
             time_source=cast("TimeSource | None", source),
+            timeline=timeline,
         )
+
+
+#: Per timeline, the LSN at which its history left each ancestor (its ``.history`` file): the records
+#: an ancestor wrote before that LSN are on the timeline's path too.
+Lineage = Mapping[int, Mapping[int, int]]
+
+
+def lineage(histories: Mapping[int, str]) -> dict[int, dict[int, int]]:
+    """The archive's ``.history`` files (timeline -> text) as a :data:`Lineage`."""
+    return {tli: dict(History.parse(tli, text).parents) for tli, text in histories.items()}
+
+
+def segment_timeline(segment: str) -> int:
+    """The timeline in a segment's name (its first eight hex digits), whatever the segment size."""
+    return int(segment[:8], 16)
+
+
+def each_once(events: Iterable[WalEvent], lineage: Lineage) -> list[WalEvent]:
+    """``events`` in LSN order, each record once.
+
+    A timeline born of a promotion begins with a copy of its parent's last segment up to the switch,
+    so the records before the switch (a restore point, a drop) are read twice: in the parent's segment
+    and in the child's copy. The record is the parent's, kept with the parent's timeline; the child
+    replays it all the same (:meth:`WalEvent.replayed_on`). The same LSN on two branches after the
+    switch is two records, and both stay.
+    """
+    kept: dict[tuple[str, int, int | None, str | None], list[WalEvent]] = {}
+    out: list[WalEvent] = []
+    for event in sorted(events, key=lambda e: (e.lsn, e.timeline)):  # a parent's number is below its child's
+        same = kept.setdefault((event.kind, event.lsn, event.xid, event.name), [])
+        if not any(earlier.replayed_on(event.timeline, lineage) for earlier in same):
+            same.append(event)
+            out.append(event)
+    return out
 
 
 XidFate = Literal["committed", "subtransaction", "aborted"]
@@ -359,8 +409,8 @@ class XidSightings:
 
 
 class WalEvents(list[WalEvent]):
-    """The archive's events in LSN order, and (``find_xid``) where any transaction ended: what a restore
-    plan needs to find a target no event names."""
+    """The archive's events in LSN order, each record once (:func:`each_once`), and (``find_xid``) where
+    any transaction ended: what a restore plan needs to find a target no event names."""
 
     def __init__(self, events: Iterable[WalEvent], find_xid: Callable[[int], XidSightings]) -> None:
         super().__init__(events)
@@ -430,7 +480,7 @@ class SegmentIndex:
             aborts=int(data.get("aborts", 0)),
             first_lsn=_lsn_from_json(data.get("first_lsn")),
             last_lsn=_lsn_from_json(data.get("last_lsn")),
-            events=[WalEvent.from_json(e) for e in data.get("events", [])],
+            events=[WalEvent.from_json(e, segment_timeline(data["segment"])) for e in data.get("events", [])],
             records=int(data.get("records", 0)),
             last_record_lsn=_lsn_from_json(data.get("last_record_lsn")),
             tail_complete=bool(data.get("tail_complete", False)),
@@ -657,6 +707,9 @@ class WaldumpParser:
 
     def result(self) -> SegmentIndex:
         self.index.xids = XidRuns.build(self._ended)
+        if self.index.segment:
+            for event in self.index.events:
+                event.timeline = segment_timeline(self.index.segment)
         return self.index
 
 

@@ -719,7 +719,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             what = f"restore point {e.name!r}" if e.kind == "restore_point" else e.kind.replace("_", " ")
             xid = f" xid {e.xid}" if e.xid else ""
             rels = f" ({', '.join(e.relations)})" if e.relations else ""
-            print(f"  {when}  {what}{xid} at {format_lsn(e.lsn)}{rels}")
+            branch = f" on timeline {e.timeline}" if len(view.timeline.timelines) > 1 else ""
+            print(f"  {when}  {what}{xid} at {format_lsn(e.lsn)}{branch}{rels}")
     return 0
 
 

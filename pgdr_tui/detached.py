@@ -25,7 +25,7 @@ from typing import Any
 from backend.errors import PgdrError
 from backend.progress import Progress
 from pgdr_tui.request import RestoreRequest
-from pgdr_tui.restorejob import command_line, write_json
+from pgdr_tui.restorejob import REPORT_FOLLOWS, command_line, write_json
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(plan.render(), flush=True)
         report = perform_restore(cfg, view, plan, on_progress=on_progress, cancel=cancel)
         text = report.render()
-        print(text, flush=True)
+        print(f"{REPORT_FOLLOWS}\n{text}", flush=True)
         _notify(cfg, text, report.reached_target)
         result = {"ok": report.reached_target, "report": report.to_json(), "text": text, "error": None}
     except PgdrError as exc:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from backend.manifest import BrokenChain, chain
 from backend.timeline import RecoveryTimeline, Window, estimate_restore_seconds
+from backend.walindex import lineage
 from backend.walnames import SegmentName
 from pgdr_tui import fmt
 from pgdr_tui.timescale import Viewport, to_datetime
@@ -254,9 +255,17 @@ class TimelineModel:
         #: Whether any backup is incremental: the legend names the incremental mark only then.
         self.has_incremental = any(b.manifest.incremental for b in ordered)
         self._physical = {b.manifest.name: b.manifest for b in ordered if b.manifest.kind == "physical"}
-        timed = sorted(_distinct(view.events), key=_event_time)
+        # Each record once already (the backend's view); a rewrite loses no rows and is not drawn.
+        timed = sorted((e for e in view.events if e.time is not None and e.kind != "rewrite"), key=_event_time)
         self.events: list[WalEvent] = timed
         self.event_times = [_event_time(e) for e in timed]
+        self.lineage = lineage(self.catalog.histories)
+        #: Per timeline, the events a restore following it replays (and their times); under None, all of
+        #: them. After a branch each timeline has records of its own: the panel names only those.
+        self._replayed: dict[int | None, tuple[list[float], list[WalEvent]]] = {None: (self.event_times, timed)}
+        for tli in self.timeline.timelines:
+            on = [e for e in timed if e.replayed_on(tli, self.lineage)]
+            self._replayed[tli] = ([_event_time(e) for e in on], on)
         self.event_kinds = [Mark.RESTORE_POINT if e.kind == "restore_point" else Mark.DESTRUCTIVE for e in timed]
         self.marks = sorted(set(self.backup_times) | set(self.event_times))
         newest = self.catalog.newest_segment()
@@ -389,24 +398,30 @@ class TimelineModel:
 
         The newest timeline whose windows hold the instant wins (what ``recovery_target_timeline =
         latest`` reaches); an instant only an older timeline holds (before a promotion, or on an
-        abandoned branch) is reported with that timeline, which the restore then names explicitly.
+        abandoned branch) is reported with that timeline, which the restore then names explicitly. On
+        an event, only a timeline that replays its record counts: the event belongs to the timeline
+        whose WAL holds it, and its branch's. The events before and after are the chosen timeline's.
         ``latest`` means the operator asked for the end of the archive: a "latest" target, which
         replays everything (a time target must lie before the last commit to be reached).
         ``column`` is the span of the cursor's column: the events sharing it are listed.
         """
         t = instant.timestamp()
-        before, at, after = self._near(t)
         here, count = self._here(column) if column is not None else ((), 0)
-        near = _Near(before, after, at, here, count)
         if latest and self._latest_window is not None:
             window = self._latest_window
+            near = _Near(*self._near(t, self.latest_tli), here, count)
             return self._recoverable(instant, self.latest_tli, window, None, near, latest=True)
+        standing = self._events_at(t)
         for tli in sorted(self._ranked, reverse=True):
+            if standing and not any(e.replayed_on(tli, self.lineage) for e in standing):
+                continue  # the cursor stands on another branch's record: a restore on this one never meets it
             ranked = self._ranked[tli]
             # Of the windows starting by the instant, the highest ranked one still open at it.
             for i in range(bisect.bisect_right(self._ranked_starts[tli], instant) - 1, -1, -1):
                 if ranked[i].contains(instant):
+                    near = _Near(*self._near(t, tli), here, count)
                     return self._recoverable(instant, tli, ranked[i], instant, near)
+        near = _Near(*self._near(t, None), here, count)
         return CursorDetails(
             instant,
             self.latest_tli,
@@ -509,18 +524,20 @@ class TimelineModel:
             return "after the last archived commit"
         return "not reached: no backup's contiguous WAL covers it (a gap or a timeline switch)"
 
-    def _near(self, t: float) -> tuple[NearEvent | None, NearEvent | None, NearEvent | None]:
-        """(the last event before ``t``, the event at ``t``, the first event after ``t``).
+    def _near(self, t: float, tli: int | None) -> tuple[NearEvent | None, NearEvent | None, NearEvent | None]:
+        """(the last event before ``t``, the first event after ``t``, the event at ``t``) of those a
+        restore following timeline ``tli`` replays (None: of all).
 
         An event the cursor stands on is neither before nor after it: a restore to a drop stops just
         before it (the panel must not list it as replayed), one to a restore point stops at it.
         """
-        lo = bisect.bisect_left(self.event_times, t - 1e-3)
-        hi = bisect.bisect_right(self.event_times, t + 1e-3)
-        at = self._near_event(self.events[lo]) if hi > lo else None
-        before = self._near_event(self.events[lo - 1]) if lo > 0 else None
-        after = self._near_event(self.events[hi]) if hi < len(self.events) else None
-        return before, at, after
+        times, events = self._replayed.get(tli) or ([], [])
+        lo = bisect.bisect_left(times, t - 1e-3)
+        hi = bisect.bisect_right(times, t + 1e-3)
+        at = self._near_event(events[lo]) if hi > lo else None
+        before = self._near_event(events[lo - 1]) if lo > 0 else None
+        after = self._near_event(events[hi]) if hi < len(events) else None
+        return before, after, at
 
     def _here(self, column: tuple[float, float]) -> tuple[tuple[NearEvent, ...], int]:
         lo = bisect.bisect_left(self.event_times, column[0])
@@ -568,12 +585,19 @@ class TimelineModel:
         assert event.time is not None
         return NearItem(event.time, event.kind, describe_event(event))
 
-    def event_at(self, t: float) -> WalEvent | None:
-        """The event exactly at ``t`` (the cursor lands on events with ``[``/``]``)."""
-        i = bisect.bisect_left(self.event_times, t - 1e-6)
-        if i < len(self.events) and abs(self.event_times[i] - t) < 1e-3:
-            return self.events[i]
+    def event_at(self, t: float, timeline: int | None = None) -> WalEvent | None:
+        """The event exactly at ``t`` (the cursor lands on events with ``[``/``]``); with ``timeline``,
+        one a restore following that timeline replays."""
+        times, events = self._replayed.get(timeline) or ([], [])
+        i = bisect.bisect_left(times, t - 1e-6)
+        if i < len(events) and abs(times[i] - t) < 1e-3:
+            return events[i]
         return None
+
+    def _events_at(self, t: float) -> list[WalEvent]:
+        """Every event at ``t``, of any timeline."""
+        lo = bisect.bisect_left(self.event_times, t - 1e-3)
+        return self.events[lo : bisect.bisect_right(self.event_times, t + 1e-3)]
 
     def backup_at(self, t: float) -> CatalogBackup | None:
         i = bisect.bisect_left(self.backup_times, t - 1e-6)
@@ -586,25 +610,6 @@ def _backup_mark(backup: CatalogBackup) -> Mark:
     if backup.manifest.kind != "physical":
         return Mark.LOGICAL
     return Mark.INCREMENTAL if backup.manifest.incremental else Mark.BACKUP
-
-
-def _distinct(events: Sequence[WalEvent]) -> list[WalEvent]:
-    """The timed events the timeline shows, each once.
-
-    A timeline born of a promotion begins with a copy of its parent's last segment, and the WAL index
-    reads both copies: the records before the switch (a restore point, a drop) are found twice, at
-    the same LSN. One record is one event.
-    """
-    seen: set[tuple[object, ...]] = set()
-    out = []
-    for e in events:
-        if e.time is None or e.kind == "rewrite":
-            continue
-        key = (e.kind, e.lsn, e.xid, e.name, e.time)
-        if key not in seen:
-            seen.add(key)
-            out.append(e)
-    return out
 
 
 def _event_time(event: WalEvent) -> float:

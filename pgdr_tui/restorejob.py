@@ -9,7 +9,7 @@ and stdout/stderr in a log file, and watches files in the job folder
 * ``request.json``  what to restore (written before the start, read by the child);
 * ``job.json``      ``{pid, argv, log, started, cluster, config, request}`` (written by the console);
 * ``progress.jsonl`` one JSON line per progress step (appended by the child);
-* ``restore.log``   the child's output: the plan, then the report;
+* ``restore.log``   the child's output: the plan, then ``REPORT_FOLLOWS`` and the report;
 * ``result.json``   the outcome (written last by the child, atomically);
 * ``seen``          written by the console that showed the outcome to the operator.
 
@@ -37,6 +37,9 @@ from backend.config import Config
 from pgdr_tui.request import RestoreRequest
 
 MODULE = "pgdr_tui.detached"
+#: The line before the report in ``restore.log``: the console shows the report from ``result.json``,
+#: under the log and in the colour of the outcome, so it shows the log only up to here.
+REPORT_FOLLOWS = "--- the restore's report ---"
 
 
 def jobs_dir(state_dir: Path) -> Path:

@@ -21,7 +21,7 @@ from backend.restore.plan import RestorePlan, make_plan
 from backend.restore.run import write_recovery_settings
 from backend.restore.target import make_target, parse_timestamp
 from backend.timeline import History, RecoveryTimeline, SegmentTable, build_timeline
-from backend.walindex import WalEvents, XidFate, XidSightings
+from backend.walindex import WalEvent, WalEvents, XidFate, XidSightings
 from backend.walnames import SegmentName, format_lsn
 
 SEG = 16 << 20
@@ -148,15 +148,17 @@ def test_a_time_after_the_newest_archived_commit_says_how_to_archive_it(tmp_path
     assert plan_for(tmp_path, [b1], timeline, timestamp="2024-01-15 12:05:42.123455 UTC").backup.name == b1.name
 
 
+#: Timeline 2's .history: it left timeline 1 in segment 5.
+BRANCH = f"1\t{format_lsn(5 * SEG + 0x2000)}\tno recovery target specified\n"
+
+
 def promoted() -> tuple[list[BackupManifest], RecoveryTimeline]:
     """Timeline 2 branched off timeline 1 in segment 5 and began at 12:15; timeline 1 ran on to 12:40.
 
     Timeline 1's segments 5..40 after the branch are an abandoned future (archived at 12:05..12:40);
     timeline 2's own segments 5..10 were archived at 12:25..12:30. One backup, b1, on timeline 1.
     """
-    history = History.parse(
-        2, f"1\t{format_lsn(5 * SEG + 0x2000)}\tno recovery target specified\n", created=T0 + timedelta(minutes=15)
-    )
+    history = History.parse(2, BRANCH, created=T0 + timedelta(minutes=15))
     tables = {1: table(1, list(range(1, 41))), 2: table(2, [5, 6, 7, 8, 9, 10], minutes_from=20)}
     b1 = backup("20240115T120230Z", 1, 2, T0 + timedelta(minutes=2, seconds=30))
     return [b1], build_timeline([b1], tables, {2: history}, SEG)
@@ -295,6 +297,86 @@ def test_an_xid_the_index_cannot_place_names_the_backups_that_could_reach_it(tmp
 
     plan = xid_plan(tmp_path, [b1, b2, b3], archive, [], unlisted=unlisted, backup_name=b2.name)
     assert (plan.backup.name, plan.wal_complete) == (b2.name, False)  # replays on until it meets the commit
+
+
+def at(minutes: int, seconds: int) -> datetime:
+    return T0 + timedelta(minutes=minutes, seconds=seconds)
+
+
+#: In ``promoted()``: a restore point before the branch (timeline 2 replays it), and after it, on each
+#: branch, a restore point "nightly" and a transaction 900 of its own; one more only on timeline 1.
+BRANCH_EVENTS = [
+    WalEvent("restore_point", 5 * SEG + 0x1000, at(4, 30), name="before_switch", time_source="record", timeline=1),
+    WalEvent("restore_point", 7 * SEG + 0x100, at(26, 30), name="nightly", time_source="record", timeline=2),
+    WalEvent("drop", 8 * SEG + 0x100, at(27, 40), 900, time_source="commit", timeline=2),
+    WalEvent("restore_point", 20 * SEG + 0x100, at(19, 30), name="nightly", time_source="record", timeline=1),
+    WalEvent("drop", 20 * SEG + 0x200, at(19, 40), 900, time_source="commit", timeline=1),
+    WalEvent("restore_point", 25 * SEG + 0x100, at(24, 30), name="rolled_back_onto", time_source="record", timeline=1),
+]
+
+
+def branch_plan(tmp_path: Path, **target: str) -> RestorePlan:
+    manifests, archive = promoted()
+    catalog = Catalog(
+        backups=[CatalogBackup(m, ["local"]) for m in manifests], wal=[], history_files={}, histories={2: BRANCH}
+    )
+    return make_plan(config(tmp_path), catalog, archive, make_target(**target), events=BRANCH_EVENTS)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("target", "on_two", "on_one"),
+    [({"name": "nightly"}, at(26, 30), at(19, 30)), ({"xid": "900"}, at(27, 40), at(19, 40))],
+    ids=["name", "xid"],
+)
+def test_a_name_or_xid_both_branches_hold_is_found_on_the_timeline_restored(
+    tmp_path: Path, target: dict[str, str], on_two: datetime, on_one: datetime
+) -> None:
+    """Timeline 2 (followed: the newest) stops at its own record, though timeline 1's comes later in
+    LSN order; named, timeline 1 stops at its own."""
+    plan = branch_plan(tmp_path, **target)
+    assert (plan.timeline, plan.target_instant, plan.wal[-1].segment.timeline) == (2, on_two, 2)
+    assert f"  reaches:         {on_two:%Y-%m-%d %H:%M:%S} UTC\n" in plan.render()
+    named = branch_plan(tmp_path, **target, timeline="1")
+    assert (named.timeline, named.target_instant, named.wal[-1].segment.timeline) == (1, on_one, 1)
+
+
+def test_a_restore_point_made_before_the_branch_is_on_both_timelines(tmp_path: Path) -> None:
+    plan = branch_plan(tmp_path, name="before_switch")
+    assert (plan.timeline, plan.target_instant) == (2, at(4, 30))
+
+
+def test_a_restore_point_only_the_other_branch_holds_names_that_timeline(tmp_path: Path) -> None:
+    with pytest.raises(PgdrError) as refused:
+        branch_plan(tmp_path, name="rolled_back_onto")
+    assert str(refused.value) == (
+        "restore point 'rolled_back_onto' is on timeline 1 (at LSN 0/19000100), which timeline 2's history does "
+        "not pass through: pass --target-timeline 1 to restore that branch"
+    )
+    assert branch_plan(tmp_path, name="rolled_back_onto", timeline="1").target_instant == at(24, 30)
+
+
+def test_a_restore_point_name_made_twice_on_the_path_is_refused_with_their_lsns(tmp_path: Path) -> None:
+    """PostgreSQL stops at the first restore point of that name it replays, whichever one was meant."""
+    assert branch_plan(tmp_path, name="before_switch", timeline="1").target_instant == at(4, 30)  # once: planned
+    again = WalEvent(
+        "restore_point", 22 * SEG + 0x100, at(21, 0), name="before_switch", time_source="record", timeline=1
+    )
+    manifests, archive = promoted()
+    catalog = Catalog(
+        backups=[CatalogBackup(m, ["local"]) for m in manifests], wal=[], history_files={}, histories={2: BRANCH}
+    )
+    events = [*BRANCH_EVENTS, again]
+    with pytest.raises(PgdrError) as refused:
+        make_plan(config(tmp_path), catalog, archive, make_target(name="before_switch", timeline="1"), events=events)  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        "restore point 'before_switch' was made 2 times on timeline 1's path (at LSN 0/05001000, "
+        f"{at(4, 30):%Y-%m-%d %H:%M:%S} UTC; at LSN 0/16000100, {at(21, 0):%Y-%m-%d %H:%M:%S} UTC) and recovery stops "
+        "at the first one after the base backup's start: pass --lsn with the LSN of the one you mean"
+    )
+    # On timeline 2 the second one is not on the path: the name is plain again.
+    assert make_plan(
+        config(tmp_path), catalog, archive, make_target(name="before_switch"), events=events
+    ).target_instant == at(4, 30)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

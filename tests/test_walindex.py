@@ -11,6 +11,7 @@ import json
 import shutil
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -450,6 +451,15 @@ def test_json_round_trip() -> None:
     assert data["events"][1]["lsn"] == "0/01521FC8"
     assert SegmentIndex.from_json(data) == index
     assert SegmentIndex.from_json(SegmentIndex(segment="000000010000000000000002").to_json()).events == []
+
+
+def test_events_are_on_the_timeline_of_the_segment_that_holds_them() -> None:
+    """The same records in timeline 3's copy of a segment: the same events, on timeline 3, in the JSON too."""
+    on_one = parse_waldump(CAPTURED_BASIC.splitlines(), "000000010000000000000001")
+    on_three = parse_waldump(CAPTURED_BASIC.splitlines(), "000000030000000000000001")
+    assert on_one.events and {e.timeline for e in on_one.events} == {1}
+    assert [replace(e, timeline=1) for e in on_three.events] == on_one.events
+    assert {e["timeline"] for e in on_three.to_json()["events"]} == {3}
 
 
 def test_continuation_end_skips_page_headers() -> None:

@@ -54,13 +54,16 @@ from backend.postgres import program
 from backend.progress import Progress, ProgressCallback, no_progress
 from backend.repository import ObjectInfo, Repository, open_repositories
 from backend.walindex import (
+    Lineage,
     SegmentIndex,
     WaldumpUnavailable,
     WalEvents,
     WalIndexError,
     XidFate,
     XidSightings,
+    each_once,
     index_segment,
+    segment_timeline,
 )
 from backend.walnames import SegmentName, wal_directory
 
@@ -226,16 +229,22 @@ class SegmentIndexes(Mapping[str, SegmentIndex]):
         entries, row = found
         return entries[2][row], entries[3][row]
 
-    def events(self) -> WalEvents:
-        """Every segment's events (restore points, destructive transactions), in LSN order, and where
-        any transaction ended (``find_xid``)."""
+    def events(self, lineage: Lineage) -> WalEvents:
+        """Every segment's events (restore points, destructive transactions), in LSN order, each record
+        once though both copies of a switch segment hold it (``lineage``: the archive's timelines), and
+        where any transaction ended (``find_xid``)."""
         found = [event for index in self._built.values() for event in index.events]
         for entries in self._folders.values():
-            found += [event for rows in entries[5] if rows for event in entry_events(rows)]
+            found += [
+                event
+                for name, rows in zip(entries[0], entries[5], strict=True)
+                if rows
+                for event in entry_events(rows, segment_timeline(name))
+            ]
         lists = [(list(self._built), [xid_row(index.xids) for index in self._built.values()])]
         lists += [(entries[0], entries[6]) for entries in self._folders.values()]
         xids = _XidLists(lists, set(self.unreadable_names), self.pending)
-        return WalEvents(sorted(found, key=lambda e: e.lsn), xids.find)
+        return WalEvents(each_once(found, lineage), xids.find)
 
     def entries(self, names: list[str], checksums: list[str]) -> FolderEntries:
         """What the cache keeps for one folder: the indexed ones of ``names``, in order."""

@@ -5,7 +5,9 @@ only remembers what was already read, keyed by repository location and segment n
 segment's sha256, so a different segment under the same name (another cluster reusing a path) is
 never mistaken for a cached one. Only what the timeline and the restore plan need is kept: commit
 times, whether the tail was complete, the events (rare) as plain tuples, and the packed list of the
-transactions that ended in the segment (``XidRuns``: a few bytes each, unpacked only by a lookup).
+transactions that ended in the segment (``XidRuns``: a few bytes each, unpacked only by a lookup). An
+event's timeline is its segment's, read from the name: not kept per event, so caches written before
+events had one serve as they are.
 
 Entries are stored as one row per WAL folder (``wal_directory``: a timeline's 4 GiB of WAL), its
 segments as columns: a year of WAL is 105,000 segments but 410 folders, and reading 410 blobs and
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from backend.cachefile import cache_path, open_cache
-from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent, XidRuns
+from backend.walindex import EventKind, SegmentIndex, TimeSource, WalEvent, XidRuns, segment_timeline
 
 SCHEMA = 6  # 6: the ended transactions of each segment, and the event kinds that tell rewrites apart
 
@@ -143,7 +145,7 @@ def entry_index(entries: FolderEntries, row: int) -> SegmentIndex:
         first_commit=_time(firsts[row]),
         last_commit=_time(lasts[row]),
         tail_complete=tails[row],
-        events=entry_events(events[row]),
+        events=entry_events(events[row], segment_timeline(names[row])),
         xids=entry_xids(xids[row]),
     )
 
@@ -158,8 +160,9 @@ def xid_row(runs: XidRuns | None) -> XidRow:
     return None if runs is None else (runs.low, runs.high, runs.packed)
 
 
-def entry_events(rows: tuple[EventRow, ...]) -> list[WalEvent]:
-    """One cached segment's events (its ``events`` column): the timeline's events need nothing else."""
+def entry_events(rows: tuple[EventRow, ...], timeline: int) -> list[WalEvent]:
+    """One cached segment's events (its ``events`` column), on the segment's ``timeline``: the
+    timeline's events need nothing else."""
     return [
         WalEvent(
             kind=kind,
@@ -170,6 +173,7 @@ def entry_events(rows: tuple[EventRow, ...]) -> list[WalEvent]:
             relations=list(relations),
             oids=list(oids),
             time_source=source,
+            timeline=timeline,
         )
         for kind, lsn, micros, xid, name, relations, oids, source in rows
     ]

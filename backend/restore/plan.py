@@ -25,7 +25,7 @@ from backend.restore.preflight import Check
 from backend.restore.tablespaces import SAFETY_SUFFIX, Placement, place, space_by_device
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds
-from backend.walindex import WalEvent, WalEvents, XidFate, XidSightings
+from backend.walindex import Lineage, WalEvent, WalEvents, XidFate, XidSightings, lineage
 from backend.walnames import SegmentName, format_lsn
 
 #: PostgreSQL's commit timestamps are microseconds: the latest instant before a window's end.
@@ -225,7 +225,7 @@ def make_plan(
             "archiving"
         )
 
-    located = locate(target, events, timeline, tli, backup_name)
+    located = locate(target, events, timeline, tli, lineage=lineage(catalog.histories), backup_name=backup_name)
     window, instant = _choose(timeline, windows, target, backup_name, tli, located=located)
     if target.timeline == "current":
         # PostgreSQL reads 'current' as the base backup's own timeline, but the window chosen may be an
@@ -388,27 +388,52 @@ def locate(
     events: Sequence[WalEvent],
     timeline: RecoveryTimeline,
     tli: int,
+    *,
+    lineage: Lineage,
     backup_name: str | None = None,
 ) -> Located | None:
     """The WAL record a restore point or a transaction target names, when the WAL index saw it.
 
-    A transaction that is no event is looked up in the segments' lists of ended transactions (when
-    ``events`` came with them, :class:`WalEvents`), on timeline ``tli``'s path: one that aborted, is a
-    subtransaction, committed only on another branch, or never ended in the archived WAL is refused
-    here, in one line, rather than left to a recovery that would replay to the end and fail. When some
-    segments list no transactions it may lie there: with ``backup_name`` the restore replays until it
-    meets it, without one the refusal names the backups that reach those segments.
+    Only an event recovery following timeline ``tli`` replays counts (``lineage``: the archive's
+    timelines): after a branch the other timeline holds its own records, a restore point of the same
+    name, a transaction of the same xid. A restore point only another branch holds is refused, naming
+    that timeline. A transaction that is no event on the path is looked up in the segments' lists of
+    ended transactions (when ``events`` came with them, :class:`WalEvents`), on ``tli``'s path: one
+    that aborted, is a subtransaction, committed only on another branch, or never ended in the archived
+    WAL is refused here, in one line, rather than left to a recovery that would replay to the end and
+    fail. When some segments list no transactions it may lie there: with ``backup_name`` the restore
+    replays until it meets it, without one the refusal names the backups that reach those segments.
     """
     if target.kind == "name":
-        hits = [e for e in events if e.kind == "restore_point" and e.name == target.name]
+        named = [e for e in events if e.kind == "restore_point" and e.name == target.name]
     elif target.kind == "xid" and target.xid is not None:
         xid = target.xid & XID_MASK
-        hits = [e for e in events if e.xid == xid]
-        if not hits and isinstance(events, WalEvents):
-            return _committed(xid, events.find_xid(xid), timeline, tli, backup_name)
+        named = [e for e in events if e.xid == xid]
     else:
         return None
-    return Located(hits[-1].lsn, hits[-1].time) if hits else None
+    hits = [e for e in named if e.replayed_on(tli, lineage)]
+    if target.kind == "name" and len(hits) > 1:
+        # PostgreSQL stops at the first of them it replays after the base backup's start, wherever the
+        # operator meant: a plan naming one would say where recovery does not stop.
+        made = "; ".join(
+            f"at LSN {format_lsn(e.lsn)}{f', {e.time:%Y-%m-%d %H:%M:%S} UTC' if e.time else ''}" for e in hits[-3:]
+        )
+        last = "the last three " if len(hits) > 3 else ""
+        raise PgdrError(
+            f"{target.describe()} was made {len(hits)} times on timeline {tli}'s path ({last}{made}) and "
+            "recovery stops at the first one after the base backup's start: pass --lsn with the LSN of the one you mean"
+        )
+    if hits:
+        return Located(hits[-1].lsn, hits[-1].time)
+    if target.kind == "xid" and isinstance(events, WalEvents):
+        return _committed(xid, events.find_xid(xid), timeline, tli, backup_name)
+    if named:
+        other = named[-1]
+        raise PgdrError(
+            f"{target.describe()} is on timeline {other.timeline} (at LSN {format_lsn(other.lsn)}), which timeline "
+            f"{tli}'s history does not pass through: pass --target-timeline {other.timeline} to restore that branch"
+        )
+    return None
 
 
 def _committed(

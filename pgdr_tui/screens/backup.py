@@ -24,6 +24,7 @@ from pgdr_tui.messages import JobFinished, JobLog, JobProgress
 from pgdr_tui.screens.base import BaseScreen
 from pgdr_tui.widgets.para import Para
 from pgdr_tui.widgets.plain import progress_bar
+from pgdr_tui.widgets.tail import LogTail
 from pgdr_tui.widgets.wrap import hanging
 
 
@@ -86,7 +87,7 @@ class BackupScreen(BaseScreen):
         yield Para(Text(" No backup running.", style="dim"), id="backup-state")
         yield progress_bar(self.pgdr.glyphs.plain, id="backup-bar", hidden=True)
         yield Para(id="backup-numbers")
-        yield RichLog(id="backup-log", wrap=True, max_lines=1000)
+        yield LogTail(id="backup-log", wrap=True, max_lines=1000)
         yield from self.compose_footer()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

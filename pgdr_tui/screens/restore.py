@@ -24,12 +24,13 @@ from backend.errors import PgdrError
 from pgdr_tui import fmt
 from pgdr_tui.live import restore_step
 from pgdr_tui.request import RestoreRequest
-from pgdr_tui.restorejob import RestoreJob, command_line
+from pgdr_tui.restorejob import REPORT_FOLLOWS, RestoreJob, command_line
 from pgdr_tui.screens.base import BaseScreen
 from pgdr_tui.screens.dialogs import ConfirmRestoreModal
 from pgdr_tui.widgets.hanging import Hanging
 from pgdr_tui.widgets.para import Para
 from pgdr_tui.widgets.plain import progress_bar
+from pgdr_tui.widgets.tail import LogTail
 from pgdr_tui.widgets.wrap import hanging
 
 if TYPE_CHECKING:
@@ -219,6 +220,8 @@ class RestoreProgressScreen(BaseScreen):
         self.job = job
         self.reattached = reattached
         self.log_offset = 0
+        #: The log has reached the report, which is shown once, from the result, under the log.
+        self.at_report = False
         self.finished = False
         self.reader: Worker[None] | None = None
 
@@ -227,7 +230,7 @@ class RestoreProgressScreen(BaseScreen):
         yield Para(id="restore-title", classes="title")
         yield Para(id="restore-step")
         yield progress_bar(self.pgdr.glyphs.plain, id="restore-bar")
-        yield RichLog(id="restore-log", wrap=True, max_lines=2000)
+        yield LogTail(id="restore-log", wrap=True, max_lines=2000)
         yield Hanging(id="restore-result")
         yield from self.compose_footer()
 
@@ -276,6 +279,9 @@ class RestoreProgressScreen(BaseScreen):
         log = self.query_one(RichLog)
         width = log.scrollable_content_region.width or self.app.size.width
         for line in message.log:
+            self.at_report = self.at_report or line == REPORT_FOLLOWS
+            if self.at_report:
+                continue
             for part in hanging(Text(line), width):  # a plan line goes on under its value, not at the edge
                 log.write(part, width=width)
         if message.progress:

@@ -38,9 +38,9 @@ class StatusScreen(BaseScreen):
     def on_mount(self) -> None:
         self.jobs: list[tuple[str, dict[str, Any]]] = []
         table = self.query_one(DataTable)
-        # What an operator asks first (did it work, when next, how long) fits 80 columns, with ages in
-        # short words (fmt.short_age); the schedule comes last.
-        for label in ("Job", "Result", "Last run", "Next run", "Took", "Schedule"):
+        # Every column fits 80: did it work, how long ago (fmt.short_age), when next, and the schedule;
+        # when the last run started and how long it took are in the highlighted job's lines below.
+        for label in ("Job", "Result", "Last run", "Next run", "Schedule"):
             table.add_column(label, key=label.lower())
         super().on_mount()
         table.focus()
@@ -83,16 +83,12 @@ class StatusScreen(BaseScreen):
         for name, job in self.jobs:
             result = _result(job)
             style = {"ok": "green", "succeeded": "green", "failed": "bold red", "skipped": "yellow"}.get(result, "")
-            took = job.get("duration_seconds")
             mark = g.ok if style == "green" else (g.bad if style == "bold red" else "")
             table.add_row(
                 name,
                 Text(result if mark == result else f"{mark} {result}".strip(), style=style),
-                fmt.short(_time(job.get("last_start")), zone) + f" ({fmt.short_age(_time(job.get('last_start')), now)})"
-                if job.get("last_start")
-                else "-",
+                fmt.short_age(_time(job.get("last_start")), now) if job.get("last_start") else "-",
                 fmt.short(_time(job.get("next_run")), zone) if data.get("running") and job.get("next_run") else "-",
-                fmt.short_duration(took) if isinstance(took, int | float) else "-",
                 str(job.get("schedule") or "disabled"),
             )
         self._show_job()
@@ -103,7 +99,8 @@ class StatusScreen(BaseScreen):
         self._show_job()
 
     def _show_job(self) -> None:
-        """The highlighted job's last run in full: when, how it was started, and what it said."""
+        """The highlighted job's last run in full: when, how it was started, how long it took, and what
+        it said."""
         panel = self.query_one("#daemon-detail", Static)
         row = self.query_one(DataTable).cursor_row
         if not self.jobs or not 0 <= row < len(self.jobs):
@@ -115,7 +112,10 @@ class StatusScreen(BaseScreen):
             panel.update(Text(f" {name}: not run yet", style="dim"))
             return
         text = Text(f" {name}", style="bold")
-        text.append(f": {_result(job)}, started {fmt.when(_time(job.get('last_start')), zone)}")
+        result, took = _result(job), job.get("duration_seconds")
+        if isinstance(took, int | float) and result != "running":
+            result += f" in {fmt.short_duration(took)}"
+        text.append(f": {result}, started {fmt.when(_time(job.get('last_start')), zone)}")
         if job.get("trigger"):
             text.append(f" ({job['trigger']})")
         said = job.get("error") if job.get("result") in ("failed", "skipped", "cancelled") else job.get("detail")

@@ -141,7 +141,7 @@ class TimelineScreen(BaseScreen):
         backup = d.backup.manifest.name if d.backup is not None else None
         if d.latest:
             return RestoreRequest("latest", backup=backup)
-        event = model.event_at(d.instant.timestamp())
+        event = model.event_at(d.instant.timestamp(), d.timeline)  # the cursor's record, on the timeline restored
         if event is not None and event.kind != "restore_point" and event.xid:
             return RestoreRequest("xid", str(event.xid), exclusive=True, timeline=d.target_timeline, backup=backup)
         if event is not None and event.kind == "restore_point" and event.name:

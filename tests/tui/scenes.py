@@ -71,18 +71,21 @@ class Scene:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
-    """Wait until no worker runs. An exclusive worker replaced by a newer one (a catalog reload asked
-    for while the first load ran) ends cancelled, which ``wait_for_complete`` raises: wait again."""
-    while True:
+    """Wait until no worker runs, and none was started by what the last frames did (a screen that
+    reads its first state after its first refresh starts its worker then). An exclusive worker replaced
+    by a newer one (a catalog reload asked for while the first load ran) ends cancelled, which
+    ``wait_for_complete`` raises: wait again."""
+    for _ in range(10):
         try:
             await pilot.app.workers.wait_for_complete()
         except WorkerCancelled:
             continue
-        break
-    # Two frames: a DataTable measures its columns on the first refresh after rows arrive, and its
-    # scrollbars follow on the next; a snapshot taken between the two differs from run to run.
-    await pilot.pause()
-    await pilot.pause()
+        # Two frames: a DataTable measures its columns on the first refresh after rows arrive, and its
+        # scrollbars follow on the next; a snapshot taken between the two differs from run to run.
+        await pilot.pause()
+        await pilot.pause()
+        if all(worker.is_finished for worker in pilot.app.workers):
+            return
 
 
 # --- pinning -------------------------------------------------------------------------------------
@@ -151,7 +154,7 @@ def _write_restore_job(story: Story, *, finished: bool) -> Path:
     code; only the progress timestamps and the PostgreSQL facts (where replay stopped) are recorded.
     """
     from backend.restore.run import RestoreReport
-    from pgdr_tui.restorejob import command_line, jobs_dir, write_json
+    from pgdr_tui.restorejob import REPORT_FOLLOWS, command_line, jobs_dir, write_json
 
     request, plan = _drop_restore(story)
     started = NOW - timedelta(minutes=6)
@@ -222,7 +225,7 @@ def _write_restore_job(story: Story, *, finished: bool) -> Path:
             base_backup_from=plan.backup_repository,
         )
         text = report.render()
-        log.append(text)
+        log += [REPORT_FOLLOWS, text]
         write_json(
             folder / "result.json",
             {

@@ -17,7 +17,6 @@ from textual.message import Message
 
 from backend.config import load_config
 from backend.recovery import load_view
-from backend.walindex import WalEvent
 from pgdr_tui import app as app_module
 from pgdr_tui.app import PgdrApp
 from pgdr_tui.glyphs import UNICODE
@@ -223,15 +222,6 @@ def test_a_row_is_drawn_by_the_rule_the_panel_answers_with(promoted: tuple[Story
     assert latest is not None and model.details(latest, latest=True).recoverable
     assert rows[model.latest_tli].cell(latest.timestamp(), latest.timestamp() + 60) is not Cell.WAL_ONLY
     assert rows[model.latest_tli].recoverable.contains(latest.timestamp())
-
-
-def test_an_event_found_in_both_copies_of_a_switch_segment_is_listed_once(story: Story) -> None:
-    view = load_view(load_config(story.config))
-    point = next(e for e in view.events if e.kind == "restore_point")
-    view.events.append(WalEvent(point.kind, point.lsn, point.time, point.xid, point.name, time_source="record"))
-    model = TimelineModel(view)
-    assert sum(e.kind == "restore_point" for e in model.events) == 1
-    assert len(model.events) == len({(e.kind, e.lsn) for e in view.events})
 
 
 def test_on_a_drop_the_panel_says_what_the_dry_run_plans(story: Story) -> None:
