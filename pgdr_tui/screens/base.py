@@ -39,8 +39,12 @@ class BaseScreen(Screen[None]):
         self.refresh_data()
 
     def show_header(self) -> None:
-        """The header from the app's facts now (also on the app's live ticks, without ``refresh_data``)."""
-        self.query_one(StatusBar).show(self.pgdr.facts, self.pgdr.source.now(), self.pgdr.glyphs.sep)
+        """The header from the app's facts now (also on the app's live ticks, without ``refresh_data``).
+
+        A live tick can land while the screen is mounted but its widgets are still being composed, or
+        already being removed: then there is no header to draw (on_mount draws it once it is there)."""
+        for bar in self.query(StatusBar):
+            bar.show(self.pgdr.facts, self.pgdr.source.now(), self.pgdr.glyphs.sep)
 
     def refresh_data(self) -> None:
         """Redraw from ``self.pgdr.model``; screens override."""

@@ -240,3 +240,11 @@ def test_a_time_target_keeps_the_fraction_of_a_second_the_cursor_stands_at() -> 
     request = RestoreRequest.at(finished)
     assert request.target().time == finished, "the second before the backup finished is not recoverable"
     assert RestoreRequest.at(finished.replace(microsecond=0)).value == "2026-12-07 17:35:48+00:00"
+
+
+def test_a_live_tick_before_the_header_is_composed_draws_nothing_and_fails_nothing() -> None:
+    """The server's live look can land while a screen (a restore's progress, just pushed) is mounted but
+    not composed yet: the tick is skipped, and the screen's on_mount draws the header."""
+    from pgdr_tui.screens.base import BaseScreen
+
+    BaseScreen().show_header()
