@@ -18,10 +18,10 @@ from backend.catalog import Catalog
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.manifest import BackupManifest, chain
+from backend.restore.checks import Check
 from backend.restore.combine import combined_peak
 from backend.restore.disk import existing_parent
 from backend.restore.marker import unfinished_restore
-from backend.restore.preflight import Check
 from backend.restore.tablespaces import SAFETY_SUFFIX, Placement, place, space_by_device
 from backend.restore.target import RecoveryTarget
 from backend.timeline import RecoveryTimeline, SegmentInfo, Window, estimate_restore_seconds

@@ -13,36 +13,19 @@ import os
 import pwd
 import shutil
 import stat
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from backend import server
 from backend.config import Config
 from backend.errors import PgdrError
 from backend.postgres import connect_params, owner_of
+from backend.restore.checks import Check
 from backend.restore.disk import existing_parent
 from backend.restore.marker import unfinished_restore
 
 if TYPE_CHECKING:
     from backend.restore.plan import RestorePlan
-
-
-@dataclass(frozen=True)
-class Check:
-    """One thing the restore needs: ``detail`` says what was found, or what to change."""
-
-    name: str
-    ok: bool
-    detail: str
-    #: Passed, but the operator must read it before confirming.
-    warning: bool = False
-
-    def render(self) -> str:
-        return f"{'FAILS' if not self.ok else 'WARNING' if self.warning else 'ok'}: {self.name}: {self.detail}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "warning": self.warning, "detail": self.detail}
 
 
 def user_name(uid: int | None = None) -> str:
