@@ -85,6 +85,10 @@ async def settle(pilot: Pilot[Any]) -> None:
         await pilot.pause()
         await pilot.pause()
         if all(worker.is_finished for worker in pilot.app.workers):
+            # The workers' last messages (a table's rows) may have been handled in those frames; under
+            # load the table measures its columns a frame later still.
+            await pilot.pause()
+            await pilot.pause()
             return
 
 
